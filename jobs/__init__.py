@@ -1,0 +1,1 @@
+"""Thin job entrypoints (`python -m mpcformer.jobs.<name>`) over library calls."""

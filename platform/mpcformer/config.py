@@ -1,0 +1,70 @@
+"""Typed configuration objects: YAML in, validated pydantic models out, unknown keys rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mpcformer.errors import UserError
+
+__all__ = ["StrictModel", "ConfigError", "load_config", "build_config", "apply_overrides"]
+
+ModelT = TypeVar("ModelT", bound="StrictModel")
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration the user must fix; the message says what and how."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _format_validation_error(cls: type, err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    return f"{source}: invalid {cls.__name__} field '{where}': {first['msg']}"
+
+
+def load_config(cls: type[ModelT], path: str | Path, overrides: dict[str, Any] | None = None) -> ModelT:
+    """Load ``cls`` from a YAML file, then apply dotted ``overrides`` (``{"mpc.precision_bits": 20}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass an existing YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return build_config(cls, data, overrides, source=str(path))
+
+
+def build_config(
+    cls: type[ModelT], data: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "config"
+) -> ModelT:
+    """Validate a plain mapping (plus dotted overrides) into ``cls``; raise :class:`ConfigError`."""
+    data = apply_overrides(dict(data), overrides or {})
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(cls, err, source)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested mapping; a path through a non-mapping is an error."""
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{dotted}': '{key}' is not a section")
+            node = child
+        node[leaf] = value
+    return data

@@ -1,0 +1,49 @@
+"""Typed configuration of one MPC session (precision, dealer, deadlines, CrypTen function settings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mpcformer.config import StrictModel
+
+__all__ = ["FunctionSettings", "MPCConfig"]
+
+
+class FunctionSettings(StrictModel):
+    """CrypTen ``cfg.functions`` overrides; ``None`` keeps CrypTen's own default (the fair baseline)."""
+
+    exp_iterations: int | None = Field(default=None, ge=1, le=32)
+    reciprocal_method: Literal["NR", "log"] | None = None
+    reciprocal_nr_iters: int | None = Field(default=None, ge=1, le=64)
+    sqrt_nr_iters: int | None = Field(default=None, ge=1, le=32)
+    erf_iterations: int | None = Field(default=None, ge=1, le=32)
+    max_method: Literal["log_reduction", "double_log_reduction", "accelerated_cascade"] | None = None
+
+
+class MPCConfig(StrictModel):
+    """How a party joins and runs an MPC session.
+
+    ``dealer="ttp"`` runs CrypTen's trusted third party as its own process/actor (rank =
+    world size). ``"tfp"`` lets party 0 generate the Beaver triples itself, which lets party 0
+    learn the other party's inputs: it is only accepted with ``insecure_dealer=True``.
+    """
+
+    precision_bits: int = Field(default=16, ge=8, le=28, description="fixed-point fractional bits")
+    dealer: Literal["ttp", "tfp"] = "ttp"
+    insecure_dealer: bool = False
+    backend: Literal["gloo", "nccl"] = "gloo"
+    timeout_s: float = Field(default=120.0, gt=0, description="deadline of every rendezvous and collective")
+    device: str = "cpu"
+    fast_matmul: bool = Field(default=True, description="exact BLAS-backed ring matmul on CPU")
+    functions: FunctionSettings = Field(default_factory=FunctionSettings)
+
+    @model_validator(mode="after")
+    def _dealer_is_explicitly_insecure(self) -> "MPCConfig":
+        if self.dealer == "tfp" and not self.insecure_dealer:
+            raise ValueError(
+                "dealer 'tfp' lets party 0 see the client's inputs; set insecure_dealer: true "
+                "to accept that, or use dealer: ttp"
+            )
+        return self

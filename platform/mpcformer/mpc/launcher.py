@@ -1,0 +1,136 @@
+"""Run N parties and the dealer as local processes (spawned, never forked).
+
+Used by tests, ``bench`` and as the baseline the Ray platform is compared with. The party function
+must be importable (module level) and return plain data: tensors cross back as lists or numbers.
+
+    results = run_local(my_party_fn, args=(x,), world_size=2, config=MPCConfig())
+    results[0]  # what rank 0 returned
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import shutil
+import tempfile
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+from mpcformer.mpc.config import MPCConfig
+
+__all__ = ["run_local", "PartyFailure"]
+
+log = logging.getLogger(__name__)
+
+
+class PartyFailure(RuntimeError):
+    """A party or the dealer failed or missed its deadline; all processes were stopped."""
+
+    def __init__(self, who: str, message: str):
+        super().__init__(f"{who} failed: {message}")
+        self.who = who
+        self.message = message
+
+
+def _party_main(fn, rank, world_size, rendezvous, config, args, kwargs, results, threads) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from mpcformer.mpc.session import MPCSession
+
+    try:
+        with MPCSession(rank, world_size, rendezvous, config):
+            value = fn(rank, *args, **kwargs)
+        results.put((rank, "ok", value))
+    except BaseException as err:  # report everything, including KeyboardInterrupt in a party
+        results.put((rank, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+
+
+def _dealer_main(world_size, rendezvous, config, results) -> None:
+    from mpcformer.mpc.session import run_dealer
+
+    try:
+        run_dealer(world_size, rendezvous, config)
+        results.put((world_size, "ok", None))
+    except BaseException as err:
+        results.put((world_size, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+
+
+def _who(rank: int, world_size: int) -> str:
+    return "dealer" if rank == world_size else f"party {rank}"
+
+
+def run_local(
+    fn: Callable[..., Any],
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    world_size: int = 2,
+    config: MPCConfig | None = None,
+    timeout_s: float = 600.0,
+    threads_per_party: int | None = None,
+) -> list[Any]:
+    """Run ``fn(rank, *args, **kwargs)`` on ``world_size`` parties (+ the dealer) and return by rank.
+
+    Raises :class:`PartyFailure` naming the first party that failed (with its error) or what
+    missed the ``timeout_s`` deadline; every process is stopped before it returns or raises.
+    """
+    config = config or MPCConfig()
+    kwargs = kwargs or {}
+    threads = threads_per_party or max(1, (os.cpu_count() or 2) // world_size)
+    ctx = mp.get_context("spawn")  # fork deadlocks once the parent has run torch ops
+    workdir = tempfile.mkdtemp(prefix="mpcformer-rdv-")
+    rendezvous = f"file://{os.path.join(workdir, 'rendezvous')}"
+    results = ctx.Queue()
+    procs = {
+        rank: ctx.Process(
+            target=_party_main,
+            args=(fn, rank, world_size, rendezvous, config, tuple(args), kwargs, results, threads),
+            name=f"mpcformer-party-{rank}",
+            daemon=True,
+        )
+        for rank in range(world_size)
+    }
+    if config.dealer == "ttp":
+        procs[world_size] = ctx.Process(
+            target=_dealer_main, args=(world_size, rendezvous, config, results),
+            name="mpcformer-dealer", daemon=True,
+        )
+    try:
+        for proc in procs.values():
+            proc.start()
+        return _collect(procs, results, world_size, time.monotonic() + timeout_s, timeout_s)
+    finally:
+        _stop_all(procs)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _collect(procs, results, world_size, deadline, timeout_s) -> list[Any]:
+    values: dict[int, Any] = {}
+    while len(values) < len(procs):
+        try:
+            rank, status, value = results.get(timeout=0.2)
+        except queue_mod.Empty:
+            for rank, proc in procs.items():
+                if rank not in values and not proc.is_alive() and proc.exitcode not in (0, None):
+                    raise PartyFailure(_who(rank, world_size), f"process exited with code {proc.exitcode}")
+            if time.monotonic() > deadline:
+                missing = ", ".join(_who(r, world_size) for r in procs if r not in values)
+                raise PartyFailure(missing, f"no result within the {timeout_s:.0f}s deadline")
+            continue
+        if status == "error":
+            raise PartyFailure(_who(rank, world_size), value)
+        values[rank] = value
+    return [values[rank] for rank in range(world_size)]
+
+
+def _stop_all(procs: dict[int, mp.Process], grace_s: float = 5.0) -> None:
+    deadline = time.monotonic() + grace_s
+    for proc in procs.values():
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs.values():
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)

@@ -1,0 +1,5 @@
+"""Placeholder: replaced by the fast exact ring matmul (performance issue)."""
+
+
+def enable() -> None:
+    return None

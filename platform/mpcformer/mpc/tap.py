@@ -1,0 +1,109 @@
+"""A tap on CrypTen's communicator: every exchange is reported to registered listeners.
+
+CrypTen counts rounds and bytes per party (with ``cfg.communicator.verbose``) but mixes party 0's
+traffic with the dealer in one counter. The tap wraps each communication method once, measures
+the delta of CrypTen's own counters around the call and tells listeners whether the exchange was
+with the dealer. Listeners power cost accounting, network emulation and the leak test harness.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from mpcformer.mpc.compat import crypten  # noqa: F401  (import order: compat first)
+from crypten.communicator import DistributedCommunicator
+
+__all__ = ["CommEvent", "CommListener", "add_listener", "remove_listener", "install"]
+
+_METHODS = (
+    "send", "recv", "isend", "irecv", "scatter", "reduce", "all_reduce", "gather",
+    "all_gather", "broadcast", "barrier", "send_obj", "recv_obj", "broadcast_obj",
+)
+
+
+@dataclass(frozen=True)
+class CommEvent:
+    """One communicator call as seen by one party."""
+
+    op: str
+    with_dealer: bool
+    rounds: float
+    bytes: float
+    seconds: float
+    args: tuple
+    kwargs: dict
+
+
+class CommListener(Protocol):
+    def before(self, op: str, with_dealer: bool, args: tuple, kwargs: dict) -> None: ...
+
+    def after(self, event: CommEvent) -> None: ...
+
+
+_listeners: list[CommListener] = []
+_lock = threading.Lock()
+_installed = False
+
+
+def add_listener(listener: CommListener) -> None:
+    install()
+    with _lock:
+        _listeners.append(listener)
+
+
+def remove_listener(listener: CommListener) -> None:
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+def _is_dealer_group(comm: Any, args: tuple, kwargs: dict) -> bool:
+    dealer_groups = [g for g in (getattr(comm, "ttp_group", None), getattr(comm, "ttp_comm_group", None)) if g is not None]
+    group = kwargs.get("group")
+    candidates = [group] if group is not None else [a for a in args if not hasattr(a, "shape")]
+    return any(c is g for c in candidates for g in dealer_groups)
+
+
+def _wrap(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def tapped(self, *args, **kwargs):
+        if not _listeners:
+            return method(self, *args, **kwargs)
+        with_dealer = _is_dealer_group(self, args, kwargs)
+        for listener in list(_listeners):
+            listener.before(method.__name__, with_dealer, args, kwargs)
+        rounds0, bytes0 = self.comm_rounds, self.comm_bytes
+        tic = time.perf_counter()
+        result = method(self, *args, **kwargs)
+        event = CommEvent(
+            op=method.__name__,
+            with_dealer=with_dealer,
+            rounds=self.comm_rounds - rounds0,
+            bytes=self.comm_bytes - bytes0,
+            seconds=time.perf_counter() - tic,
+            args=args,
+            kwargs=kwargs,
+        )
+        for listener in list(_listeners):
+            listener.after(event)
+        return result
+
+    tapped.__mpcformer_tap__ = True
+    return tapped
+
+
+def install() -> None:
+    """Wrap the communicator methods (idempotent, process-wide)."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        for name in _METHODS:
+            method = getattr(DistributedCommunicator, name)
+            if not getattr(method, "__mpcformer_tap__", False):
+                setattr(DistributedCommunicator, name, _wrap(method))
+        _installed = True
