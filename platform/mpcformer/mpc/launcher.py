@@ -41,12 +41,18 @@ def _party_main(fn, rank, world_size, rendezvous, config, args, kwargs, results,
     torch.set_num_threads(threads)
     from mpcformer.mpc.session import MPCSession
 
+    session = MPCSession(rank, world_size, rendezvous, config)
     try:
-        with MPCSession(rank, world_size, rendezvous, config):
-            value = fn(rank, *args, **kwargs)
-        results.put((rank, "ok", value))
+        session.__enter__()
+        value = fn(rank, *args, **kwargs)
     except BaseException as err:  # report everything, including KeyboardInterrupt in a party
+        # Report before leaving the session: peers only see "connection closed" after we leave,
+        # so the root cause reaches the launcher first.
         results.put((rank, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+        session.close()
+        return
+    session.close()
+    results.put((rank, "ok", value))
 
 
 def _dealer_main(world_size, rendezvous, config, results) -> None:
@@ -121,9 +127,28 @@ def _collect(procs, results, world_size, deadline, timeout_s) -> list[Any]:
                 raise PartyFailure(missing, f"no result within the {timeout_s:.0f}s deadline")
             continue
         if status == "error":
+            rank, value = _root_cause(rank, value, results)
             raise PartyFailure(_who(rank, world_size), value)
         values[rank] = value
     return [values[rank] for rank in range(world_size)]
+
+
+_PEER_LOSS_MARKERS = ("Connection closed", "Connection reset", "Timed out", "timed out", "Broken pipe")
+
+
+def _root_cause(rank: int, message: str, results, grace_s: float = 1.0) -> tuple[int, str]:
+    """Prefer a party's own error over its peers' "connection closed" that it caused."""
+    if not any(m in message for m in _PEER_LOSS_MARKERS):
+        return rank, message
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            other_rank, status, other = results.get(timeout=0.1)
+        except queue_mod.Empty:
+            continue
+        if status == "error" and not any(m in other for m in _PEER_LOSS_MARKERS):
+            return other_rank, other
+    return rank, message
 
 
 def _stop_all(procs: dict[int, mp.Process], grace_s: float = 5.0) -> None:

@@ -1,0 +1,24 @@
+"""Shared test settings: offline hubs, quiet logs, paths to the read-only shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    path = SHARED / "data" / "sst2"
+    if not (path / "dev.tsv").is_file():
+        pytest.skip(f"SST-2 data not found at {path} (../shared is absent on this machine)")
+    return path

@@ -1,0 +1,102 @@
+"""The MPC session layer: a real 2-party + TTP-dealer CrypTen computation, its cost accounting,
+teardown on failure, and the dealer policy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mpcformer.config import ConfigError, build_config
+from mpcformer.mpc.config import MPCConfig
+from mpcformer.mpc.launcher import PartyFailure, run_local
+
+import mpc_party_fns as fns
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def two_party_run():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 6), torch.randn(6, 5)
+    start = time.monotonic()
+    results = run_local(fns.matmul_softmax_poly, args=(a.tolist(), b.tolist()), world_size=2)
+    return a, b, results, time.monotonic() - start
+
+
+def test_decrypted_results_match_plaintext(two_party_run):
+    a, b, results, _ = two_party_run
+    z = a @ b
+    out = results[0]["out"]
+    assert torch.allclose(torch.tensor(out["matmul"]), z, atol=1e-3)
+    assert torch.allclose(torch.tensor(out["softmax"]), z.softmax(-1), atol=1e-2)
+    assert torch.allclose(torch.tensor(out["poly"]), 0.125 * z * z + 0.25 * z + 0.5, atol=1e-2)
+    assert results[1]["out"] == out  # both parties revealed the same values
+    assert [r["rank"] for r in results] == [0, 1]
+
+
+def test_cost_accounting_attributes_rounds_and_bytes(two_party_run):
+    _, _, results, _ = two_party_run
+    for party in results:
+        cats = party["costs"]["by_category"]
+        for name in ("linear", "softmax", "activation"):
+            assert cats[name]["rounds"] > 0 and cats[name]["bytes"] > 0, name
+        # softmax (max, exp, reciprocal) needs far more rounds than one Beaver multiplication
+        assert cats["softmax"]["rounds"] > 10 * cats["activation"]["rounds"]
+        total = party["costs"]["total"]
+        assert total["rounds"] == pytest.approx(sum(c["rounds"] for c in cats.values()))
+        assert total["bytes"] == pytest.approx(sum(c["bytes"] for c in cats.values()))
+    # only party 0 talks to the TTP dealer; its traffic is kept apart
+    assert results[0]["costs"]["dealer"]["rounds"] > 0
+    assert results[1]["costs"]["dealer"]["rounds"] == 0
+
+
+def test_dealer_exits_and_processes_end(two_party_run):
+    # run_local returns only once every party *and* the dealer reported success; a dealer that
+    # never exits would make it time out. Check no child process is left behind either.
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+
+
+def test_party_exception_tears_down_quickly_with_its_message():
+    config = MPCConfig(timeout_s=20)
+    start = time.monotonic()
+    with pytest.raises(PartyFailure) as info:
+        run_local(fns.fail_on_rank, args=(1,), config=config, timeout_s=60)
+    elapsed = time.monotonic() - start
+    assert "party 1" in str(info.value) and "boom on party 1" in str(info.value)
+    assert elapsed < 45
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+
+
+def test_stalled_party_hits_the_deadline():
+    start = time.monotonic()
+    with pytest.raises(PartyFailure) as info:
+        run_local(fns.sleep_forever, config=MPCConfig(timeout_s=10), timeout_s=15)
+    assert time.monotonic() - start < 40
+    assert "deadline" in str(info.value) or "failed" in str(info.value)
+
+
+def test_insecure_dealer_needs_explicit_flag():
+    with pytest.raises(ConfigError, match="insecure_dealer"):
+        build_config(MPCConfig, {"dealer": "tfp"})
+    assert build_config(MPCConfig, {"dealer": "tfp", "insecure_dealer": True}).dealer == "tfp"
+    with pytest.raises(ConfigError, match="bogus"):
+        build_config(MPCConfig, {"bogus": 1})
+
+
+def test_stdlib_platform_is_not_shadowed_from_repo_root():
+    from conftest import REPO_ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import platform; print(platform.system())"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() in {"Linux", "Darwin", "Windows"}
