@@ -1,18 +1,51 @@
-"""bench (not built yet)."""
+"""Benchmark approximation combinations under MPC: latency, rounds, bytes per operation.
+
+Writes bench.json, bench.md and bench.png to --out.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from mpcformer.errors import UserError
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--model", default="tiny", help="preset (tiny, minilm, bert-base, bert-large) or HF path")
+    parser.add_argument("--seq-len", type=int, default=16, help="tokens per sequence")
+    parser.add_argument("--batch-size", type=int, default=1, help="sequences per MPC forward")
+    parser.add_argument("--approx", default="exact,quad+2quad", help="comma-separated combinations")
+    parser.add_argument("--repeats", type=int, default=1, help="forwards per combination (fastest kept)")
+    parser.add_argument("--network", default=None, help="emulate a link: lan, wan or custom:<Mbit/s>:<rtt ms>")
+    parser.add_argument("--no-fast-matmul", action="store_true", help="CrypTen's stock int64 matmul")
+    parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="processes or Ray actors")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'bench' is not available yet in this version")
+    from tqdm import tqdm
+
+    from mpcformer.bench.runner import BenchConfig, run_bench, write_report
+    from mpcformer.config import build_config
+    from mpcformer.mpc.network import resolve_profile
+
+    mpc: dict = {"fast_matmul": not args.no_fast_matmul}
+    if args.network:
+        mpc["network"] = resolve_profile(args.network).model_copy(update={"mode": "emulate"}).model_dump()
+    cfg = build_config(
+        BenchConfig,
+        {
+            "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
+            "approx": [a for a in args.approx.split(",") if a], "repeats": args.repeats,
+            "launcher": args.launcher, "mpc": mpc,
+        },
+        source="command line",
+    )
+    with tqdm(total=len(cfg.approx), desc="bench", unit="combo") as bar:
+        report = run_bench(cfg, progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
+    paths = write_report(report, args.out)
+    print(paths[1].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 if __name__ == "__main__":

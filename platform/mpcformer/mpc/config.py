@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from mpcformer.config import StrictModel
+from mpcformer.mpc.network import NetworkProfile
 
 __all__ = ["FunctionSettings", "MPCConfig"]
 
@@ -38,6 +39,9 @@ class MPCConfig(StrictModel):
     device: str = "cpu"
     fast_matmul: bool = Field(default=True, description="exact BLAS-backed ring matmul on CPU")
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
+    network: NetworkProfile | None = Field(
+        default=None, description="emulate this link between parties (mode 'emulate'); None = this machine"
+    )
 
     @model_validator(mode="after")
     def _dealer_is_explicitly_insecure(self) -> "MPCConfig":

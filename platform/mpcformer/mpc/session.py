@@ -83,6 +83,7 @@ class MPCSession:
         self.rank, self.world_size, self.rendezvous = rank, world_size, rendezvous
         self.config = config or MPCConfig()
         self._open = False
+        self._emulator = None
 
     def __enter__(self) -> "MPCSession":
         apply_crypten_config(self.config)
@@ -98,6 +99,10 @@ class MPCSession:
             ) from err
         self._open = True
         crypten.reset_communication_stats()
+        if self.config.network is not None and self.config.network.mode == "emulate":
+            from mpcformer.mpc.network import NetworkEmulator
+
+            self._emulator = NetworkEmulator(self.config.network).__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -108,6 +113,9 @@ class MPCSession:
         if not self._open:
             return
         self._open = False
+        if self._emulator is not None:
+            self._emulator.__exit__()
+            self._emulator = None
         try:
             crypten.uninit()
         except Exception as err:  # a dead peer must not turn teardown into a second failure

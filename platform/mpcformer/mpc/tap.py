@@ -43,6 +43,8 @@ class CommListener(Protocol):
 
     def after(self, event: CommEvent) -> None: ...
 
+    # Optional: ``delay(with_dealer, rounds, nbytes) -> seconds`` the exchange should also take.
+
 
 _listeners: list[CommListener] = []
 _lock = threading.Lock()
@@ -68,6 +70,10 @@ def _is_dealer_group(comm: Any, args: tuple, kwargs: dict) -> bool:
     return any(c is g for c in candidates for g in dealer_groups)
 
 
+def _no_delay(with_dealer: bool, rounds: float, nbytes: float) -> float:
+    return 0.0
+
+
 def _wrap(method: Callable) -> Callable:
     @functools.wraps(method)
     def tapped(self, *args, **kwargs):
@@ -79,11 +85,16 @@ def _wrap(method: Callable) -> Callable:
         rounds0, bytes0 = self.comm_rounds, self.comm_bytes
         tic = time.perf_counter()
         result = method(self, *args, **kwargs)
+        rounds, nbytes = self.comm_rounds - rounds0, self.comm_bytes - bytes0
+        # An emulated link makes the exchange itself take longer, so the delay counts as comm time.
+        delay = sum(getattr(lst, "delay", _no_delay)(with_dealer, rounds, nbytes) for lst in list(_listeners))
+        if delay > 0:
+            time.sleep(delay)
         event = CommEvent(
             op=method.__name__,
             with_dealer=with_dealer,
-            rounds=self.comm_rounds - rounds0,
-            bytes=self.comm_bytes - bytes0,
+            rounds=rounds,
+            bytes=nbytes,
             seconds=time.perf_counter() - tic,
             args=args,
             kwargs=kwargs,

@@ -1,0 +1,71 @@
+"""Benchmark report rendering: a markdown table and a per-operation stacked bar plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpcformer.mpc.costs import CATEGORIES
+
+__all__ = ["render_markdown", "render_plot"]
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 1e6:,.1f}"
+
+
+def render_markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [
+        f"# mpcformer bench: {s['model']}, seq len {s['seq_len']}, batch {s['batch_size']}",
+        "",
+        "| approx | latency (s) | comm time (s) | rounds | MB sent | speed-up vs exact | LAN (s) | WAN (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in report["combinations"]:
+        speed = f"{c['speedup_vs_exact']:.2f}x" if c.get("speedup_vs_exact") else "-"
+        proj = c["projected_latency_s"]
+        lines.append(
+            f"| {c['approx']} | {c['latency_s']:.2f} | {c['comm_time_s']:.2f} | {c['rounds']:,.0f} | "
+            f"{_mb(c['bytes'])} | {speed} | {proj['lan']:.2f} | {proj['wan']:.2f} |"
+        )
+    lines += ["", "## Per operation (time s / rounds / MB)", ""]
+    names = [c["approx"] for c in report["combinations"]]
+    lines.append("| operation | " + " | ".join(names) + " |")
+    lines.append("| --- |" + " ---: |" * len(names))
+    for op in CATEGORIES:
+        cells = []
+        for c in report["combinations"]:
+            o = c["ops"].get(op)
+            cells.append(f"{o['time_s']:.2f} / {o['rounds']:,.0f} / {_mb(o['bytes'])}" if o else "-")
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    env = report["environment"]
+    lines += ["", f"Machine: {env['machine']}, {env['cpus']} CPUs; versions: {env['versions']}", ""]
+    return "\n".join(lines)
+
+
+def render_plot(report: dict, path: Path) -> None:
+    """Stacked bars: time per operation category, one bar per approximation combination."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    combos = report["combinations"]
+    names = [c["approx"] for c in combos]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, metric, label in ((axes[0], "time_s", "time (s)"), (axes[1], "rounds", "rounds")):
+        bottom = [0.0] * len(combos)
+        for op in CATEGORIES:
+            values = [c["ops"].get(op, {}).get(metric, 0.0) for c in combos]
+            if any(values):
+                ax.bar(names, values, bottom=bottom, label=op)
+                bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} by operation")
+    axes[1].legend(loc="upper right", fontsize=8)
+    s = report["settings"]
+    fig.suptitle(f"{s['model']}, seq len {s['seq_len']}, batch {s['batch_size']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,167 @@
+"""``mpcformer bench``: approximation combinations side by side under real MPC, in one run.
+
+Each combination runs one encrypted forward (``repeats`` times, the fastest kept) of the same model
+and inputs on 2 parties + the TTP dealer (local processes, or Ray party actors), and reports the
+client's wall time, communication time, rounds and bytes, per operation category, plus LAN/WAN
+projections from the measured counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform as std_platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import Field, field_validator
+
+from mpcformer.approx import Combo
+from mpcformer.config import StrictModel
+from mpcformer.mpc.config import MPCConfig
+from mpcformer.mpc.network import PROFILES, project_latency
+
+__all__ = ["BenchConfig", "run_bench", "bench_party"]
+
+log = logging.getLogger(__name__)
+
+
+class BenchConfig(StrictModel):
+    model: str = "tiny"
+    seq_len: int = Field(default=16, ge=2, le=4096)
+    batch_size: int = Field(default=1, ge=1, le=256)
+    approx: list[str] = Field(default_factory=lambda: ["exact", "quad+2quad"], min_length=1)
+    repeats: int = Field(default=1, ge=1, le=20)
+    seed: int = 0
+    launcher: Literal["local", "ray"] = "local"
+    mpc: MPCConfig = Field(default_factory=MPCConfig)
+
+    @field_validator("approx")
+    @classmethod
+    def _known_combos(cls, names: list[str]) -> list[str]:
+        for name in names:
+            Combo.parse(name)  # raises with the list of known names
+        return names
+
+
+def bench_party(rank: int, model_name: str, combo_name: str, seq_len: int, batch_size: int, seed: int, repeats: int) -> dict:
+    """One party's side of a benchmark forward (module level: shipped to processes and actors)."""
+    import torch
+
+    from mpcformer.models.presets import load_preset
+    from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.mpc.costs import CostLedger
+
+    combo = Combo.parse(combo_name)
+    model = input_ids = attention_mask = None
+    if rank == 0:  # the model owner holds the weights
+        model, _ = load_preset(model_name, num_labels=2, seed=seed)
+        model.eval()
+    else:  # the client holds the token ids (random ids: timing does not depend on the text)
+        gen = torch.Generator().manual_seed(seed)
+        vocab = _vocab_size(model_name)
+        input_ids = torch.randint(1000, vocab, (batch_size, seq_len), generator=gen)
+        attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long)
+    best: dict | None = None
+    for _ in range(repeats):
+        ledger = CostLedger()
+        result = run_private_inference(
+            rank, model=model, input_ids=input_ids, attention_mask=attention_mask, combo=combo, ledger=ledger
+        )
+        costs = result["costs"]
+        if best is None or costs["total"]["time_s"] < best["total"]["time_s"]:
+            best = costs
+    return {"costs": best}
+
+
+def _vocab_size(model_name: str) -> int:
+    from mpcformer.models.presets import preset_config
+
+    return int(preset_config(model_name).vocab_size)
+
+
+def _combo_result(name: str, costs: dict) -> dict:
+    total = costs["total"]
+    ops = {
+        op: {"time_s": c["time_s"], "comm_time_s": c["comm_time_s"], "rounds": c["rounds"], "bytes": c["bytes"]}
+        for op, c in costs["by_category"].items()
+    }
+    compute_s = max(total["time_s"] - total["comm_time_s"], 0.0)
+    return {
+        "approx": name,
+        "latency_s": total["time_s"],
+        "comm_time_s": total["comm_time_s"],
+        "rounds": total["rounds"],
+        "bytes": total["bytes"],
+        "dealer": costs["dealer"],
+        "ops": ops,
+        "projected_latency_s": {
+            prof: project_latency(compute_s, total["rounds"], total["bytes"], PROFILES[prof]) for prof in PROFILES
+        },
+    }
+
+
+def _environment() -> dict[str, Any]:
+    import crypten
+    import ray
+    import torch
+    import transformers
+
+    return {
+        "machine": std_platform.machine(),
+        "processor": std_platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": std_platform.python_version(),
+        "versions": {
+            "torch": torch.__version__, "crypten": getattr(crypten, "__version__", "0.4.1"),
+            "ray": ray.__version__, "transformers": transformers.__version__,
+        },
+    }
+
+
+def _run_combo(cfg: BenchConfig, name: str) -> dict:
+    args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats)
+    if cfg.launcher == "ray":
+        from mpcformer.cluster.party_group import run_on_party_group
+
+        results = run_on_party_group(bench_party, args=args, config=cfg.mpc)
+    else:
+        from mpcformer.mpc.launcher import run_local
+
+        results = run_local(bench_party, args=args, config=cfg.mpc, timeout_s=max(600.0, cfg.mpc.timeout_s * 4))
+    return results[1]["costs"]  # the client's view: its wall time is the user-visible latency
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Run every combination in ``cfg.approx`` and return the report (see ``bench.json``)."""
+    combos = []
+    for name in cfg.approx:
+        start = time.perf_counter()
+        combos.append(_combo_result(Combo.parse(name).name, _run_combo(cfg, name)))
+        log.info("bench %s: %.2fs", name, time.perf_counter() - start)
+        if progress:
+            progress(name)  # called after each combination finishes
+    exact = next((c for c in combos if c["approx"] == "exact"), None)
+    for c in combos:
+        c["speedup_vs_exact"] = (exact["latency_s"] / c["latency_s"]) if exact else None
+    return {
+        "settings": cfg.model_dump(mode="json"),
+        "environment": _environment(),
+        "profiles": {k: v.model_dump() for k, v in PROFILES.items()},
+        "combinations": combos,
+    }
+
+
+def write_report(report: dict, out_dir: Path) -> list[Path]:
+    """Write ``bench.json``, ``bench.md`` and ``bench.png`` into ``out_dir``."""
+    import json
+
+    from mpcformer.bench.report import render_markdown, render_plot
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "bench.json", out_dir / "bench.md", out_dir / "bench.png"]
+    paths[0].write_text(json.dumps(report, indent=2))
+    paths[1].write_text(render_markdown(report))
+    render_plot(report, paths[2])
+    return paths

@@ -1,0 +1,316 @@
+"""A party group: N MPC party actors plus the dealer, placed together, joined in one MPC session.
+
+    with PartyGroup(PartyGroupConfig(world_size=2), name="infer-0") as group:   # start()
+        owner_out, client_out = group.run([PartyCall(owner_fn, (path,)), PartyCall(client_fn, (ids,))])
+    # shutdown(): the dealer ended, every actor killed, the placement group removed
+
+Lifecycle (Ray Train's backend pattern, plain functions shipped to actors):
+
+1. place: one placement-group bundle per party and one for the dealer. Strategy STRICT_SPREAD (each
+   actor on its own node) when the cluster has the nodes, else PACK (``strategy: auto``). Parties get
+   one GPU each when the cluster has enough GPUs (they then compute on CUDA), else CPUs. A group the
+   cluster cannot place raises :class:`PlacementError` after ``placement_timeout_s``, never hangs.
+2. spawn the actors in their bundles; 3. rendezvous: party 0 publishes ``tcp://<node IP>:<free
+   port>``, the dealer and every party join it within ``mpc.timeout_s``.
+4. ``run``: each party runs ``fn(rank, *args, **kwargs)`` inside the session. The first party error,
+   a dead actor, the dealer leaving, or the ``run_timeout_s`` deadline fails the group fast with
+   :class:`GroupFailure` naming who failed and why; the group is torn down before it is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from mpcformer.cluster.config import PartyGroupConfig
+from mpcformer.errors import UserError
+
+__all__ = ["PartyCall", "PartyGroup", "GroupFailure", "PlacementError", "plan_placement", "Placement"]
+
+log = logging.getLogger(__name__)
+
+#: Extra seconds the driver allows on top of the MPC deadline when waiting for a rendezvous.
+_JOIN_SLACK_S = 30.0
+#: Seconds to wait for a ping when diagnosing a failed group.
+_PING_TIMEOUT_S = 3.0
+
+
+class PlacementError(UserError):
+    """The cluster cannot place the party group; the message says what was needed and what to do."""
+
+
+class GroupFailure(RuntimeError):
+    """A party or the dealer died, stalled or raised; the group has been torn down."""
+
+    def __init__(self, group: str, who: str, cause: str, states: dict[str, str] | None = None):
+        self.group, self.who, self.cause, self.states = group, who, cause, dict(states or {})
+        state_text = "; ".join(f"{name}: {state}" for name, state in self.states.items())
+        super().__init__(f"party group {group}: {who} failed: {cause}" + (f" [{state_text}]" if state_text else ""))
+
+
+@dataclass(frozen=True)
+class PartyCall:
+    """What one party runs: ``fn(rank, *args, **kwargs)``; ``fn`` must be a module-level function."""
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A resolved placement: strategy, bundles (parties first, then the dealer), whether GPUs are used."""
+
+    strategy: str
+    bundles: list[dict[str, float]]
+    use_gpu: bool
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _fits(node: dict[str, float], bundle: dict[str, float]) -> bool:
+    return all(node.get(key, 0.0) >= amount for key, amount in bundle.items())
+
+
+def plan_placement(config: PartyGroupConfig, nodes: list[dict[str, float]] | None = None) -> Placement:
+    """Resolve ``use_gpu: auto`` and ``strategy: auto`` against the cluster's nodes (total resources).
+
+    GPUs are used when the cluster has ``world_size * gpus_per_party`` (+ the dealer's) GPUs.
+    STRICT_SPREAD is chosen when at least ``world_size + 1`` alive nodes can each hold a bundle and
+    ``world_size`` of them a party bundle; otherwise PACK.
+    """
+    nodes = _alive_nodes() if nodes is None else nodes
+    n = config.world_size
+    has_dealer = config.mpc.dealer == "ttp"
+    dealer_gpus = config.gpus_for_dealer if config.gpus_for_dealer is not None else config.gpus_per_party
+    gpus_needed = n * config.gpus_per_party + (dealer_gpus if has_dealer else 0.0)
+    use_gpu = config.use_gpu
+    if use_gpu == "auto":
+        use_gpu = sum(node.get("GPU", 0.0) for node in nodes) >= gpus_needed
+    party = {"CPU": config.cpus_per_party, **({"GPU": config.gpus_per_party} if use_gpu else {})}
+    dealer = {"CPU": config.cpus_for_dealer, **({"GPU": dealer_gpus} if use_gpu and dealer_gpus > 0 else {})}
+    bundles = [dict(party) for _ in range(n)] + ([dealer] if has_dealer else [])
+    strategy = config.strategy
+    if strategy == "auto":
+        party_nodes = sum(_fits(node, party) for node in nodes)
+        any_nodes = sum(_fits(node, party) or _fits(node, dealer) for node in nodes)
+        strategy = "STRICT_SPREAD" if party_nodes >= n and any_nodes >= len(bundles) else "PACK"
+    return Placement(strategy=strategy, bundles=bundles, use_gpu=bool(use_gpu))
+
+
+def _placement_error(name: str, placement: Placement, timeout_s: float) -> str:
+    nodes = _alive_nodes()
+    total, free = ray.cluster_resources(), ray.available_resources()
+    need_cpu = sum(b.get("CPU", 0.0) for b in placement.bundles)
+    need_gpu = sum(b.get("GPU", 0.0) for b in placement.bundles)
+    spread = placement.strategy in ("STRICT_SPREAD", "SPREAD")
+    where = f"{len(placement.bundles)} distinct nodes" if placement.strategy == "STRICT_SPREAD" else "the cluster"
+    hint = "set strategy: PACK (all parties on one machine), add nodes" if spread else "add nodes or resources"
+    return (
+        f"could not place party group {name} ({len(placement.bundles)} actors, strategy {placement.strategy}) "
+        f"within {timeout_s:.0f}s: it needs {need_cpu:g} CPUs and {need_gpu:g} GPUs on {where} "
+        f"(bundles {placement.bundles}); the cluster has {len(nodes)} alive node(s), "
+        f"{total.get('CPU', 0):g} CPUs ({free.get('CPU', 0):g} free), {total.get('GPU', 0):g} GPUs "
+        f"({free.get('GPU', 0):g} free). Fix: {hint}, or lower cpus_per_party / use fewer party groups."
+    )
+
+
+def _describe_error(err: BaseException) -> str:
+    """One readable line for a Ray error: the party's own exception, or how the actor died."""
+    if isinstance(err, ray.exceptions.RayTaskError):
+        cause = err.cause if err.cause is not None else err
+        text = f"{type(cause).__name__}: {cause}"
+    elif isinstance(err, ray.exceptions.RayActorError):
+        text = f"actor died ({type(err).__name__}: {str(err).strip().splitlines()[0]})"
+    else:
+        text = f"{type(err).__name__}: {err}"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[:3])[:600]
+
+
+class PartyGroup:
+    """``world_size`` party actors plus the dealer in one placement group and one MPC session."""
+
+    def __init__(self, config: PartyGroupConfig | None = None, name: str | None = None):
+        self.config = config or PartyGroupConfig()
+        self.name = f"{name or 'mpcformer'}-{uuid.uuid4().hex[:6]}"
+        self.placement: Placement | None = None
+        self.actors_info: list[dict[str, Any]] = []
+        self._pg = None
+        self._parties: list[Any] = []
+        self._dealer = None
+        self._dealer_ref = None
+        self._open = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "PartyGroup":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    @property
+    def is_running(self) -> bool:
+        return self._open
+
+    def start(self) -> "PartyGroup":
+        """Place, spawn and join; on any failure tear everything down and raise."""
+        if self._open:
+            return self
+        try:
+            self._place()
+            self._spawn()
+            self._join()
+        except BaseException:
+            self.shutdown()
+            raise
+        log.info("party group %s running (%s): %s", self.name, self.placement.strategy, self.actors_info)
+        return self
+
+    def _place(self) -> None:
+        self.placement = plan_placement(self.config)
+        self._pg = placement_group(self.placement.bundles, strategy=self.placement.strategy, name=self.name)
+        if not self._pg.wait(timeout_seconds=self.config.placement_timeout_s):
+            raise PlacementError(_placement_error(self.name, self.placement, self.config.placement_timeout_s))
+
+    def _spawn(self) -> None:
+        from mpcformer.actors.dealer import DealerActor
+        from mpcformer.actors.party import PartyActor
+
+        mpc = self.config.mpc.model_dump()
+        n = self.config.world_size
+        for rank, bundle in enumerate(self.placement.bundles):
+            options = dict(
+                num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0.0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
+            )
+            if rank < n:
+                self._parties.append(PartyActor.options(name=f"{self.name}/party-{rank}", **options).remote(rank, n, mpc, self.name))
+            else:
+                self._dealer = DealerActor.options(name=f"{self.name}/dealer", **options).remote(n, mpc, self.name)
+        refs = {self._who(rank): actor.describe.remote() for rank, actor in enumerate(self._actors())}
+        info = self._await(refs, "actor start-up", self.config.placement_timeout_s, watch_dealer=False)
+        self.actors_info = [info[self._who(rank)] for rank in range(len(refs))]
+
+    def _join(self) -> None:
+        rendezvous = ray.get(self._parties[0].rendezvous_address.remote(), timeout=self.config.mpc.timeout_s)
+        if self._dealer is not None:
+            self._dealer_ref = self._dealer.serve.remote(rendezvous)
+        refs = {self._who(rank): party.open.remote(rendezvous) for rank, party in enumerate(self._parties)}
+        self._await(refs, f"joining the MPC session at {rendezvous}", self.config.mpc.timeout_s + _JOIN_SLACK_S)
+        self._open = True
+
+    def run(self, calls: Sequence[PartyCall], timeout_s: float | None = None) -> list[Any]:
+        """Run ``calls[rank]`` on every party inside the session; return the results by rank.
+
+        Raises :class:`GroupFailure` (after tearing the group down) on the first party error, a dead
+        or stalled actor, the dealer leaving, or the deadline ``timeout_s`` (default ``run_timeout_s``).
+        """
+        if not self._open:
+            raise RuntimeError(f"party group {self.name} is not running (call start() first)")
+        if len(calls) != self.config.world_size:
+            raise ValueError(f"run needs one PartyCall per party ({self.config.world_size}), got {len(calls)}")
+        refs = {
+            self._who(rank): party.run.remote(call.fn, tuple(call.args), dict(call.kwargs))
+            for rank, (party, call) in enumerate(zip(self._parties, calls))
+        }
+        results = self._await(refs, "run", timeout_s or self.config.run_timeout_s)
+        return [results[self._who(rank)] for rank in range(self.config.world_size)]
+
+    def shutdown(self) -> None:
+        """End the session (the dealer exits), kill every actor, remove the placement group. Idempotent."""
+        try:
+            if self._open:
+                self._close_session()
+        finally:
+            for actor in self._actors():
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as err:  # already dead is fine
+                    log.debug("kill %s: %s", actor, err)
+            if self._pg is not None:
+                try:
+                    remove_placement_group(self._pg)
+                except Exception as err:
+                    log.warning("party group %s: could not remove its placement group: %s", self.name, err)
+            self._pg, self._parties, self._dealer, self._dealer_ref, self._open = None, [], None, None, False
+
+    def _close_session(self) -> None:
+        self._open = False
+        refs = [party.close.remote() for party in self._parties]
+        refs += [self._dealer_ref] if self._dealer_ref is not None else []
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=self.config.shutdown_timeout_s)
+        if pending:
+            log.warning(
+                "party group %s: %d of %d parties/dealer did not leave the session within %.0fs; killing them",
+                self.name, len(pending), len(refs), self.config.shutdown_timeout_s,
+            )
+
+    # -- waiting and failing fast ------------------------------------------------------------------
+    def _actors(self) -> list[Any]:
+        return self._parties + ([self._dealer] if self._dealer is not None else [])
+
+    def _who(self, rank: int) -> str:
+        return "dealer" if rank == self.config.world_size else f"party {rank}"
+
+    def _await(self, refs: dict[str, Any], what: str, timeout_s: float | None, watch_dealer: bool = True) -> dict[str, Any]:
+        """Wait for every ref; fail fast on the first error, on the dealer leaving, or at the deadline."""
+        pending = {ref: who for who, ref in refs.items()}
+        dealer_ref = self._dealer_ref if watch_dealer else None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        results: dict[str, Any] = {}
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait(list(pending) + ([dealer_ref] if dealer_ref is not None else []), num_returns=1, timeout=remaining)
+            if not ready:
+                raise self._fail(", ".join(pending.values()), f"no answer to {what} within {timeout_s:.0f}s")
+            if dealer_ref is not None and ready[0] == dealer_ref:
+                raise self._fail("dealer", self._dealer_exit_cause(what))
+            who = pending.pop(ready[0])
+            try:
+                results[who] = ray.get(ready[0])
+            except Exception as err:
+                raise self._fail(who, f"during {what}: {_describe_error(err)}") from err
+        return results
+
+    def _dealer_exit_cause(self, what: str) -> str:
+        try:
+            ray.get(self._dealer_ref)
+            return f"left the MPC session during {what} (a party closed or its connection dropped)"
+        except Exception as err:
+            return f"during {what}: {_describe_error(err)}"
+
+    def _fail(self, who: str, cause: str) -> GroupFailure:
+        """Diagnose every actor (alive / dead / unresponsive), tear the group down, build the error."""
+        states = self._diagnose()
+        stalled = [name for name, state in states.items() if state != "alive" and name not in who]
+        if stalled:
+            cause += f" (likely cause: {', '.join(stalled)} {states[stalled[0]]})"
+        failure = GroupFailure(self.name, who, cause, states)
+        log.warning("%s", failure)
+        self._open = False
+        self.shutdown()
+        return failure
+
+    def _diagnose(self) -> dict[str, str]:
+        refs = {self._who(rank): actor.ping.remote() for rank, actor in enumerate(self._actors())}
+        ray.wait(list(refs.values()), num_returns=len(refs), timeout=_PING_TIMEOUT_S)
+        states = {}
+        for who, ref in refs.items():
+            try:
+                ray.get(ref, timeout=0)
+                states[who] = "alive"
+            except ray.exceptions.GetTimeoutError:
+                states[who] = f"unresponsive for {_PING_TIMEOUT_S:.0f}s (stalled)"
+            except Exception as err:
+                states[who] = "dead" if isinstance(err, ray.exceptions.RayActorError) else _describe_error(err)
+        return states

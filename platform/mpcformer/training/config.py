@@ -1,0 +1,91 @@
+"""Typed configs for teacher fine-tuning and two-stage distillation (YAML in, validated out).
+
+Defaults follow the MPCFormer recipe (teacher: AdamW, lr 5e-5, batch 32, 10% linear warm-up then
+linear decay; distillation: stage 1 lr 5e-5, stage 2 lr 1e-5, temperature 1, batch 32) scaled
+down in epochs, examples and sequence length to fit a 2-core CPU: the paper's SST-2 run uses
+10 + 5 epochs over 67k sentences at length 128, the defaults here one epoch per stage over a
+20k-sentence subset at length 64.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from mpcformer.config import StrictModel
+from mpcformer.data.loading import DataConfig
+
+__all__ = ["OptimConfig", "StageConfig", "FinetuneConfig", "DistillConfig", "Baseline", "BASELINE_ALIASES"]
+
+Baseline = Literal["none", "wo_d", "wo_pd"]
+
+#: the paper's names for the baselines -> config values
+BASELINE_ALIASES = {"w/o{d}": "wo_d", "w/o{p,d}": "wo_pd", "wo{d}": "wo_d", "wo{p,d}": "wo_pd"}
+
+
+def _default_data() -> DataConfig:
+    return DataConfig(task="sst2", max_train_examples=20_000, max_length=64)
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear warm-up then linear decay to 0 over ``epochs`` (or ``max_steps``)."""
+
+    epochs: float = Field(1.0, gt=0)  # passes over the training subset (fractions allowed)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0)  # not applied to biases and LayerNorm weights
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float | None = 1.0  # None = no clipping
+    max_steps: int | None = Field(None, ge=1)  # stop after this many updates (overrides epochs)
+
+
+class StageConfig(OptimConfig):
+    """One distillation stage: its optimiser settings plus the logit temperature (stage 2)."""
+
+    temperature: float = Field(1.0, gt=0)
+
+
+class _RunConfig(StrictModel):
+    """Settings shared by every training job."""
+
+    data: DataConfig = Field(default_factory=_default_data)
+    output_dir: str = "runs/job"
+    seed: int = 0
+    num_threads: int | None = Field(None, ge=1)  # torch threads; None = CPUs this process may use
+    eval_batch_size: int = Field(128, ge=1)
+    eval_every_steps: int | None = Field(None, ge=1)  # dev evaluation period; None = end of each epoch
+    save_every_steps: int = Field(200, ge=1)  # resumable checkpoint period
+    resume: bool = True  # continue from output_dir/last if it exists
+    progress: bool = True  # tqdm progress bars
+
+
+class FinetuneConfig(_RunConfig):
+    """Teacher fine-tuning: a preset (tiny, minilm, bert-base, bert-large) or HF model path/name."""
+
+    model: str = "minilm"
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    output_dir: str = "runs/finetune/sst2-minilm"
+
+
+class DistillConfig(_RunConfig):
+    """MPCFormer distillation of ``combo`` from ``teacher`` (a fine-tuned checkpoint folder).
+
+    ``baseline`` trains the approximated model with the task loss only, for the same budget
+    (``stage1.epochs + stage2.epochs`` at stage 2's learning rate and batch size):
+    ``wo_d`` (w/o{d}) starts from the teacher's weights, ``wo_pd`` (w/o{p,d}) from random ones.
+    """
+
+    teacher: str = "runs/finetune/sst2-minilm/best"
+    combo: str = "quad+2quad"
+    baseline: Baseline = "none"
+    stage1: StageConfig = Field(default_factory=lambda: StageConfig(epochs=1.0, lr=5e-5))
+    stage2: StageConfig = Field(default_factory=lambda: StageConfig(epochs=1.0, lr=1e-5, temperature=1.0))
+    attention_weight: float = Field(1.0, ge=0)  # stage 1: weight of the attention-score MSE
+    hidden_weight: float = Field(1.0, ge=0)  # stage 1: weight of the hidden-state MSE
+    output_dir: str = "runs/distill/sst2-minilm-quad+2quad"
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _paper_names(cls, value: str) -> str:
+        return BASELINE_ALIASES.get(value, value) if isinstance(value, str) else value

@@ -1,0 +1,53 @@
+"""Training history: JSON records and a PNG plot (loss per update, dev metric per evaluation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_history"]
+
+
+def _global_steps(records: list[dict[str, Any]], phases: list[str], offsets: dict[str, int]) -> list[int]:
+    return [offsets[r["phase"]] + r["step"] for r in records]
+
+
+def plot_history(history: list[dict[str, Any]], path: str | Path, title: str, metric: str) -> Path:
+    """Plot train ``loss`` (log scale, one colour per phase) and dev ``metric`` against updates.
+
+    Phases are laid end to end: phase ``k`` starts where phase ``k-1`` stopped.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases: list[str] = []
+    for record in history:
+        if record["phase"] not in phases:
+            phases.append(record["phase"])
+    offsets, start = {}, 0
+    for phase in phases:
+        offsets[phase] = start
+        start += max((r["step"] for r in history if r["phase"] == phase), default=0)
+
+    fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(11, 4))
+    for phase in phases:
+        train = [r for r in history if r["phase"] == phase and r["kind"] == "train"]
+        evals = [r for r in history if r["phase"] == phase and r["kind"] == "eval" and metric in r]
+        if train:
+            ax_loss.plot(_global_steps(train, phases, offsets), [r["loss"] for r in train], label=phase)
+        if evals:
+            ax_dev.plot(_global_steps(evals, phases, offsets), [r[metric] for r in evals], "o-", label=phase)
+    ax_loss.set(xlabel="update", ylabel="training loss", yscale="log", title="loss")
+    ax_dev.set(xlabel="update", ylabel=f"dev {metric}", title=f"dev {metric}")
+    for ax in (ax_loss, ax_dev):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

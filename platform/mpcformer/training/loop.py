@@ -1,0 +1,336 @@
+"""The training loop shared by fine-tuning, distillation and the baselines.
+
+A run is a list of :class:`Phase` objects (fine-tuning: one; distillation: stage 1 then stage 2;
+a baseline: one). Each phase has its own AdamW optimiser and linear warm-up/decay schedule and a
+loss function of a padded batch. The loop
+
+- shuffles with a generator seeded by ``(seed, phase, epoch)``, so the order of examples does not
+  depend on where a run was interrupted;
+- evaluates on the dev split every ``eval_every_steps`` updates and at the end of each epoch,
+  keeping the best model (on the task's primary metric) in ``<output_dir>/best``;
+- writes a resumable checkpoint to ``<output_dir>/last`` every ``save_every_steps`` updates
+  (model + tokenizer in Hugging Face format, plus ``training_state.pt``: optimiser, scheduler,
+  RNG state, position, history); a rerun with ``resume`` continues from it, skipping the batches
+  already seen in the current epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mpcformer.data.loading import EncodedDataset, collate
+from mpcformer.data.metrics import compute_metrics
+from mpcformer.data.tasks import TaskSpec
+from mpcformer.training.config import OptimConfig
+
+__all__ = [
+    "Phase",
+    "RunState",
+    "Checkpointer",
+    "available_cpus",
+    "configure_threads",
+    "set_seed",
+    "make_optimizer",
+    "phase_steps",
+    "batches",
+    "evaluate",
+    "train_phases",
+    "LoopSettings",
+    "model_inputs",
+    "write_json",
+]
+
+log = logging.getLogger(__name__)
+
+#: loss function of a padded batch -> (loss to minimise, named float terms for the history)
+LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+_STATE_FILE = "training_state.pt"
+
+
+# ----------------------------------------------------------------------------- environment
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """``torch.set_num_threads``: the requested count, or every CPU this process may use."""
+    threads = num_threads or available_cpus()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU) random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- optimisation
+def make_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with ``cfg.weight_decay`` on weight matrices only (not biases, not LayerNorm)."""
+    decay, no_decay = [], []
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layernorm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr factor: step/warmup during warm-up, then (total - step)/(total - warmup) down to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def phase_steps(cfg: OptimConfig, num_examples: int) -> tuple[int, int]:
+    """``(steps_per_epoch, total_steps)``: ``ceil(N / batch)`` and ``ceil(epochs * that)`` or ``max_steps``."""
+    per_epoch = math.ceil(num_examples / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * per_epoch)
+    return per_epoch, max(1, total)
+
+
+# ----------------------------------------------------------------------------- batching and evaluation
+def batches(dataset: EncodedDataset, batch_size: int, order_seed: int | None, pad_id: int, start: int = 0):
+    """Padded batches of ``dataset``: shuffled by ``order_seed`` (None = by length, for eval)."""
+    if order_seed is None:
+        order = sorted(range(len(dataset)), key=lambda i: len(dataset.features[i]["input_ids"]))
+    else:
+        generator = torch.Generator().manual_seed(order_seed)
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+    for begin in range(start * batch_size, len(order), batch_size):
+        yield collate([dataset[i] for i in order[begin:begin + batch_size]], pad_id)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keyword arguments of a Hugging Face encoder (everything but ``labels``)."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: EncodedDataset, spec: TaskSpec, batch_size: int, pad_id: int) -> dict[str, float]:
+    """Dev metrics of ``model`` (GLUE's, see :mod:`mpcformer.data.metrics`), in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for batch in batches(dataset, batch_size, None, pad_id):  # sorted by length: less padding
+        logits.append(model(**model_inputs(batch)).logits.float())
+        labels.append(batch["labels"])
+    model.train(was_training)
+    return compute_metrics(torch.cat(logits).numpy(), torch.cat(labels).numpy(), spec)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@dataclass
+class RunState:
+    """Where a run is and what it has seen; saved with every resumable checkpoint."""
+
+    phase_index: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0  # updates done in the current phase
+    best_metric: float = -math.inf
+    best_where: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Checkpointer:
+    """Saves ``best/`` and ``last/`` (HF format + training state) under ``output_dir``."""
+
+    def __init__(self, output_dir: str | Path, tokenizer: Any, extra_modules: dict[str, nn.Module] | None = None):
+        self.output_dir = Path(output_dir)
+        self.tokenizer = tokenizer
+        self.extra_modules = extra_modules or {}
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def last_dir(self) -> Path:
+        return self.output_dir / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.output_dir / "best"
+
+    def _save_model(self, model: nn.Module, folder: Path) -> Path:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        return tmp
+
+    def save_best(self, model: nn.Module) -> None:
+        tmp = self._save_model(model, self.best_dir)
+        shutil.rmtree(self.best_dir, ignore_errors=True)
+        tmp.rename(self.best_dir)
+
+    def save_last(self, model: nn.Module, optimizer, scheduler, state: RunState) -> None:
+        """Write ``last/`` atomically (a crash mid-save leaves the previous one intact)."""
+        tmp = self._save_model(model, self.last_dir)
+        torch.save(
+            {
+                "state": state.__dict__,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "extra_modules": {k: m.state_dict() for k, m in self.extra_modules.items()},
+                "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+                "numpy_rng": np.random.get_state(),
+            },
+            tmp / _STATE_FILE,
+        )
+        shutil.rmtree(self.last_dir, ignore_errors=True)
+        tmp.rename(self.last_dir)
+
+    def load_state(self) -> dict[str, Any] | None:
+        """The saved training state of ``last/`` (None when there is none)."""
+        path = self.last_dir / _STATE_FILE
+        if not path.is_file():
+            return None
+        return torch.load(path, weights_only=False)
+
+    def restore_rng_and_extras(self, saved: dict[str, Any]) -> None:
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(saved["python_rng"])
+        np.random.set_state(saved["numpy_rng"])
+        for name, module in self.extra_modules.items():
+            module.load_state_dict(saved["extra_modules"][name])
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class Phase:
+    """One training phase: what to optimise, with which loss and settings."""
+
+    name: str
+    optim: OptimConfig
+    loss_fn: LossFn
+    params: list[tuple[str, nn.Parameter]]
+    select_best: bool = True  # dev evaluations of this phase may become the best checkpoint
+
+
+@dataclass
+class LoopSettings:
+    seed: int
+    eval_every_steps: int | None
+    save_every_steps: int
+    eval_batch_size: int
+    pad_id: int
+    progress: bool = True
+    log_every_steps: int = 10
+
+
+def _record_eval(model, dev, spec, settings: LoopSettings, state: RunState, phase: Phase, ckpt: Checkpointer) -> dict:
+    metrics = evaluate(model, dev, spec, settings.eval_batch_size, settings.pad_id)
+    record = {"kind": "eval", "phase": phase.name, "step": state.step, "epoch": state.epoch, **metrics}
+    state.history.append(record)
+    score = metrics[spec.primary_metric]
+    if phase.select_best and score > state.best_metric:
+        state.best_metric = score
+        state.best_where = {"phase": phase.name, "step": state.step, **metrics}
+        ckpt.save_best(model)
+    log.info("%s step %d: dev %s", phase.name, state.step, metrics)
+    return metrics
+
+
+def _run_phase(
+    phase: Phase, model: nn.Module, train: EncodedDataset, dev: EncodedDataset, spec: TaskSpec,
+    settings: LoopSettings, state: RunState, ckpt: Checkpointer, saved: dict[str, Any] | None,
+) -> None:
+    from tqdm.auto import tqdm
+
+    per_epoch, total = phase_steps(phase.optim, len(train))
+    optimizer = make_optimizer(phase.params, phase.optim)
+    scheduler = _linear_schedule(optimizer, int(phase.optim.warmup_ratio * total), total)
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    params = [p for _, p in phase.params if p.requires_grad]
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(total=total, initial=state.step, desc=phase.name, disable=not settings.progress, dynamic_ncols=True)
+    while state.step < total:
+        order_seed = settings.seed * 1_000_003 + state.phase_index * 1_009 + state.epoch
+        for batch in batches(train, phase.optim.batch_size, order_seed, settings.pad_id, start=state.batch_in_epoch):
+            tic = time.perf_counter()
+            loss, terms = phase.loss_fn(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if phase.optim.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, phase.optim.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            state.batch_in_epoch += 1
+            rate = len(batch["labels"]) / max(time.perf_counter() - tic, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{rate:.0f}")
+            if state.step % settings.log_every_steps == 0 or state.step == 1:
+                state.history.append({
+                    "kind": "train", "phase": phase.name, "step": state.step, "epoch": state.epoch,
+                    "loss": loss.item(), "lr": scheduler.get_last_lr()[0], **terms,
+                })
+            epoch_done = state.batch_in_epoch >= per_epoch
+            if (settings.eval_every_steps and state.step % settings.eval_every_steps == 0) or epoch_done \
+                    or state.step == total:
+                _record_eval(model, dev, spec, settings, state, phase, ckpt)
+            if epoch_done:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            if state.step % settings.save_every_steps == 0 or state.step == total:
+                state.phase_seconds[phase.name] = state.phase_seconds.get(phase.name, 0.0) + time.perf_counter() - started
+                started = time.perf_counter()
+                ckpt.save_last(model, optimizer, scheduler, state)
+            if state.step >= total:
+                break
+    bar.close()
+
+
+def train_phases(
+    phases: list[Phase], model: nn.Module, train: EncodedDataset, dev: EncodedDataset, spec: TaskSpec,
+    settings: LoopSettings, ckpt: Checkpointer, resume: bool,
+) -> RunState:
+    """Run ``phases`` in order (resuming from ``ckpt.last_dir`` when asked); returns the final state.
+
+    When resuming, the caller must already have loaded the model weights from ``ckpt.last_dir``.
+    """
+    saved = ckpt.load_state() if resume else None
+    state = RunState(**saved["state"]) if saved else RunState()
+    if saved:
+        ckpt.restore_rng_and_extras(saved)
+        log.info("resuming at phase %d, step %d", state.phase_index, state.step)
+    for index, phase in enumerate(phases):
+        if index < state.phase_index:
+            continue
+        _run_phase(phase, model, train, dev, spec, settings, state, ckpt, saved if index == state.phase_index else None)
+        saved = None
+        if index + 1 < len(phases):
+            state.phase_index, state.epoch, state.batch_in_epoch, state.step = index + 1, 0, 0, 0
+    return state
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
+

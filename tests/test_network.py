@@ -1,0 +1,38 @@
+"""Network simulation: analytic projection and emulation agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpcformer.errors import UserError
+from mpcformer.mpc.config import MPCConfig
+from mpcformer.mpc.launcher import run_local
+from mpcformer.mpc.network import PROFILES, NetworkProfile, project_latency, resolve_profile
+
+import mpc_party_fns as fns
+
+
+def test_profiles_and_formula():
+    wan = resolve_profile("wan")
+    assert wan.rtt_s == pytest.approx(0.04) and wan.bandwidth_bps == pytest.approx(1e8)
+    assert resolve_profile("custom:1000:5").rtt_s == pytest.approx(0.005)
+    # 10 rounds x 40 ms + 1 MB over 100 Mbit/s = 0.4 + 0.08 s
+    assert project_latency(1.0, 10, 1e6, wan) == pytest.approx(1.48)
+    assert PROFILES["lan"].comm_seconds(10, 0) < PROFILES["wan"].comm_seconds(10, 0)
+    with pytest.raises(UserError, match="custom"):
+        resolve_profile("moon")
+
+
+@pytest.mark.timeout(300)
+def test_emulated_run_matches_analytic_projection():
+    values = torch.randn(4, 16).tolist()
+    base = run_local(fns.timed_softmax, args=(values,))[0]
+    link = NetworkProfile(name="test", bandwidth_bps=50e6, rtt_s=0.05, mode="emulate")
+    emulated = run_local(fns.timed_softmax, args=(values,), config=MPCConfig(network=link))[0]
+    rounds, nbytes = base["total"]["rounds"], base["total"]["bytes"]
+    assert emulated["total"]["rounds"] == rounds  # the link changes time, not the protocol
+    projected = project_latency(base["total"]["time_s"], rounds, nbytes, link)
+    measured = emulated["total"]["time_s"]
+    assert link.comm_seconds(rounds, nbytes) > 2.0  # the link dominates, so the check means something
+    assert abs(measured - projected) / projected < 0.15, (measured, projected)
