@@ -2,15 +2,22 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench monitor clean
+.PHONY: install install-system demo test bench monitor clean
 
 install:
 	@bash scripts/install.sh
 
-demo: install
-	$(PY) -m mpcformer.jobs.demo
+# Debian packages the tests use (a real Prometheus server, kubectl for kustomize).
+install-system:
+	@bash scripts/install-system.sh
 
-test: install
+# Uses the GLUE SST-2 files in ../shared when present; otherwise the hub, else a synthetic set.
+DEMO_DATA := $(if $(wildcard ../shared/data/sst2/dev.tsv),--data ../shared/data/sst2,)
+
+demo: install
+	$(PY) -m mpcformer.jobs.demo $(DEMO_DATA)
+
+test: install install-system
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install

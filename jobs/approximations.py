@@ -1,18 +1,55 @@
-"""approximations (not built yet)."""
+"""approximations: list the registered MPC-friendly approximations (name, kind, formula, params, reference).
+
+    mpcformer approximations                 # a table
+    mpcformer approximations --kind normaliser --json
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
-from mpcformer.errors import UserError
+__all__ = ["add_arguments", "run", "rows", "format_table"]
+
+_COLUMNS = ("name", "kind", "formula", "params", "reference")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--kind", choices=("activation", "normaliser"), help="only this kind")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+
+def rows(kind: str | None = None) -> list[dict[str, Any]]:
+    """One dict per registered approximation: name, kind, formula, params (defaults), reference."""
+    from mpcformer.approx import list_approximations
+
+    return [
+        {"name": a.name, "kind": a.kind, "formula": a.formula, "params": dict(a.params), "reference": a.reference}
+        for a in list_approximations(kind)  # type: ignore[arg-type]
+    ]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={val:g}" for key, val in value.items()) or "-"
+    return str(value) or "-"
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A plain-text table with one header line, a rule, and one line per record."""
+    cells = [[_cell(record[col]) for col in _COLUMNS] for record in records]
+    widths = [max(len(col), *(len(row[i]) for row in cells)) for i, col in enumerate(_COLUMNS)]
+    lines = ["  ".join(col.ljust(w) for col, w in zip(_COLUMNS, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'approximations' is not available yet in this version")
+    records = rows(args.kind)
+    print(json.dumps(records, indent=2) if args.json else format_table(records))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,18 +1,110 @@
-"""infer (not built yet)."""
+"""Encrypted inference batches through Ray party actors (resumable; writes predictions and a summary).
+
+    mpcformer infer --config jobs/configs/infer-tiny.yaml --out runs/infer-tiny
+    python -m mpcformer.jobs.infer --model minilm --data /data/sst2 --approx quad+2quad,exact --groups 2
+
+Flags override the YAML; ``--set key.sub=value`` overrides any field (e.g. ``--set group.mpc.timeout_s=60``).
+Inside ``ray job submit`` (RAY_ADDRESS set) it joins that cluster, else it starts a local one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 from mpcformer.errors import UserError
 
+#: Flag -> dotted config key.
+_FLAG_KEYS = {
+    "model": "model", "split": "split", "batch_size": "batch_size", "limit": "limit", "groups": "pool.groups",
+    "strategy": "group.strategy", "out": "out", "task": "data.task", "max_length": "data.max_length",
+    "timeout": "group.mpc.timeout_s", "job_name": "job_name",
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--config", type=Path, help="YAML config (InferConfig) or a shipped one's name (infer, infer-tiny)")
+    parser.add_argument("--model", help="preset (tiny, minilm, bert-base, bert-large), HF path or distilled folder")
+    parser.add_argument("--data", help="data folder (train.<ext>, dev.<ext>) or one file for --split")
+    parser.add_argument("--task", help="task name (sst2, glue/rte, ...) for columns and metric")
+    parser.add_argument("--split", choices=["train", "dev"])
+    parser.add_argument("--approx", help="comma-separated combos, e.g. quad+2quad,exact")
+    parser.add_argument("--batch-size", type=int, help="sequences per MPC forward")
+    parser.add_argument("--max-length", type=int, help="tokens per sequence after truncation")
+    parser.add_argument("--limit", type=int, help="only the first N examples")
+    parser.add_argument("--groups", type=int, help="K party groups running concurrently")
+    parser.add_argument("--strategy", choices=["auto", "STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK"])
+    parser.add_argument("--timeout", type=float, help="deadline in seconds of every MPC step (rendezvous, collective)")
+    parser.add_argument("--out", help="output folder; re-running with the same folder resumes")
+    parser.add_argument("--job-name", help="name in logs and metrics")
+    parser.add_argument("--no-plaintext-check", action="store_true", help="skip the plaintext reference logits")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a new local cluster)")
+    parser.add_argument("--num-cpus", type=int, help="logical CPUs of a new local Ray cluster")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    overrides: dict[str, Any] = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None}
+    if args.approx:
+        overrides["combos"] = [c for c in args.approx.split(",") if c.strip()]
+    if args.no_plaintext_check:
+        overrides["check_plaintext"] = False
+    if args.data:
+        path = Path(args.data)
+        overrides["data.data_dir" if path.is_dir() else f"data.{args.split or 'dev'}_file"] = str(path)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE (e.g. group.mpc.timeout_s=60), got '{item}'")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _config_path(config: Path) -> Path:
+    """A YAML path, or the name of a config shipped in ``mpcformer/jobs/configs`` (``infer-tiny``)."""
+    if config.is_file():
+        return config
+    shipped = Path(__file__).parent / "configs" / f"{config.name.removesuffix('.yaml')}.yaml"
+    return shipped if shipped.is_file() else config
+
+
+def build_infer_config(args: argparse.Namespace):
+    from mpcformer.cluster.infer import InferConfig
+    from mpcformer.config import build_config, load_config
+
+    overrides = _overrides(args)
+    if args.config:
+        return load_config(InferConfig, _config_path(args.config), overrides)
+    return build_config(InferConfig, {}, overrides, source="command line")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'infer' is not available yet in this version")
+    import signal
+    import sys
+    import threading
+
+    from mpcformer.cluster.infer import run_infer
+    from mpcformer.cluster.scheduler import JobFailed
+    from mpcformer.cluster_connect import connect
+
+    cfg = build_infer_config(args)
+    if threading.current_thread() is threading.main_thread():  # `ray job stop` sends SIGTERM: clean up
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    need = cfg.pool.groups * (cfg.group.world_size * cfg.group.cpus_per_party + cfg.group.cpus_for_dealer)
+    with connect(address=args.address, num_cpus=args.num_cpus or max(2, int(need + 0.999))):
+        try:
+            summary = run_infer(cfg, progress=not args.no_progress)
+        except JobFailed as err:
+            print(f"infer: {err}\nfinished batches are kept in {cfg.out}; run again with the same --out to resume", file=sys.stderr)
+            return 1
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"wrote {Path(cfg.out) / 'predictions.jsonl'} and {Path(cfg.out) / 'summary.json'}")
+    return 0 if summary["complete"] else 1
 
 
 if __name__ == "__main__":

@@ -1,18 +1,40 @@
-"""sweep (not built yet)."""
+"""Run a distillation sweep (Ray Tune) from a YAML grid; resumes an interrupted sweep.
+
+Writes results.csv, results.md and best.json under <storage_path>/<name>/.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from mpcformer.errors import UserError
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--config", type=Path, required=True, help="sweep YAML (see jobs/configs/sweep-*.yaml)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: the job's cluster or a new local one)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if the sweep exists")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep key (dotted)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'sweep' is not available yet in this version")
+    import yaml
+
+    from mpcformer.cluster_connect import connect
+    from mpcformer.config import ConfigError, load_config
+    from mpcformer.sweep import SweepConfig, run_sweep
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        overrides[key] = yaml.safe_load(value)
+    sweep = load_config(SweepConfig, args.config, overrides)
+    with connect(args.address):
+        summary = run_sweep(sweep, resume=not args.no_resume)
+    print(Path(summary["sweep_dir"], "results.md").read_text())
+    print(f"{summary['trials']} trials, {summary['failed']} failed; best per approximation in {summary['sweep_dir']}/best.json")
+    return 1 if summary["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 from mpcformer.approx.registry import (
     Approximation,
     Combo,
+    InvalidApproximationParams,
     UnknownApproximation,
     get,
     list_approximations,
@@ -15,4 +16,4 @@ from mpcformer.approx.registry import (
 )
 from mpcformer.approx import functions as _functions  # noqa: F401  (registers the built-ins)
 
-__all__ = ["Approximation", "Combo", "UnknownApproximation", "get", "list_approximations", "register"]
+__all__ = ["Approximation", "Combo", "InvalidApproximationParams", "UnknownApproximation", "get", "list_approximations", "register"]

@@ -6,6 +6,9 @@ Signatures, shared by both forms:
 - normaliser:  ``fn(scores, mask, **params) -> probs`` over the last dim. ``scores`` is
   ``(B, H, Tq, Tk)``; ``mask`` is a *public* plaintext 0/1 float tensor broadcastable to it
   (``(B, 1, 1, Tk)``: 1 = real token, 0 = padding). Masked keys get probability exactly 0.
+
+``params`` are the function's keyword parameters with their defaults; ``check`` (optional) raises
+``ValueError`` for values outside the range the function supports.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from typing import Any, Callable, Literal
 
 from mpcformer.errors import UserError
 
-__all__ = ["Approximation", "Combo", "register", "get", "list_approximations", "UnknownApproximation"]
+__all__ = [
+    "Approximation", "Combo", "register", "get", "list_approximations", "UnknownApproximation",
+    "InvalidApproximationParams",
+]
 
 Kind = Literal["activation", "normaliser"]
 _KINDS = ("activation", "normaliser")
@@ -25,8 +31,14 @@ class UnknownApproximation(UserError, ValueError):
     """An approximation or combination name that is not registered."""
 
 
+class InvalidApproximationParams(UnknownApproximation):
+    """A parameter an approximation does not take, or a value outside its supported range."""
+
+
 @dataclass(frozen=True)
 class Approximation:
+    """One registered function: ``plain`` (torch) and ``encrypted`` (CrypTensor) compute the same maths."""
+
     name: str
     kind: Kind
     formula: str
@@ -34,6 +46,24 @@ class Approximation:
     encrypted: Callable[..., Any]
     params: dict[str, float] = field(default_factory=dict)
     reference: str = ""
+    check: Callable[[dict[str, float]], None] | None = None
+
+    def resolve_params(self, overrides: dict[str, float] | None = None) -> dict[str, float]:
+        """Defaults merged with ``overrides``; unknown names or out-of-range values raise
+        :class:`InvalidApproximationParams` naming the valid ones."""
+        overrides = dict(overrides or {})
+        unknown = set(overrides) - set(self.params)
+        if unknown:
+            raise InvalidApproximationParams(
+                f"{self.kind} '{self.name}' has no parameter(s) {sorted(unknown)}; it takes {sorted(self.params) or 'none'}"
+            )
+        merged = {**self.params, **{key: float(value) for key, value in overrides.items()}}
+        if self.check is not None:
+            try:
+                self.check(merged)
+            except ValueError as err:
+                raise InvalidApproximationParams(str(err)) from err
+        return merged
 
 
 _REGISTRY: dict[str, Approximation] = {}
@@ -43,6 +73,8 @@ def register(approx: Approximation) -> Approximation:
     """Add ``approx`` to the registry; a name can be registered only once."""
     if approx.kind not in _KINDS:
         raise ValueError(f"approximation kind must be one of {_KINDS}, got '{approx.kind}'")
+    if not approx.name or "+" in approx.name or approx.name == "exact":
+        raise ValueError(f"approximation name '{approx.name}' must be non-empty, without '+', and not 'exact'")
     if approx.name in _REGISTRY:
         raise ValueError(f"approximation '{approx.name}' is already registered")
     _REGISTRY[approx.name] = approx
@@ -50,10 +82,12 @@ def register(approx: Approximation) -> Approximation:
 
 
 def list_approximations(kind: Kind | None = None) -> list[Approximation]:
+    """Registered approximations (of one ``kind`` if given), in registration order."""
     return [a for a in _REGISTRY.values() if kind is None or a.kind == kind]
 
 
 def get(name: str, kind: Kind | None = None) -> Approximation:
+    """The approximation called ``name``; unknown names raise with the list of known ones."""
     approx = _REGISTRY.get(name)
     if approx is None or (kind is not None and approx.kind != kind):
         known = ", ".join(a.name for a in list_approximations(kind))
@@ -80,15 +114,15 @@ class Combo:
             (self.activation, "activation", self.activation_params),
             (self.normaliser, "normaliser", self.normaliser_params),
         ):
-            approx = get(name, kind)  # type: ignore[arg-type]
-            unknown = set(params) - set(approx.params)
-            if unknown:
-                raise UnknownApproximation(
-                    f"{kind} '{name}' has no parameter(s) {sorted(unknown)}; it takes {sorted(approx.params) or 'none'}"
-                )
+            get(name, kind).resolve_params(params)  # type: ignore[arg-type]
+
+    def __hash__(self) -> int:  # dict fields: hash the sorted items
+        return hash((self.activation, self.normaliser, tuple(sorted(self.activation_params.items())),
+                     tuple(sorted(self.normaliser_params.items()))))
 
     @classmethod
     def parse(cls, text: str, **params: dict[str, float]) -> "Combo":
+        """``"quad+2quad"`` or ``"exact"``; ``params`` are ``activation_params=`` / ``normaliser_params=``."""
         text = text.strip()
         if text == "exact":
             return cls("gelu", "softmax", **params)
@@ -110,14 +144,16 @@ class Combo:
     def _merged(self, kind: Kind) -> tuple[Approximation, dict[str, float]]:
         approx = get(self.activation if kind == "activation" else self.normaliser, kind)
         overrides = self.activation_params if kind == "activation" else self.normaliser_params
-        return approx, {**approx.params, **overrides}
+        return approx, approx.resolve_params(overrides)
 
     def activation_fn(self, encrypted: bool = False) -> Callable[[Any], Any]:
+        """``fn(x)``: the activation's plaintext (torch) or encrypted (CrypTensor) form with its params."""
         approx, params = self._merged("activation")
         fn = approx.encrypted if encrypted else approx.plain
         return lambda x: fn(x, **params)
 
     def normaliser_fn(self, encrypted: bool = False) -> Callable[[Any, Any], Any]:
+        """``fn(scores (B,H,Tq,Tk), mask (B,1,1,Tk) public 0/1)``: the normaliser's chosen form."""
         approx, params = self._merged("normaliser")
         fn = approx.encrypted if encrypted else approx.plain
         return lambda scores, mask: fn(scores, mask, **params)
@@ -132,4 +168,8 @@ class Combo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Combo":
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`UnknownApproximation`."""
+        unknown = set(data) - {"activation", "normaliser", "activation_params", "normaliser_params"}
+        if unknown:
+            raise UnknownApproximation(f"approximation record has unknown field(s) {sorted(unknown)}")
         return cls(**data)

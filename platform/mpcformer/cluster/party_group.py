@@ -20,6 +20,7 @@ Lifecycle (Ray Train's backend pattern, plain functions shipped to actors):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,8 +32,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mpcformer.cluster.config import PartyGroupConfig
 from mpcformer.errors import UserError
+from mpcformer.mpc.config import MPCConfig
 
-__all__ = ["PartyCall", "PartyGroup", "GroupFailure", "PlacementError", "plan_placement", "Placement"]
+__all__ = [
+    "PartyCall", "PartyGroup", "GroupFailure", "PlacementError", "Placement", "plan_placement", "run_on_party_group",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,11 @@ class PlacementError(UserError):
 class GroupFailure(RuntimeError):
     """A party or the dealer died, stalled or raised; the group has been torn down."""
 
-    def __init__(self, group: str, who: str, cause: str, states: dict[str, str] | None = None):
+    def __init__(
+        self, group: str, who: str, cause: str, states: dict[str, str] | None = None, retryable: bool = True
+    ):
         self.group, self.who, self.cause, self.states = group, who, cause, dict(states or {})
+        self.retryable = retryable  # False when a party raised UserError: bad input, a retry cannot help
         state_text = "; ".join(f"{name}: {state}" for name, state in self.states.items())
         super().__init__(f"party group {group}: {who} failed: {cause}" + (f" [{state_text}]" if state_text else ""))
 
@@ -124,6 +131,10 @@ def _placement_error(name: str, placement: Placement, timeout_s: float) -> str:
     )
 
 
+def _is_user_error(err: BaseException) -> bool:
+    return isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, UserError)
+
+
 def _describe_error(err: BaseException) -> str:
     """One readable line for a Ray error: the party's own exception, or how the actor died."""
     if isinstance(err, ray.exceptions.RayTaskError):
@@ -135,6 +146,18 @@ def _describe_error(err: BaseException) -> str:
         text = f"{type(err).__name__}: {err}"
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return " | ".join(lines[:3])[:600]
+
+
+def _drain(refs: list[Any], timeout_s: float = 2.0) -> None:
+    """Collect the errors of calls left running on a torn-down group, so Ray does not report them
+    as unhandled; the failure has already been reported once."""
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:
+            pass
 
 
 class PartyGroup:
@@ -150,6 +173,8 @@ class PartyGroup:
         self._dealer = None
         self._dealer_ref = None
         self._open = False
+        self._failed = False
+        self._lock = threading.RLock()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "PartyGroup":
@@ -227,9 +252,16 @@ class PartyGroup:
         return [results[self._who(rank)] for rank in range(self.config.world_size)]
 
     def shutdown(self) -> None:
-        """End the session (the dealer exits), kill every actor, remove the placement group. Idempotent."""
+        """End the session (the dealer exits), kill every actor, remove the placement group.
+
+        Idempotent and thread-safe (the job's main thread may stop a group a worker thread runs).
+        """
+        with self._lock:
+            self._shutdown_locked()
+
+    def _shutdown_locked(self) -> None:
         try:
-            if self._open:
+            if self._open and not self._failed:
                 self._close_session()
         finally:
             for actor in self._actors():
@@ -243,6 +275,7 @@ class PartyGroup:
                 except Exception as err:
                     log.warning("party group %s: could not remove its placement group: %s", self.name, err)
             self._pg, self._parties, self._dealer, self._dealer_ref, self._open = None, [], None, None, False
+            self._failed = False
 
     def _close_session(self) -> None:
         self._open = False
@@ -272,14 +305,15 @@ class PartyGroup:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _ = ray.wait(list(pending) + ([dealer_ref] if dealer_ref is not None else []), num_returns=1, timeout=remaining)
             if not ready:
-                raise self._fail(", ".join(pending.values()), f"no answer to {what} within {timeout_s:.0f}s")
+                raise self._fail(", ".join(pending.values()), f"no answer to {what} within {timeout_s:.0f}s", list(pending))
             if dealer_ref is not None and ready[0] == dealer_ref:
-                raise self._fail("dealer", self._dealer_exit_cause(what))
+                raise self._fail("dealer", self._dealer_exit_cause(what), list(pending))
             who = pending.pop(ready[0])
             try:
                 results[who] = ray.get(ready[0])
             except Exception as err:
-                raise self._fail(who, f"during {what}: {_describe_error(err)}") from err
+                cause = f"during {what}: {_describe_error(err)}"
+                raise self._fail(who, cause, list(pending), retryable=not _is_user_error(err)) from err
         return results
 
     def _dealer_exit_cause(self, what: str) -> str:
@@ -289,16 +323,23 @@ class PartyGroup:
         except Exception as err:
             return f"during {what}: {_describe_error(err)}"
 
-    def _fail(self, who: str, cause: str) -> GroupFailure:
-        """Diagnose every actor (alive / dead / unresponsive), tear the group down, build the error."""
+    def _fail(self, who: str, cause: str, pending: list[Any], retryable: bool = True) -> GroupFailure:
+        """Diagnose every actor (alive / dead / unresponsive), tear the group down, build the error.
+
+        When the reporting party is alive but another actor is dead or unresponsive, that actor is
+        named as the one that failed (the reporter only saw its peer vanish or time out).
+        """
+        self._failed = True
+        pending = pending + ([self._dealer_ref] if self._dealer_ref is not None else [])
         states = self._diagnose()
-        stalled = [name for name, state in states.items() if state != "alive" and name not in who]
-        if stalled:
-            cause += f" (likely cause: {', '.join(stalled)} {states[stalled[0]]})"
-        failure = GroupFailure(self.name, who, cause, states)
+        suspects = [name for name, state in states.items() if state != "alive"]
+        if suspects and states.get(who) == "alive":
+            cause = f"{states[suspects[0]]}; {who} reported: {cause}"
+            who = ", ".join(suspects)
+        failure = GroupFailure(self.name, who, cause, states, retryable)
         log.warning("%s", failure)
-        self._open = False
         self.shutdown()
+        _drain(pending)
         return failure
 
     def _diagnose(self) -> dict[str, str]:
@@ -314,3 +355,26 @@ class PartyGroup:
             except Exception as err:
                 states[who] = "dead" if isinstance(err, ray.exceptions.RayActorError) else _describe_error(err)
         return states
+
+
+def run_on_party_group(
+    fn: Callable[..., Any],
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    config: MPCConfig | None = None,
+    group_config: PartyGroupConfig | None = None,
+) -> list[Any]:
+    """Run ``fn(rank, *args, **kwargs)`` on every party of a fresh group; return the results by rank.
+
+    The one-shot counterpart of :func:`mpcformer.mpc.launcher.run_local` on Ray actors. Joins the
+    running Ray cluster, or starts a local one for the call when none is connected.
+    """
+    from mpcformer.cluster_connect import connect
+
+    group_config = group_config or PartyGroupConfig()
+    if config is not None:
+        group_config = group_config.model_copy(update={"mpc": config})
+    call = PartyCall(fn, tuple(args), dict(kwargs or {}))
+    with connect(num_cpus=max(2, group_config.world_size + 1)):
+        with PartyGroup(group_config, name="oneshot") as group:
+            return group.run([call] * group_config.world_size)

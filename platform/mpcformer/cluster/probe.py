@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["encrypted_matmul"]
+__all__ = ["encrypted_matmul", "encrypted_steps"]
 
 
 def encrypted_matmul(rank: int, a: list[list[float]] | None, b: list[list[float]] | None, reveal_to: int = 1) -> dict[str, Any]:
@@ -20,17 +20,41 @@ def encrypted_matmul(rank: int, a: list[list[float]] | None, b: list[list[float]
 
     from mpcformer.cluster.context import get_party_context
     from mpcformer.mpc.compat import crypten
+    from mpcformer.mpc.costs import CostLedger
 
     device = get_party_context().device
-    a_tensor = torch.tensor(a, device=device) if a is not None else None
-    b_tensor = torch.tensor(b, device=device) if b is not None else None
-    crypten.reset_communication_stats()
-    a_enc = crypten.cryptensor(a_tensor, src=0, broadcast_size=True, device=device)  # (M, K)
-    b_enc = crypten.cryptensor(b_tensor, src=1, broadcast_size=True, device=device)  # (K, N)
-    product = a_enc.matmul(b_enc).get_plain_text(dst=reveal_to)  # (M, N), only on reveal_to
-    stats = crypten.get_communication_stats()
+    empty = torch.empty(0, device=device)  # a party that does not own an input learns only its size
+    a_tensor = torch.tensor(a, device=device) if a is not None else empty
+    b_tensor = torch.tensor(b, device=device) if b is not None else empty
+    ledger = CostLedger()
+    with ledger.active(), ledger.scope("linear"):
+        a_enc = crypten.cryptensor(a_tensor, src=0, broadcast_size=True, device=device)  # (M, K)
+        b_enc = crypten.cryptensor(b_tensor, src=1, broadcast_size=True, device=device)  # (K, N)
+        product = a_enc.matmul(b_enc).get_plain_text(dst=reveal_to)  # (M, N), only on reveal_to
+    total = ledger.total()
     return {
         "product": product.cpu().tolist() if rank == reveal_to else None,
-        "rounds": stats["rounds"],
-        "bytes": stats["bytes"],
+        "rounds": total.rounds,
+        "bytes": total.bytes,
     }
+
+
+def encrypted_steps(rank: int, steps: int, pause_s: float = 0.0) -> dict[str, Any]:
+    """``steps`` encrypted multiplications ``x = x * 1``, ``pause_s`` apart (a long, cheap probe).
+
+    Every step is one Beaver multiplication (a dealer request and a party-to-party exchange), so a
+    party or dealer that dies or stalls mid-way is noticed at the next step. Returns the revealed
+    value (1.0 up to fixed-point error) and the number of steps done.
+    """
+    import time
+
+    import torch
+
+    from mpcformer.mpc.compat import crypten
+
+    value = crypten.cryptensor(torch.ones(1), src=0)
+    one = crypten.cryptensor(torch.ones(1), src=1)
+    for _ in range(steps):
+        value = value * one
+        time.sleep(pause_s)
+    return {"value": value.get_plain_text().item(), "steps": steps, "rank": rank}

@@ -1,5 +1,369 @@
-"""Placeholder: replaced by the fast exact ring matmul (performance issue)."""
+"""Exact ring (mod 2^64) matmul for CrypTen's CPU int64 shares, and the hook that plugs it in.
+
+**Maths.** CrypTen's CUDA path (``crypten/cuda/cuda_tensor.py``) multiplies 64-bit ring elements
+by splitting them into small blocks multiplied in floating point. :func:`ring_matmul` does the same
+on the CPU with float64 BLAS. Every int64 ``x`` is written as three *balanced* limbs
+
+    x ≡ d0 + d1·2^22 + d2·2^43  (mod 2^64),   |d0| ≤ 2^21, |d1| ≤ 2^20, |d2| ≤ 2^20,
+
+so ``a @ b ≡ S00 + (S01 + S10)·2^22 + (S02 + S20)·2^43 + S11·2^44 (mod 2^64)`` with
+``Sij = A_i @ B_j`` (pairs whose shift reaches 2^64 vanish: 6 of the 9 products are needed).
+Every product of limbs is at most 2^42 in magnitude, so any sum of up to 2^53 / 2^42 = 2048 of
+them is an exact float64 integer, whatever order BLAS adds them in; longer inner dimensions are cut
+into chunks of at most 2048 whose int64 results are added with wrap-around. The two cross sums
+``S01 + S10`` and ``S02 + S20`` are each one BLAS call over the concatenated limbs
+(``[A1 A0] @ [B0; B1]``), so a chunk costs 4 GEMM calls (6 GEMMs' worth of flops).
+
+**Speed.** Whether 6 float64 GEMMs beat one int64 GEMM depends on the machine: torch >= 2 has a
+vectorised int64 GEMM, only ~3-4x slower than MKL's float64 one on an AVX-512 CPU. The CrypTen hook
+therefore picks the kernel by a one-time measurement (``kernel="auto"``, see :func:`enable`).
+
+**Hook.** :func:`enable` makes every encrypted matmul on CPU take the chosen kernel and does less
+work around it; all results stay bit-identical to CrypTen's:
+
+1. ``torch`` inside CrypTen's MPC modules (arithmetic, beaver, replicated, TTP and TFP providers)
+   is replaced by a stand-in whose ``matmul`` routes CPU int64 tensors to the chosen kernel; every
+   other attribute is torch's own, and CUDA tensors (``CUDALongTensor``) go to ``torch.matmul``.
+2. Beaver step 4 for matmul, ``z = c + ε·b + a·δ + ε·δ`` (ε·δ public, added by party 0), is
+   computed as ``c + ε·(b + δ) + a·δ`` on party 0 and ``c + ε·b + a·δ`` elsewhere: 2 local matmuls
+   instead of 3, the same ring element.
+3. The TTP client on parties other than 0 learns the size of ``c`` from a matmul on meta tensors
+   instead of multiplying its random ``a`` and ``b`` only to read the result's shape.
+
+Configuration: ``kernel`` of :func:`enable` (``auto`` | ``limbs`` | ``stock``); the session layer
+calls ``enable()`` when ``MPCConfig.fast_matmul`` is true, in the parties and the dealer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+
+__all__ = [
+    "RingKernel", "ring_matmul", "ring_linear", "measure_kernels",
+    "enable", "disable", "is_enabled", "active_kernel",
+]
+
+log = logging.getLogger(__name__)
+
+RingKernel = Literal["auto", "limbs", "stock"]
+_KERNELS = ("auto", "limbs", "stock")
+_STOCK_MATMUL = torch.matmul  # kept before any patching
+
+# -- limb arithmetic -------------------------------------------------------------------------
+
+_SHIFT1, _SHIFT2 = 22, 43  # limb i starts at bit _SHIFT_i; widths 22, 21, 21
+_HALF0, _HALF1 = 1 << 21, 1 << 20  # half the range of limbs 0 and 1
+_LOW_OFFSET = _HALF0 + (_HALF1 << _SHIFT1)  # lifts limbs 0 and 1 to unsigned
+_TOP_BITS = _LOW_OFFSET  # the top bit of limbs 0 and 1 (the same two bits)
+_MAX_LIMB_PRODUCT_BITS = 42  # |d0·d0| ≤ 2^21·2^21; every other needed pair is smaller
+#: Longest inner dimension one float64 GEMM may sum exactly: 2^53 / 2^42.
+MAX_EXACT_CHUNK = 1 << (53 - _MAX_LIMB_PRODUCT_BITS)
 
 
-def enable() -> None:
-    return None
+def _write_limbs(x: torch.Tensor, d0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> None:
+    """Write the balanced float64 limbs of int64 ``x`` into ``d0, d1, d2`` (views of x's shape).
+
+    ``y = x + 2^21 + 2^20·2^22`` (wrapping) makes the two low limbs unsigned, ``u0 = y[0:22]``,
+    ``u1 = y[22:43]``; ``u - 2^(w-1)`` is the sign-extension of ``u`` with its top bit flipped, so
+    with ``z = y ^ (2^21 | 2^42)``: ``d0 = (z << 42) >> 42``, ``d1 = (z << 21) >> 43`` and
+    ``d2 = z >> 43`` (arithmetic shifts; d2 is the top 21 bits read as signed, right modulo 2^64
+    once scaled by 2^43). Seven passes over ``x``, the last shift of each writing float64.
+    """
+    z = x + _LOW_OFFSET
+    z ^= _TOP_BITS
+    bits = torch.bitwise_left_shift(z, 64 - _SHIFT1)  # the one scratch tensor
+    torch.bitwise_right_shift(bits, 64 - _SHIFT1, out=d0)
+    torch.bitwise_left_shift(z, 64 - _SHIFT2, out=bits)
+    torch.bitwise_right_shift(bits, 64 - _SHIFT2 + _SHIFT1, out=d1)
+    torch.bitwise_right_shift(z, _SHIFT2, out=d2)
+
+
+def _chunk_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` mod 2^64 for ``a (..., M, k)``, ``b (..., k, N)`` with ``k ≤ MAX_EXACT_CHUNK``.
+
+    Limbs are laid out so that each needed sum is one GEMM over a contiguous slice:
+    ``A = [A1 A0 A2]`` along k and ``B = [B2; B0; B1]`` along k, then
+    ``S00 = A0 @ B0``, ``S11 = A1 @ B1``, ``S01 + S10 = [A1 A0] @ [B0; B1]``,
+    ``S02 + S20 = [A0 A2] @ [B2; B0]``.
+    """
+    k = a.shape[-1]
+    a_limbs = torch.empty(*a.shape[:-1], 3 * k, dtype=torch.float64)  # (..., M, 3k): [A1 A0 A2]
+    b_limbs = torch.empty(*b.shape[:-2], 3 * k, b.shape[-1], dtype=torch.float64)  # (..., 3k, N): [B2; B0; B1]
+    _write_limbs(a, a_limbs[..., k:2 * k], a_limbs[..., :k], a_limbs[..., 2 * k:])
+    _write_limbs(b, b_limbs[..., k:2 * k, :], b_limbs[..., 2 * k:, :], b_limbs[..., :k, :])
+    terms = (  # (float64 (..., M, N) exact integer sum, shift)
+        (torch.matmul(a_limbs[..., k:2 * k], b_limbs[..., k:2 * k, :]), 0),  # S00
+        (torch.matmul(a_limbs[..., :2 * k], b_limbs[..., k:, :]), _SHIFT1),  # S10 + S01
+        (torch.matmul(a_limbs[..., k:], b_limbs[..., :2 * k, :]), _SHIFT2),  # S02 + S20
+        (torch.matmul(a_limbs[..., :k], b_limbs[..., 2 * k:, :]), 2 * _SHIFT1),  # S11
+    )
+    out = terms[0][0].to(torch.int64)
+    for total, shift in terms[1:]:
+        part = total.to(torch.int64)
+        part <<= shift  # wraps modulo 2^64
+        out += part
+    return out
+
+
+def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.matmul(a, b)`` for int64 CPU tensors, modulo 2^64, computed with float64 BLAS.
+
+    Bit-identical to torch's int64 matmul (which wraps) for every input, ``-2^63`` and ``2^63-1``
+    included. Same shape rules as ``torch.matmul``: 1-D operands, and broadcasting batch dims such
+    as attention's ``(B, H, T, d) @ (B, H, d, T)``. Inner dimensions above
+    :data:`MAX_EXACT_CHUNK` are summed chunk by chunk.
+    """
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.device.type != "cpu":
+            got = f"{t.dtype} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"ring_matmul needs int64 CPU tensors, {name} is {got}; use torch.matmul otherwise")
+    if a.dim() == 0 or b.dim() == 0:
+        raise ValueError("ring_matmul needs at least 1-D operands (as torch.matmul does)")
+    squeeze = [d for d, vector in ((-2, a.dim() == 1), (-1, b.dim() == 1)) if vector]
+    a2 = a.unsqueeze(0) if a.dim() == 1 else a  # (..., M, K)
+    b2 = b.unsqueeze(-1) if b.dim() == 1 else b  # (..., K, N)
+    k = a2.shape[-1]
+    if k != b2.shape[-2]:
+        raise ValueError(f"ring_matmul: inner dimensions differ, a is {tuple(a.shape)} and b is {tuple(b.shape)}")
+    if k == 0 or a2.numel() == 0 or b2.numel() == 0:
+        out = torch.matmul(a2, b2)  # empty or all-zero: nothing to split
+    else:
+        n_chunks = math.ceil(k / MAX_EXACT_CHUNK)
+        step = math.ceil(k / n_chunks)
+        out = _chunk_product(a2[..., :step], b2[..., :step, :])
+        for start in range(step, k, step):
+            out += _chunk_product(a2[..., start:start + step], b2[..., start:start + step, :])
+    for dim in squeeze:
+        out = out.squeeze(dim)
+    return out
+
+
+def ring_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.nn.functional.linear`` on the ring: ``x @ weight.T + bias`` mod 2^64.
+
+    ``x (..., in)``, ``weight (out, in)``, ``bias (out,)`` int64 CPU tensors (CrypTen's ``Linear``
+    computes ``x.matmul(weight.t())``, which the hook already covers).
+    """
+    out = ring_matmul(x, weight.transpose(-2, -1))  # (..., in) @ (in, out) -> (..., out)
+    return out + bias if bias is not None else out
+
+
+# -- kernel choice ---------------------------------------------------------------------------
+
+#: Products smaller than this many multiply-adds always take torch's int64 GEMM (call overhead).
+MIN_LIMB_MACS = 1 << 22
+
+
+def _random_ring(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(-(2**63), 2**63 - 1, shape, dtype=torch.int64, generator=generator)
+
+
+def measure_kernels(m: int = 64, k: int = 768, n: int = 768, repeats: int = 3) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of ``stock`` (torch int64) and ``limbs`` on ``(m,k) @ (k,n)``."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = _random_ring((m, k), gen), _random_ring((k, n), gen)
+    kernels: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "stock": _STOCK_MATMUL, "limbs": ring_matmul,
+    }
+    best = {name: math.inf for name in kernels}
+    for fn in kernels.values():
+        fn(a, b)  # warm-up
+    for _ in range(repeats):
+        for name, fn in kernels.items():  # interleaved, so background load hits both alike
+            start = time.perf_counter()
+            fn(a, b)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+# -- the CrypTen hook --------------------------------------------------------------------------
+
+#: CrypTen modules that multiply shares with ``getattr(torch, op)``.
+_PATCHED_MODULES = (
+    "crypten.mpc.primitives.arithmetic",
+    "crypten.mpc.primitives.beaver",
+    "crypten.mpc.primitives.replicated",
+    "crypten.mpc.provider.ttp_provider",
+    "crypten.mpc.provider.tfp_provider",
+)
+
+
+@dataclass
+class _HookState:
+    kernel: RingKernel = "auto"
+    resolved: str | None = None  # "limbs" | "stock" once "auto" has measured
+    originals: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.originals)
+
+
+_STATE = _HookState()
+
+
+def active_kernel() -> str:
+    """The kernel encrypted CPU matmuls use now: ``limbs`` or ``stock`` (measures once under auto)."""
+    if not _STATE.enabled:
+        return "stock"
+    if _STATE.kernel != "auto":
+        return _STATE.kernel
+    if _STATE.resolved is None:
+        times = measure_kernels()
+        _STATE.resolved = "limbs" if times["limbs"] < 0.9 * times["stock"] else "stock"
+        log.info(
+            "ring matmul: stock int64 %.1f ms, float64 limbs %.1f ms on 64x768x768 -> using %s",
+            1e3 * times["stock"], 1e3 * times["limbs"], _STATE.resolved,
+        )
+    return _STATE.resolved
+
+
+def _is_cpu_int64(t: Any) -> bool:
+    return type(t) is torch.Tensor and t.dtype == torch.int64 and t.device.type == "cpu"
+
+
+def _dispatch_matmul(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+    """``torch.matmul`` as CrypTen's modules see it while the hook is on."""
+    if args or kwargs or not (_is_cpu_int64(a) and _is_cpu_int64(b)) or a.dim() == 0 or b.dim() == 0:
+        return _STOCK_MATMUL(a, b, *args, **kwargs)
+    m, n = (a.shape[-2] if a.dim() > 1 else 1), (b.shape[-1] if b.dim() > 1 else 1)
+    macs = max(a.numel() * n, b.numel() * m)  # M·K·N times the larger operand's batch
+    if macs >= MIN_LIMB_MACS and active_kernel() == "limbs":
+        return ring_matmul(a, b)
+    return _STOCK_MATMUL(a, b)
+
+
+class _TorchWithRingMatmul(types.ModuleType):
+    """Stands in for ``torch`` in CrypTen's MPC modules: ``matmul`` dispatches, the rest is torch."""
+
+    matmul = staticmethod(_dispatch_matmul)
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def _is_cpu(device: Any) -> bool:
+    return device is None or torch.device(device).type == "cpu"
+
+
+def _beaver_fewer_matmuls(op: str, x, y, *args, **kwargs):
+    """CrypTen's Beaver protocol (``beaver.__beaver_protocol``) with 2 local matmuls instead of 3.
+
+    1. Obtain random sharings [a], [b] and [c] = [a @ b] from the provider
+    2. Open epsilon = [x] - [a] and delta = [y] - [b] in one round
+    3. Return [z] = [c] + epsilon @ ([b] + delta) + [a] @ delta, where party 0 alone adds delta
+       to its share of b: the same ring element as CrypTen's c + ε·b + a·δ + ε·δ.
+
+    Other ops, active security and non-CPU tensors go to CrypTen's own protocol unchanged.
+    """
+    if op != "matmul" or args or kwargs or _crypten_cfg().mpc.active_security or not _is_cpu(x.device):
+        return _STATE.originals["beaver_protocol"](op, x, y, *args, **kwargs)
+    if x.device != y.device:
+        raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
+    from mpcformer.mpc.compat import crypten
+    from crypten.mpc.primitives import beaver
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    provider = crypten.mpc.get_default_provider()
+    a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, device=x.device)
+    with beaver.IgnoreEncodings([a, b, x, y]):
+        epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
+    b_share = b.share + delta if c.rank == 0 else b.share  # party 0 carries the public ε·δ
+    c.share += _dispatch_matmul(epsilon, b_share)
+    c.share += _dispatch_matmul(a.share, delta)
+    return c
+
+
+def _ttp_triple_sized_on_meta(self, size0, size1, op, device=None, *args, **kwargs):
+    """CrypTen's ``TrustedThirdParty.generate_additive_triple``; parties other than 0 take the
+    size of ``c`` from a meta-tensor ``op`` instead of computing ``a op b`` for nothing."""
+    if not _is_cpu(device):
+        return _STATE.originals["ttp_triple"](self, size0, size1, op, device, *args, **kwargs)
+    from crypten import communicator as comm
+    from crypten.common.rng import generate_random_ring_element
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    generator = TTPClient.get().get_generator(device=device)
+    a = generate_random_ring_element(size0, generator=generator, device=device)
+    b = generate_random_ring_element(size1, generator=generator, device=device)
+    if comm.get().get_rank() == 0:
+        c = TTPClient.get().ttp_request("additive", device, size0, size1, op, *args, **kwargs)
+    else:
+        meta0, meta1 = torch.empty(size0, device="meta"), torch.empty(size1, device="meta")
+        c_size = getattr(torch, op)(meta0, meta1, *args, **kwargs).size()
+        c = generate_random_ring_element(c_size, generator=generator, device=device)
+    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
+
+
+def _crypten_cfg():
+    from mpcformer.mpc.compat import crypten
+
+    return crypten.cfg
+
+
+def enable(kernel: RingKernel = "auto") -> None:
+    """Route CrypTen's encrypted CPU matmuls through the ring kernel (idempotent; see module doc).
+
+    Configuration parameters:
+        kernel: ``"auto"`` measures once per process (:func:`measure_kernels`, ~0.1 s, at the
+            first large matmul) and keeps the faster of ``"limbs"`` (float64 BLAS on limbs,
+            :func:`ring_matmul`) and ``"stock"`` (torch's int64 GEMM); either can be forced.
+            Products under :data:`MIN_LIMB_MACS` multiply-adds always use ``"stock"``.
+    """
+    if kernel not in _KERNELS:
+        raise ValueError(f"unknown ring matmul kernel {kernel!r}; choose one of {', '.join(_KERNELS)}")
+    _STATE.kernel = kernel
+    if _STATE.enabled:
+        return
+    import importlib
+
+    from mpcformer.mpc.compat import import_crypten
+
+    import_crypten()
+    from crypten.mpc.primitives import beaver
+    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
+
+    stand_in = _TorchWithRingMatmul()
+    for name in _PATCHED_MODULES:
+        module = importlib.import_module(name)
+        _STATE.originals[name] = module.torch
+        module.torch = stand_in
+    _STATE.originals["beaver_protocol"] = getattr(beaver, "__beaver_protocol")
+    setattr(beaver, "__beaver_protocol", _beaver_fewer_matmuls)
+    _STATE.originals["ttp_triple"] = TrustedThirdParty.generate_additive_triple
+    TrustedThirdParty.generate_additive_triple = _ttp_triple_sized_on_meta
+    log.debug("ring matmul hook on (kernel %s)", kernel)
+
+
+def disable() -> None:
+    """Give CrypTen back its own matmul, Beaver protocol and triple generation (idempotent)."""
+    if not _STATE.enabled:
+        return
+    import importlib
+
+    from crypten.mpc.primitives import beaver
+    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
+
+    originals = _STATE.originals
+    for name in _PATCHED_MODULES:
+        importlib.import_module(name).torch = originals[name]
+    setattr(beaver, "__beaver_protocol", originals["beaver_protocol"])
+    TrustedThirdParty.generate_additive_triple = originals["ttp_triple"]
+    _STATE.originals = {}
+    log.debug("ring matmul hook off")
+
+
+def is_enabled() -> bool:
+    """Whether :func:`enable` is in effect in this process."""
+    return _STATE.enabled

@@ -1,1 +1,33 @@
-"""observability"""
+"""Prometheus metrics of private inference and distillation sweeps, Grafana dashboards, monitoring.
+
+The recording API (one call per event; the backend is chosen automatically):
+
+- :func:`record_forward` (each party, after each encrypted forward, from ``CostLedger.to_dict()``)
+- :func:`track_batch` / :func:`record_batch` / :func:`set_batches_in_flight` (the inference job driver)
+- :func:`set_group_health` (whoever starts and watches a party group)
+- :func:`record_trial` / :func:`record_trial_losses` (the sweep driver)
+
+See ``docs/observability.md`` for the metric table and where each one comes from.
+"""
+
+from mpcformer.observability.backends import configure, current_backend, flush, ray_connected
+from mpcformer.observability.exporter import exposition, start_http_server
+from mpcformer.observability.metrics import (
+    METRICS,
+    MetricSpec,
+    metric_spec,
+    record_batch,
+    record_forward,
+    record_trial,
+    record_trial_losses,
+    set_batches_in_flight,
+    set_group_health,
+    track_batch,
+)
+
+__all__ = [
+    "METRICS", "MetricSpec", "metric_spec",
+    "record_forward", "record_batch", "track_batch", "set_batches_in_flight", "set_group_health",
+    "record_trial", "record_trial_losses",
+    "configure", "current_backend", "flush", "ray_connected", "start_http_server", "exposition",
+]

@@ -16,7 +16,17 @@ from pydantic import Field, field_validator
 from mpcformer.config import StrictModel
 from mpcformer.data.loading import DataConfig
 
-__all__ = ["OptimConfig", "StageConfig", "FinetuneConfig", "DistillConfig", "Baseline", "BASELINE_ALIASES"]
+__all__ = [
+    "TrainDataConfig",
+    "OptimConfig",
+    "StageConfig",
+    "Stage1Config",
+    "Stage2Config",
+    "FinetuneConfig",
+    "DistillConfig",
+    "Baseline",
+    "BASELINE_ALIASES",
+]
 
 Baseline = Literal["none", "wo_d", "wo_pd"]
 
@@ -24,8 +34,11 @@ Baseline = Literal["none", "wo_d", "wo_pd"]
 BASELINE_ALIASES = {"w/o{d}": "wo_d", "w/o{p,d}": "wo_pd", "wo{d}": "wo_d", "wo{p,d}": "wo_pd"}
 
 
-def _default_data() -> DataConfig:
-    return DataConfig(task="sst2", max_train_examples=20_000, max_length=64)
+class TrainDataConfig(DataConfig):
+    """:class:`DataConfig` with CPU-sized defaults: 20k training examples, 64 tokens."""
+
+    max_train_examples: int | None = 20_000
+    max_length: int = 64
 
 
 class OptimConfig(StrictModel):
@@ -46,10 +59,22 @@ class StageConfig(OptimConfig):
     temperature: float = Field(1.0, gt=0)
 
 
+class Stage1Config(StageConfig):
+    """Stage 1 (attention scores + hidden states): MPCFormer's lr 5e-5."""
+
+    lr: float = Field(5e-5, gt=0)
+
+
+class Stage2Config(StageConfig):
+    """Stage 2 (logits, soft cross-entropy at ``temperature``): MPCFormer's lr 1e-5, T = 1."""
+
+    lr: float = Field(1e-5, gt=0)
+
+
 class _RunConfig(StrictModel):
     """Settings shared by every training job."""
 
-    data: DataConfig = Field(default_factory=_default_data)
+    data: TrainDataConfig = Field(default_factory=TrainDataConfig)
     output_dir: str = "runs/job"
     seed: int = 0
     num_threads: int | None = Field(None, ge=1)  # torch threads; None = CPUs this process may use
@@ -79,8 +104,8 @@ class DistillConfig(_RunConfig):
     teacher: str = "runs/finetune/sst2-minilm/best"
     combo: str = "quad+2quad"
     baseline: Baseline = "none"
-    stage1: StageConfig = Field(default_factory=lambda: StageConfig(epochs=1.0, lr=5e-5))
-    stage2: StageConfig = Field(default_factory=lambda: StageConfig(epochs=1.0, lr=1e-5, temperature=1.0))
+    stage1: Stage1Config = Field(default_factory=Stage1Config)
+    stage2: Stage2Config = Field(default_factory=Stage2Config)
     attention_weight: float = Field(1.0, ge=0)  # stage 1: weight of the attention-score MSE
     hidden_weight: float = Field(1.0, ge=0)  # stage 1: weight of the hidden-state MSE
     output_dir: str = "runs/distill/sst2-minilm-quad+2quad"

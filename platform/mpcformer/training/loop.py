@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 #: loss function of a padded batch -> (loss to minimise, named float terms for the history)
 LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 _STATE_FILE = "training_state.pt"
+_BATCHES_PER_CHUNK = 50
 
 
 # ----------------------------------------------------------------------------- environment
@@ -114,13 +115,33 @@ def phase_steps(cfg: OptimConfig, num_examples: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- batching and evaluation
+def _length_grouped_order(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[int]:
+    """A shuffled order in which each batch holds examples of similar length (less padding).
+
+    Shuffle; cut into chunks of 50 batches; sort each chunk by length; cut into batches; shuffle
+    the batches (HF's ``group_by_length`` idea). Deterministic in ``generator``'s seed.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    chunk = batch_size * _BATCHES_PER_CHUNK
+    grouped: list[list[int]] = []
+    for begin in range(0, len(order), chunk):
+        part = sorted(order[begin:begin + chunk], key=lambda i: lengths[i], reverse=True)
+        grouped += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    batch_order = torch.randperm(len(grouped), generator=generator).tolist()
+    return [index for b in batch_order for index in grouped[b]]
+
+
 def batches(dataset: EncodedDataset, batch_size: int, order_seed: int | None, pad_id: int, start: int = 0):
-    """Padded batches of ``dataset``: shuffled by ``order_seed`` (None = by length, for eval)."""
+    """Padded batches of ``dataset`` from batch number ``start`` on.
+
+    ``order_seed`` None: sorted by length (evaluation); else length-grouped shuffled batches
+    (:func:`_length_grouped_order`), the same for the same seed.
+    """
+    lengths = [len(f["input_ids"]) for f in dataset.features]
     if order_seed is None:
-        order = sorted(range(len(dataset)), key=lambda i: len(dataset.features[i]["input_ids"]))
+        order = sorted(range(len(dataset)), key=lambda i: lengths[i])
     else:
-        generator = torch.Generator().manual_seed(order_seed)
-        order = torch.randperm(len(dataset), generator=generator).tolist()
+        order = _length_grouped_order(lengths, batch_size, torch.Generator().manual_seed(order_seed))
     for begin in range(start * batch_size, len(order), batch_size):
         yield collate([dataset[i] for i in order[begin:begin + batch_size]], pad_id)
 

@@ -1,0 +1,204 @@
+"""A pool of K party groups working through a list of MPC work items, rebuilding groups that fail.
+
+    pool = GroupPool(PartyGroupConfig(), PoolConfig(groups=2), name="infer")
+    for done in pool.run(items):          # yields as items complete, in completion order
+        ...                               # done.item, done.results (by rank), done.attempts
+
+Each of the K slots is a driver thread holding one :class:`PartyGroup`; it takes the next item,
+runs it and starts over. When a group fails (a party or the dealer died, stalled or raised), the
+slot records the failure, waits ``backoff_s * 2**(failures-1)`` (at most ``backoff_max_s``), builds
+a fresh group and re-runs the item, at most ``max_attempts`` times. A failure a retry cannot fix (a
+party raised :class:`~mpcformer.errors.UserError`, the cluster cannot place a group) stops
+dispatching; items already running finish, then :class:`JobFailed` is raised. Whatever happens,
+every group is shut down before ``run`` returns or raises: no actors or placement groups outlive it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from pydantic import Field
+
+from mpcformer.cluster.config import PartyGroupConfig
+from mpcformer.cluster.party_group import GroupFailure, PartyCall, PartyGroup
+from mpcformer.config import StrictModel
+
+__all__ = ["PoolConfig", "WorkItem", "ItemDone", "FailureEvent", "JobFailed", "GroupPool"]
+
+log = logging.getLogger(__name__)
+
+
+class PoolConfig(StrictModel):
+    """How many groups run at once and how failed items are retried."""
+
+    groups: int = Field(default=1, ge=1, description="K party groups running concurrently")
+    max_attempts: int = Field(default=3, ge=1, description="tries per item (first run plus retries)")
+    backoff_s: float = Field(default=1.0, ge=0, description="wait before rebuilding a failed group; doubles")
+    backoff_max_s: float = Field(default=30.0, ge=0)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of MPC work: ``calls[rank]`` runs on party ``rank``; ``key`` names it in logs."""
+
+    key: str
+    calls: tuple[PartyCall, ...]
+
+
+@dataclass(frozen=True)
+class ItemDone:
+    item: WorkItem
+    results: list[Any]
+    attempts: int
+    group: str
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class FailureEvent:
+    """A failed attempt, as reported to ``on_failure`` and kept in ``GroupPool.failures``."""
+
+    item: str
+    attempt: int
+    group: str
+    who: str
+    cause: str
+    will_retry: bool
+
+
+class JobFailed(RuntimeError):
+    """An item failed in a way retries could not fix; the message has the last cause."""
+
+
+@dataclass(frozen=True)
+class _Fatal:
+    error: BaseException
+
+
+class _Slot:
+    """One worker thread's state: its current group (the main thread may stop it)."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.group: PartyGroup | None = None
+        self.failures = 0
+
+
+class GroupPool:
+    """K party groups; see the module docstring."""
+
+    def __init__(
+        self,
+        group_config: PartyGroupConfig,
+        config: PoolConfig | None = None,
+        name: str = "mpcformer",
+        on_failure: Callable[[FailureEvent], None] | None = None,
+    ):
+        self.group_config = group_config
+        self.config = config or PoolConfig()
+        self.name = name
+        self.on_failure = on_failure
+        self.failures: list[FailureEvent] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self, items: Sequence[WorkItem]) -> Iterator[ItemDone]:
+        """Yield each item's result as it completes; raise :class:`JobFailed` after a fatal failure."""
+        pending = collections.deque(items)
+        outbox: queue.Queue = queue.Queue()
+        slots = [_Slot(i) for i in range(min(self.config.groups, len(pending)))]
+        threads = [
+            threading.Thread(target=self._work, args=(slot, pending, outbox), name=f"{self.name}-slot{slot.index}", daemon=True)
+            for slot in slots
+        ]
+        self._stop.clear()
+        fatal: BaseException | None = None
+        try:
+            for thread in threads:
+                thread.start()
+            finished = 0
+            while finished < len(threads):
+                message = outbox.get()
+                if message is None:
+                    finished += 1
+                elif isinstance(message, _Fatal):
+                    fatal = fatal or message.error
+                    self._stop.set()
+                else:
+                    yield message
+        finally:
+            self._stop.set()
+            for slot in slots:  # on an interruption, stop groups that are mid-item
+                if slot.group is not None:
+                    slot.group.shutdown()
+            for thread in threads:
+                thread.join(timeout=self.group_config.shutdown_timeout_s + 5)
+        if fatal is not None:
+            raise fatal
+
+    # -- worker threads ------------------------------------------------------------------------
+    def _take(self, pending: collections.deque) -> WorkItem | None:
+        with self._lock:
+            return pending.popleft() if pending and not self._stop.is_set() else None
+
+    def _work(self, slot: _Slot, pending: collections.deque, outbox: queue.Queue) -> None:
+        try:
+            while (item := self._take(pending)) is not None:
+                message = self._run_item(slot, item)
+                outbox.put(message)
+                if isinstance(message, _Fatal):
+                    break
+        except BaseException as err:  # a bug here must not hang the driver
+            outbox.put(_Fatal(err))
+        finally:
+            if slot.group is not None:
+                slot.group.shutdown()
+                slot.group = None
+            outbox.put(None)
+
+    def _run_item(self, slot: _Slot, item: WorkItem) -> ItemDone | _Fatal:
+        for attempt in range(1, self.config.max_attempts + 1):
+            try:
+                if slot.group is None or not slot.group.is_running:
+                    slot.group = PartyGroup(self.group_config, name=f"{self.name}-g{slot.index}")
+                    slot.group.start()
+                tic = time.monotonic()
+                results = slot.group.run(list(item.calls))
+                slot.failures = 0
+                return ItemDone(item, results, attempt, slot.group.name, time.monotonic() - tic)
+            except GroupFailure as failure:
+                group_name = slot.group.name if slot.group is not None else "?"
+                slot.group = None  # already torn down by PartyGroup
+                if self._stop.is_set():
+                    return _Fatal(JobFailed(f"stopped while running {item.key}"))
+                will_retry = failure.retryable and attempt < self.config.max_attempts
+                self._record(FailureEvent(item.key, attempt, group_name, failure.who, failure.cause, will_retry))
+                if not will_retry:
+                    reason = "" if failure.retryable else " (not retryable: the party reported bad input)"
+                    return _Fatal(JobFailed(f"{item.key} failed after {attempt} attempt(s){reason}: {failure}"))
+                slot.failures += 1
+                delay = min(self.config.backoff_max_s, self.config.backoff_s * 2 ** (slot.failures - 1))
+                if self._stop.wait(delay):
+                    return _Fatal(JobFailed(f"stopped while waiting to retry {item.key}"))
+            except BaseException as err:  # PlacementError (user must act) or an unexpected bug
+                if slot.group is not None:
+                    slot.group.shutdown()
+                    slot.group = None
+                return _Fatal(err)
+        raise AssertionError("unreachable")
+
+    def _record(self, event: FailureEvent) -> None:
+        log.warning(
+            "%s attempt %d on %s: %s failed: %s%s", event.item, event.attempt, event.group, event.who, event.cause,
+            " - rebuilding the group and retrying" if event.will_retry else "",
+        )
+        with self._lock:
+            self.failures.append(event)
+        if self.on_failure is not None:
+            self.on_failure(event)

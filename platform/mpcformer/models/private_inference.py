@@ -1,0 +1,164 @@
+"""One party's side of a private inference: the owner's model on the client's tokens, under MPC.
+
+Both parties call :func:`run_private_inference` inside an open MPC session
+(:class:`~mpcformer.mpc.session.MPCSession`, a Ray party actor or ``run_local``) with the same combo:
+
+    # party 0, the model owner                        # party 1, the client
+    run_private_inference(0, model=hf_model,           run_private_inference(1, input_ids=ids,
+                          combo="quad+2quad")                attention_mask=mask, combo="quad+2quad")
+
+What becomes public (sent in the clear inside this function, one broadcast each way):
+
+- owner -> client: :class:`~mpcformer.models.encrypted_bert.EncryptedBertConfig`: family, vocabulary,
+  hidden, intermediate and label sizes, layers, heads, positions, token types, LayerNorm eps and
+  the two public LayerNorm input scales (one rounded number derived from the embedding tables).
+- client -> owner: the batch shape (B, T), the attention mask (each sentence's length), the
+  token-type ids (where a second segment starts); position ids follow from these.
+- both: the approximation combo's name and parameters (checked equal on both sides).
+
+Private: the owner's weights (only ever party 0's shares), the client's token ids (party 1's
+shares of one-hot rows), every intermediate activation. Only the client learns the logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any, Callable
+
+import torch
+
+from mpcformer.approx import Combo
+from mpcformer.errors import UserError
+from mpcformer.mpc.compat import crypten
+from mpcformer.mpc.costs import CostLedger
+from mpcformer.models.encrypted_bert import EncryptedBertConfig, EncryptedBertForSequenceClassification, OwnerWeights, PublicBatch
+
+__all__ = ["OWNER", "CLIENT", "run_private_inference", "plaintext_logits"]
+
+log = logging.getLogger(__name__)
+
+OWNER, CLIENT = 0, 1  # party ranks: the model owner secret-shares weights, the client its tokens
+
+
+def _as_combo(combo: Combo | str) -> Combo:
+    return combo if isinstance(combo, Combo) else Combo.parse(combo)
+
+
+def _check_role_inputs(rank: int, model: Any, input_ids: Any) -> None:
+    if rank not in (OWNER, CLIENT):
+        raise UserError(f"private inference has two parties (0 = owner, 1 = client), got rank {rank}")
+    if rank == OWNER and model is None:
+        raise UserError("party 0 (the model owner) must pass model=<a Hugging Face *ForSequenceClassification model>")
+    if rank == CLIENT and input_ids is None:
+        raise UserError("party 1 (the client) must pass input_ids (batch, tokens)")
+    if rank == OWNER and input_ids is not None:
+        raise UserError("party 0 (the model owner) must not receive the client's input_ids")
+    if rank == CLIENT and model is not None:
+        raise UserError("party 1 (the client) must not hold the model; pass it on party 0")
+
+
+def _broadcast(rank: int, src: int, build: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    """``src`` builds a plain dict and broadcasts it; a :class:`UserError` there reaches every party."""
+    sent = None
+    if rank == src:
+        try:
+            sent = {"value": build()}
+        except UserError as err:
+            sent = {"error": str(err)}
+    received = crypten.communicator.get().broadcast_obj(sent, src=src)
+    if "error" in received:
+        who = "this party" if rank == src else f"party {src}"
+        raise UserError(f"{who} could not send the {what}: {received['error']}")
+    return received["value"]
+
+
+def _exchange_architecture(rank: int, model: torch.nn.Module | None, combo: Combo) -> EncryptedBertConfig:
+    """Owner broadcasts the public architecture; both parties check that the combos match."""
+    build = lambda: {"config": EncryptedBertConfig.from_hf(model).model_dump(), "combo": combo.to_dict()}  # noqa: E731
+    received = _broadcast(rank, OWNER, build, "model architecture")
+    if received["combo"] != combo.to_dict():
+        raise UserError(f"the parties disagree on the approximation: owner {received['combo']}, party {rank} {combo.to_dict()}")
+    return EncryptedBertConfig(**received["config"])
+
+
+def _public_batch_fields(input_ids: torch.Tensor, attention_mask: Any, token_type_ids: Any) -> dict[str, Any]:
+    if input_ids.dim() != 2:
+        raise UserError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
+    mask = torch.ones(input_ids.shape) if attention_mask is None else torch.as_tensor(attention_mask)
+    if tuple(mask.shape) != tuple(input_ids.shape):
+        raise UserError(f"attention_mask shape {tuple(mask.shape)} differs from input_ids {tuple(input_ids.shape)}")
+    types = None if token_type_ids is None else torch.as_tensor(token_type_ids).long().tolist()
+    return {"attention_mask": mask.to(torch.float32).tolist(), "token_type_ids": types}
+
+
+def _exchange_batch(
+    rank: int, config: EncryptedBertConfig, input_ids: torch.Tensor | None, attention_mask: Any, token_type_ids: Any
+) -> PublicBatch:
+    """Client broadcasts the public part of its batch: attention mask and token-type ids (lists)."""
+    build = lambda: _public_batch_fields(input_ids, attention_mask, token_type_ids)  # noqa: E731
+    received = _broadcast(rank, CLIENT, build, "batch's public fields")
+    return PublicBatch.build(config, torch.tensor(received["attention_mask"]), received["token_type_ids"])
+
+
+def run_private_inference(
+    rank: int,
+    *,
+    model: torch.nn.Module | None = None,
+    input_ids: Any = None,
+    attention_mask: Any = None,
+    token_type_ids: Any = None,
+    combo: Combo | str,
+    ledger: CostLedger | None = None,
+) -> dict[str, Any]:
+    """Run the encrypted forward of the owner's classifier on the client's batch; plain data out.
+
+    Rank 0 (owner) passes ``model``; rank 1 (client) passes ``input_ids`` (B, T) and optionally
+    ``attention_mask`` (B, T, 1 = real token; default all ones) and ``token_type_ids``. ``ledger``
+    (inactive; this function activates it) records time, comm time, rounds and bytes per
+    operation category and layer of the exchanges and the forward; sharing the weights (local,
+    no communication) is timed apart as ``setup_s``.
+
+    Returns on the client ``{"combo", "logits": [[float]], "predictions": [int], "setup_s", "costs"}``,
+    on the owner ``{"combo", "setup_s", "costs"}`` (no logits).
+    """
+    _check_role_inputs(rank, model, input_ids)
+    combo = _as_combo(combo)
+    ledger = ledger if ledger is not None else CostLedger()
+    client_ids = torch.as_tensor(input_ids).long() if rank == CLIENT else None
+    with ledger.active():
+        config = _exchange_architecture(rank, model, combo)
+        batch = _exchange_batch(rank, config, client_ids, attention_mask, token_type_ids)
+    tic = time.perf_counter()
+    state = model.state_dict() if rank == OWNER else None
+    encrypted = EncryptedBertForSequenceClassification(config, OwnerWeights(config.family, state))
+    setup_s = time.perf_counter() - tic
+    log.info("party %d: %s weights shared in %.2fs; batch %s", rank, config.family, setup_s, batch.shape)
+    with ledger.active():
+        logits = encrypted(client_ids, batch, combo, ledger)  # (B, L) encrypted
+        with ledger.scope("classifier"):
+            revealed = logits.get_plain_text(dst=CLIENT)  # meaningful on the client only
+    result: dict[str, Any] = {"combo": combo.name, "setup_s": setup_s, "costs": ledger.to_dict()}
+    if rank == CLIENT:
+        result["logits"] = revealed.tolist()
+        result["predictions"] = revealed.argmax(-1).tolist()
+    return result
+
+
+def plaintext_logits(
+    model: torch.nn.Module,
+    combo: Combo | str,
+    input_ids: Any,
+    attention_mask: Any = None,
+    token_type_ids: Any = None,
+) -> torch.Tensor:
+    """Reference: logits (B, L) of a copy of ``model`` with the combo's plaintext functions swapped in."""
+    from mpcformer.models.surgery import approximate
+
+    approximated = approximate(copy.deepcopy(model), _as_combo(combo)).eval()
+    ids = torch.as_tensor(input_ids).long()
+    mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask).long()
+    kwargs = {} if token_type_ids is None else {"token_type_ids": torch.as_tensor(token_type_ids).long()}
+    with torch.no_grad():
+        return approximated(input_ids=ids, attention_mask=mask, **kwargs).logits

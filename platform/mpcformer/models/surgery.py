@@ -1,0 +1,228 @@
+"""Plaintext model surgery: an HF encoder with its GeLU and attention softmax swapped for an
+approximation combo, same weights (MPCFormer stage 1).
+
+    model = approximate(AutoModelForSequenceClassification.from_pretrained(path), Combo.parse("quad+2quad"))
+    model.save_pretrained(out)             # config.json records {"mpcformer": combo.to_dict()}
+    model = load_approximated(out)         # ... and this restores the approximation
+
+The attention normaliser is plugged in through transformers' attention interface (the
+``"mpcformer"`` implementation registered in ``ALL_ATTENTION_FUNCTIONS``, with boolean masks
+from ``ALL_MASK_ATTENTION_FUNCTIONS``); the activation module of each feed-forward block is
+replaced by :class:`ApproximatedActivation`. Teachers go through the same code path with the
+``exact`` combo (gelu+softmax), which reproduces the untouched model's logits.
+
+Supported families (``encoder_family``): BERT and its variants (MiniLM, ...), RoBERTa, DistilBERT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpcformer.approx.registry import Combo, get
+from mpcformer.errors import UserError
+
+__all__ = [
+    "ATTENTION_IMPLEMENTATION",
+    "ApproximatedActivation",
+    "approximate",
+    "approximated_attention",
+    "combo_of",
+    "encoder_family",
+    "load_approximated",
+    "record_attention_scores",
+]
+
+log = logging.getLogger(__name__)
+
+#: the name under which the approximated attention is registered with transformers
+ATTENTION_IMPLEMENTATION = "mpcformer"
+#: config attribute holding ``Combo.to_dict()`` (saved in config.json)
+CONFIG_KEY = "mpcformer"
+# model_type -> family; a family fixes where the activations and self-attention modules are
+_FAMILIES = {"bert": "bert", "roberta": "roberta", "distilbert": "distilbert"}
+_RECORD_ATTR = "_mpcformer_score_sink"
+_MASKED_BELOW = -1.0e3  # additive float masks: entries below this are padding (HF uses dtype min)
+
+
+# ----------------------------------------------------------------------------- families
+def encoder_family(model_or_config: Any) -> str:
+    """``"bert" | "roberta" | "distilbert"`` from a model or its config's ``model_type``."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    family = _FAMILIES.get(model_type or "")
+    if family is None:
+        raise UserError(
+            f"model type '{model_type}' is not supported by the MPC surgery; supported: {', '.join(sorted(_FAMILIES))}"
+        )
+    return family
+
+
+def _activation_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent module, attribute) of every feed-forward activation: BERT/RoBERTa
+    ``*Intermediate.intermediate_act_fn``, DistilBERT ``FFN.activation``."""
+    attribute = "activation" if encoder_family(model) == "distilbert" else "intermediate_act_fn"
+    return [
+        (module, attribute)
+        for module in model.modules()
+        if hasattr(module, attribute) and (attribute != "activation" or type(module).__name__ == "FFN")
+    ]
+
+
+def _self_attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention module of each layer (BertSelfAttention, RobertaSelfAttention, ...)."""
+    return [m for m in model.modules() if type(m).__name__.endswith("SelfAttention")]
+
+
+def _layer_count(config: Any) -> int:
+    return int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers"))
+
+
+# ----------------------------------------------------------------------------- activation
+class ApproximatedActivation(nn.Module):
+    """The registry activation ``name`` (plaintext form) with fixed ``params``; picklable."""
+
+    def __init__(self, name: str, params: dict[str, float] | None = None):
+        super().__init__()
+        self.approximation = name
+        self.params = get(name, "activation").resolve_params(params)
+        self._fn = get(name, "activation").plain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn(x, **self.params)
+
+    def extra_repr(self) -> str:
+        return ", ".join([self.approximation, *(f"{k}={v:g}" for k, v in self.params.items())])
+
+
+# ----------------------------------------------------------------------------- attention
+@functools.lru_cache(maxsize=64)
+def _normaliser(record_json: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return Combo.from_dict(json.loads(record_json)).normaliser_fn(encrypted=False)
+
+
+def _keep_mask(attention_mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
+    """Public 0/1 float mask from the mask HF passes in: (B, 1, 1, Tk) when it is the same for
+    every query (padding), else (B, 1, Tq, Tk). Bool masks: True = attend; float masks are additive."""
+    batch, _, _, keys = scores.shape
+    if attention_mask is None:
+        return scores.new_ones(batch, 1, 1, keys)
+    keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > _MASKED_BELOW
+    keep = keep.to(scores.dtype)  # (B, 1, Tq or 1, Tk)
+    first_query = keep[:, :, :1, :]
+    return first_query if torch.equal(keep, first_query.expand_as(keep)) else keep
+
+
+def approximated_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention with the normaliser recorded in ``module.config.mpcformer``.
+
+    query/key/value (B, H, T, hd) -> output (B, Tq, H, hd) and probabilities (B, H, Tq, Tk).
+    Scores are ``q k^T * scaling`` (the 1/sqrt(hd) included), the normaliser's input.
+    """
+    record = getattr(module.config, CONFIG_KEY, None)
+    if record is None:
+        raise UserError("attention implementation 'mpcformer' needs a model prepared with mpcformer's approximate()")
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, Tq, hd) @ (B, H, hd, Tk) -> (B, H, Tq, Tk)
+    sink = getattr(module, _RECORD_ATTR, None)
+    if sink is not None:
+        sink.append(scores)
+    probs = _normaliser(json.dumps(record, sort_keys=True))(scores, _keep_mask(attention_mask, scores))
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs, value)  # (B, H, Tq, Tk) @ (B, H, Tk, hd) -> (B, H, Tq, hd)
+    return output.transpose(1, 2).contiguous(), probs  # (B, Tq, H, hd)
+
+
+@functools.lru_cache(maxsize=1)
+def _register_attention() -> None:
+    """Register the attention function and its (boolean, always materialised) mask builder once."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_IMPLEMENTATION, approximated_attention)
+    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
+
+
+# ----------------------------------------------------------------------------- public API
+def approximate(model: nn.Module, combo: Combo) -> nn.Module:
+    """Swap ``model``'s feed-forward activation and attention normaliser for ``combo`` (in place).
+
+    Records ``combo.to_dict()`` as ``model.config.mpcformer`` so ``save_pretrained`` +
+    :func:`load_approximated` restore it. Works on an already approximated model (re-surgery).
+    Returns ``model``.
+    """
+    family = encoder_family(model)
+    slots = _activation_slots(model)
+    if len(slots) != _layer_count(model.config) or len(_self_attention_modules(model)) != len(slots):
+        raise UserError(
+            f"found {len(slots)} feed-forward activations and {len(_self_attention_modules(model))} self-attention "
+            f"modules in this {family} model, expected {_layer_count(model.config)} of each; is it a standard HF encoder?"
+        )
+    hidden_act = getattr(model.config, "hidden_act", getattr(model.config, "activation", "gelu"))
+    if combo.is_exact and hidden_act != "gelu":
+        log.warning("exact combo uses erf-GeLU but this model was trained with '%s'", hidden_act)
+    _register_attention()
+    for parent, attribute in slots:
+        setattr(parent, attribute, ApproximatedActivation(combo.activation, combo.activation_params))
+    setattr(model.config, CONFIG_KEY, combo.to_dict())
+    model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+    log.info("approximated %s model with %s", family, combo.name)
+    return model
+
+
+def combo_of(model: nn.Module) -> Combo | None:
+    """The combo ``model`` currently runs with, or None if it did not go through :func:`approximate`."""
+    record = getattr(model.config, CONFIG_KEY, None)
+    if record is None or model.config._attn_implementation != ATTENTION_IMPLEMENTATION:
+        return None
+    return Combo.from_dict(record)
+
+
+def load_approximated(path_or_name: str, **from_pretrained_kwargs: Any) -> nn.Module:
+    """``AutoModelForSequenceClassification.from_pretrained`` plus the surgery recorded in its config.
+
+    A checkpoint without a record loads as the plain HF model (``combo_of`` is then None).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path_or_name, **from_pretrained_kwargs)
+    record = getattr(model.config, CONFIG_KEY, None)
+    if record is None:
+        log.info("%s has no recorded approximation; loaded as the plain model", path_or_name)
+        return model
+    return approximate(model, Combo.from_dict(record))
+
+
+@contextlib.contextmanager
+def record_attention_scores(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, each forward pass of ``model`` appends one (B, H, T, T) tensor per layer
+    (in layer order): the pre-normaliser scores ``q k^T / sqrt(hd)``, padding *not* applied, with
+    their autograd graph (for distillation losses; mask padded keys in the loss)."""
+    if combo_of(model) is None:
+        raise UserError("record_attention_scores needs an approximated model: call approximate(model, combo) first")
+    scores: list[torch.Tensor] = []
+    modules = _self_attention_modules(model)
+    for module in modules:
+        setattr(module, _RECORD_ATTR, scores)
+    try:
+        yield scores
+    finally:
+        for module in modules:
+            delattr(module, _RECORD_ATTR)

@@ -1,0 +1,91 @@
+"""Command-line plumbing shared by ``mpcformer finetune`` and ``mpcformer distill``.
+
+A job's config comes from ``--config FILE.yaml`` (or the config class's defaults), then dotted
+``--set key=value`` overrides, then the convenience flags (``--lr`` is ``--set optim.lr=...``).
+Values of ``--set`` are parsed as YAML (``--set data.max_length=64``, ``--set resume=false``).
+Light imports only: the CLI builds every job's parser at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from mpcformer.errors import UserError
+
+__all__ = ["add_common_arguments", "collect_overrides", "parse_set", "build_job_config"]
+
+#: flag dest -> dotted config key, shared by every training job
+_COMMON = {
+    "task": "data.task",
+    "data_dir": "data.data_dir",
+    "train_file": "data.train_file",
+    "dev_file": "data.dev_file",
+    "max_train_examples": "data.max_train_examples",
+    "max_dev_examples": "data.max_dev_examples",
+    "max_length": "data.max_length",
+    "output_dir": "output_dir",
+    "seed": "seed",
+    "threads": "num_threads",
+    "eval_every": "eval_every_steps",
+    "save_every": "save_every_steps",
+}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--set`` and the data/output/seed flags every training job takes."""
+    parser.add_argument("--config", help="YAML config file (default: the built-in defaults)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, dotted (e.g. stage2.temperature=2); repeatable")
+    parser.add_argument("--task", help="task name: sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte, imdb (glue/ prefix ok)")
+    parser.add_argument("--data-dir", help="folder with train.<ext> and dev.<ext> (tsv, csv, jsonl, parquet); default: the HF hub")
+    parser.add_argument("--train-file", help="training file (overrides --data-dir for train)")
+    parser.add_argument("--dev-file", help="dev file (overrides --data-dir for dev)")
+    parser.add_argument("--max-train-examples", type=int, help="use a seeded random subset of this many training examples")
+    parser.add_argument("--max-dev-examples", type=int, help="use a seeded random subset of this many dev examples")
+    parser.add_argument("--max-length", type=int, help="tokens per example after truncation")
+    parser.add_argument("--output-dir", help="where checkpoints, metrics.json and history go")
+    parser.add_argument("--seed", type=int, help="random seed (data order, init, dropout)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: every CPU this process may use)")
+    parser.add_argument("--eval-every", type=int, help="evaluate on dev every N updates (default: each epoch)")
+    parser.add_argument("--save-every", type=int, help="write a resumable checkpoint every N updates")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", default=None,
+                        help="start afresh even if output_dir/last exists")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bars")
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def collect_overrides(args: argparse.Namespace, flag_keys: dict[str, str]) -> dict[str, Any]:
+    """Dotted overrides from ``--set`` then from every flag the user gave (flags win)."""
+    overrides = parse_set(getattr(args, "set", []) or [])
+    for dest, key in {**_COMMON, "resume": "resume", "progress": "progress", **flag_keys}.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
+def build_job_config(cls: type, args: argparse.Namespace, flag_keys: dict[str, str]):
+    """The job's validated config: ``--config`` file (or defaults) plus overrides."""
+    from mpcformer.config import build_config, load_config
+
+    overrides = collect_overrides(args, flag_keys)
+    if args.config:
+        return load_config(cls, args.config, overrides)
+    return build_config(cls, {}, overrides, source="command line")

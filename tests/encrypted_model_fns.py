@@ -1,0 +1,75 @@
+"""Models and party functions for the encrypted-model tests (module level: spawned parties import them).
+
+Models are rebuilt from a small spec on each side (party 0 and the test process) instead of being
+pickled across processes: ``tiny-bert`` / ``tiny-roberta`` are random 2-layer encoders with
+``initializer_range=0.2`` (RoBERTa's pad id 0 is the MiniLM tokenizer's, so its positions
+start at 1; at BERT's 0.02 the logits hardly depend on the input, which would make
+any comparison vacuous); ``minilm`` is the pretrained preset with a seeded classification head.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import torch
+
+TINY_SHAPE = dict(
+    vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+    num_labels=2, initializer_range=0.2,
+)
+
+
+@functools.lru_cache(maxsize=4)
+def build_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """``tiny-bert``, ``tiny-roberta`` or ``minilm``, in eval mode, the same on every process."""
+    from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    if name == "tiny-bert":
+        model = BertForSequenceClassification(BertConfig(**TINY_SHAPE))
+    elif name == "tiny-roberta":
+        model = RobertaForSequenceClassification(RobertaConfig(pad_token_id=0, max_position_embeddings=66, **TINY_SHAPE))
+    elif name == "minilm":
+        from mpcformer.models.presets import load_preset
+
+        model, _ = load_preset("minilm", num_labels=2, seed=seed)
+    else:
+        raise ValueError(f"unknown test model '{name}'")
+    return model.eval()
+
+
+def private_inference_jobs(rank: int, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run each job ``{"model", "combo", "input_ids", "attention_mask"}`` as owner (0) or client (1).
+
+    Beside the inference result, returns CrypTen's own communication counters and the wall time
+    around the call, so the test can check that the cost ledger accounts for all of them. A job
+    with ``"client_combo"`` makes the client ask for another combo: the ``UserError`` both parties
+    raise is returned as ``{"error": message}``.
+    """
+    from mpcformer.errors import UserError
+    from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.mpc.compat import crypten
+
+    results = []
+    for job in jobs:
+        model = build_model(job["model"]) if rank == 0 else None
+        before = dict(crypten.communicator.get().get_communication_stats())
+        tic = time.perf_counter()
+        try:
+            if rank == 0:
+                result = run_private_inference(0, model=model, combo=job["combo"])
+            else:
+                result = run_private_inference(
+                    1, input_ids=job["input_ids"], attention_mask=job["attention_mask"],
+                    combo=job.get("client_combo", job["combo"]),
+                )
+        except UserError as err:
+            results.append({"error": str(err)})
+            continue
+        result["wall_s"] = time.perf_counter() - tic
+        after = crypten.communicator.get().get_communication_stats()
+        result["crypten_counters"] = {key: float(after[key] - before[key]) for key in ("rounds", "bytes")}
+        results.append(result)
+    return results

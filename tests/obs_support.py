@@ -1,0 +1,119 @@
+"""Test support: a real local Ray head (`ray start --head --block`) with its own ports and temp dir.
+
+Stopped by PID: SIGTERM to the blocking `ray start` (which takes its daemons down), then any
+process still naming this head's private temp dir is killed by its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mpcformer.observability.prometheus import free_port, ray_sd_file
+
+__all__ = ["LocalRayHead"]
+
+RAY_BIN = Path(sys.executable).with_name("ray")
+
+
+class LocalRayHead:
+    """A one-node Ray cluster for tests; ``address`` for drivers, ``sd_file`` for Prometheus."""
+
+    def __init__(self, num_cpus: int = 2, report_interval_ms: int = 1000):
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="mpcf-ray-", dir="/tmp"))  # short: Ray's socket paths
+        self.gcs_port = free_port()
+        self.metrics_port = free_port()
+        self.num_cpus = num_cpus
+        self.report_interval_ms = report_interval_ms
+        self.env = {
+            **os.environ,
+            "RAY_metrics_report_interval_ms": str(report_interval_ms),  # export custom metrics every second
+            "DASHBOARD_METRIC_PORT": str(free_port()),  # defaults are fixed ports shared by every local cluster
+            "AUTOSCALER_METRIC_PORT": str(free_port()),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "token",  # drivers of a token-auth cluster (the default) must say so
+        }
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def sd_file(self) -> Path:
+        return ray_sd_file(self.temp_dir)
+
+    @property
+    def log_path(self) -> Path:
+        return self.temp_dir.with_suffix(".log")
+
+    def start(self, timeout_s: float = 90.0) -> "LocalRayHead":
+        ports = {
+            "--port": self.gcs_port, "--dashboard-port": free_port(), "--metrics-export-port": self.metrics_port,
+            "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(), "--ray-client-server-port": free_port(),
+            "--node-manager-port": free_port(), "--object-manager-port": free_port(),
+        }
+        command = [str(RAY_BIN), "start", "--head", "--block", f"--temp-dir={self.temp_dir}",
+                   f"--num-cpus={self.num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                   "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items()),
+                   # every process of the cluster (drivers included) exports every report interval; the
+                   # agent drops gauges not refreshed within two intervals
+                   "--system-config", json.dumps({"metrics_report_interval_ms": self.report_interval_ms})]
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(command, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.process.returncode}:\n{self._log_tail()}")
+            if self.sd_file.exists() and f":{self.metrics_port}" in self.sd_file.read_text():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"Ray head did not list its metrics port in {self.sd_file} within {timeout_s:.0f}s:\n"
+                           f"{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _leftover_pids(self) -> list[int]:
+        marker = str(self.temp_dir).encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if marker in (entry / "cmdline").read_bytes():
+                        pids.append(int(entry.name))
+                except OSError:
+                    pass
+        return pids
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        for pid in self._leftover_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "LocalRayHead":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

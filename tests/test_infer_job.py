@@ -1,0 +1,190 @@
+"""The encrypted-inference job on a local Ray cluster with the `tiny` model: predictions equal the
+plaintext model's, an interrupted run resumes without duplicates, and killing a party or the dealer
+mid-job costs a retry, not an example."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from mpcformer.cluster.infer import InferConfig, run_infer  # noqa: E402
+from mpcformer.config import load_config  # noqa: E402
+from mpcformer.data import write_synthetic_sentiment  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "infer-tiny.yaml"
+COMBO = "quad+2quad"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_synthetic_sentiment(tmp_path_factory.mktemp("sst2-synthetic"), num_train=4, num_dev=12, seed=3)
+
+
+def tiny_config(data_dir: Path, out: Path, **overrides) -> InferConfig:
+    base = {
+        "data.data_dir": str(data_dir), "data.max_length": 16, "out": str(out), "limit": 8, "batch_size": 2,
+        "group.mpc.timeout_s": 20, "pool.backoff_s": 0.2,
+    }
+    return load_config(InferConfig, TINY_CONFIG, {**base, **overrides})
+
+
+def read_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
+
+
+def assert_every_example_once(out: Path, count: int) -> list[dict]:
+    records = read_records(out)
+    ids = Counter(r["example_id"] for r in records)
+    assert sorted(ids) == list(range(count)) and set(ids.values()) == {1}, f"ids seen: {dict(ids)}"
+    files = sorted((out / "batches" / COMBO).glob("batch-*.jsonl"))
+    assert [f.name for f in files] == [f"batch-{i:06d}.jsonl" for i in range(count // 2)]
+    return records
+
+
+def leftovers() -> tuple[list[str], list[str]]:
+    deadline = time.monotonic() + 10
+    while True:
+        actors = [a["Name"] for a in ray._private.state.actors().values() if a["State"] != "DEAD"]
+        groups = [g["state"] for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        if (not actors and not groups) or time.monotonic() > deadline:
+            return actors, groups
+        time.sleep(0.2)
+
+
+def plaintext_predictions(data_dir: Path, count: int) -> list[int]:
+    """The plaintext approximated model on the same tokens, computed here in the test process."""
+    from mpcformer.data import DataConfig, collate, encode, load_split
+    from mpcformer.models.presets import load_preset
+    from mpcformer.models.private_inference import plaintext_logits
+
+    model, tokenizer = load_preset("tiny", num_labels=2, seed=0)
+    examples = load_split(DataConfig(task="sst2", data_dir=str(data_dir), max_length=16), "dev")
+    encoded = encode(examples, tokenizer, 16)
+    predictions = []
+    for start in range(0, count, 2):  # the job's batches: padding differs per batch
+        batch = collate([encoded[i] for i in range(start, start + 2)], pad_token_id=tokenizer.pad_token_id)
+        logits = plaintext_logits(model.eval(), COMBO, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        predictions += logits.argmax(-1).tolist()
+    return predictions
+
+
+def test_two_groups_give_the_plaintext_models_predictions(local_ray, data_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = run_infer(tiny_config(data_dir, out, **{"pool.groups": 2}), progress=False)
+    records = assert_every_example_once(out, 8)
+    by_id = {r["example_id"]: r for r in records}
+    assert [by_id[i]["prediction"] for i in range(8)] == plaintext_predictions(data_dir, 8)
+    assert all(r["prediction"] == r["plaintext_prediction"] and r["max_abs_logit_error"] < 0.05 for r in records)
+    assert all(r["rounds"] > 0 and r["bytes"] > 0 and r["batch_latency_s"] > 0 for r in records)
+    combo = summary["combos"][COMBO]
+    assert summary["complete"] and combo["examples"] == 8 and combo["batches"] == 4
+    assert combo["agreement_with_plaintext"] == 1.0 and 0.0 <= combo["accuracy"] <= 1.0
+    assert combo["batch_latency_s"]["p50"] <= combo["batch_latency_s"]["p99"]
+    assert combo["bytes_per_sequence"] > 0 and combo["rounds_per_sequence"] > 0
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert leftovers() == ([], [])
+
+
+def test_an_interrupted_run_resumes_without_duplicates(local_ray, data_dir, tmp_path):
+    out = tmp_path / "out"
+
+    def interrupt(_figures: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_infer(tiny_config(data_dir, out), progress=False, on_batch=interrupt)
+    assert not json.loads((out / "summary.json").read_text())["complete"]
+    first = sorted((out / "batches" / COMBO).glob("batch-*.jsonl"))
+    assert 1 <= len(first) < 4
+    first_mtimes = {f.name: f.stat().st_mtime_ns for f in first}
+    # what a crash mid-commit leaves behind: a half-written temp file, a partial append
+    (out / "batches" / COMBO / ".batch-000003.jsonl.x.tmp").write_text('{"example_id": 6')
+    with open(out / "predictions.jsonl", "a") as handle:
+        handle.write('{"example_id": 7, "trunc')
+    ran_again = []
+    summary = run_infer(tiny_config(data_dir, out), progress=False, on_batch=ran_again.append)
+    assert summary["complete"] and len(ran_again) == 4 - len(first)
+    assert_every_example_once(out, 8)
+    assert {f.name: f.stat().st_mtime_ns for f in first} == first_mtimes  # finished batches were skipped
+    assert not list(out.rglob("*.tmp"))
+    with pytest.raises(Exception, match="holds a different run"):
+        run_infer(tiny_config(data_dir, out, batch_size=4), progress=False)
+    assert leftovers() == ([], [])
+
+
+def kill_when_alive(name_suffix: str, delay_s: float) -> threading.Thread:
+    """After ``delay_s``, SIGKILL the live actor whose name ends with ``name_suffix`` (waits for one)."""
+
+    def kill() -> None:
+        time.sleep(delay_s)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for actor in ray._private.state.actors().values():
+                if actor["State"] == "ALIVE" and actor["Name"].endswith(name_suffix) and actor["Pid"]:
+                    os.kill(actor["Pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_killing_a_party_then_the_dealer_mid_job_loses_no_example(local_ray, data_dir, tmp_path):
+    out = tmp_path / "out"
+    killers = []
+
+    def inject_faults(figures: dict) -> None:
+        # after the first batch: kill the client while it runs the next one; after the second: the dealer
+        victim = {1: "/party-1", 2: "/dealer"}.get(len(killers) + 1)
+        if victim:
+            killers.append(kill_when_alive(victim, delay_s=1.0))
+
+    summary = run_infer(tiny_config(data_dir, out), progress=False, on_batch=inject_faults)
+    for thread in killers:
+        thread.join(timeout=5)
+    records = assert_every_example_once(out, 8)
+    assert all(r["prediction"] == r["plaintext_prediction"] for r in records)
+    assert summary["complete"] and summary["retries_this_run"] == 2
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["who"] for e in events] == ["party 1", "dealer"], events
+    assert all(e["will_retry"] and "dead" in e["cause"] for e in events), events
+    assert leftovers() == ([], [])
+
+
+def test_the_driver_sends_each_party_paths_and_ids_only(data_dir, tmp_path):
+    """Data locality: the owner's request names its model and the combo, the client's its data
+    file and example ids; neither carries the other side's plaintext."""
+    from mpcformer.cluster.infer import plan_run, with_absolute_paths
+    from mpcformer.cluster.infer_batch import client_batch, owner_batch
+
+    cfg = with_absolute_paths(tiny_config(data_dir, tmp_path / "out"))
+    batches, items = plan_run(cfg, 8)
+    owner_call, client_call = items[batches[1].key].calls
+    (owner_request,), (client_request,) = owner_call.args, client_call.args
+    assert owner_call.fn is owner_batch and client_call.fn is client_batch
+    assert vars(owner_request) == {"model": client_request.model, "combo": COMBO, "job": "infer-tiny"}
+    assert client_request.example_ids == (2, 3) and str(data_dir) in client_request.data
+    assert client_request.out_dir == str(tmp_path / "out")
+    assert len(pickle.dumps(owner_call)) < 1000 and len(pickle.dumps(client_call)) < 2000

@@ -1,0 +1,139 @@
+"""Party groups on a simulated 3-node Ray cluster: placement, an encrypted computation through the
+actors, a clear error when the cluster is too small, and failing fast on dead or stalled actors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from mpcformer.cluster.config import PartyGroupConfig  # noqa: E402
+from mpcformer.cluster.party_group import GroupFailure, PartyCall, PartyGroup, PlacementError, plan_placement  # noqa: E402
+from mpcformer.cluster.probe import encrypted_matmul, encrypted_steps  # noqa: E402
+from mpcformer.errors import UserError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+# functions defined here travel to the actors by value (the tests folder is not on their path)
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def reject_input(rank: int) -> None:
+    if rank == 1:
+        raise UserError("bad input on the client")
+    time.sleep(30)  # party 0 would wait for its peer: the group must not wait for it
+
+
+@pytest.fixture(scope="module")
+def three_nodes():
+    """A head and two worker nodes with one logical CPU each (all on this machine)."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def leftovers() -> tuple[list[str], list[str]]:
+    """Names of live actors and states of placement groups not yet removed (after a short grace)."""
+    deadline = time.monotonic() + 10
+    while True:
+        actors = [a["Name"] for a in ray._private.state.actors().values() if a["State"] != "DEAD"]
+        groups = [g["state"] for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        if (not actors and not groups) or time.monotonic() > deadline:
+            return actors, groups
+        time.sleep(0.2)
+
+
+def test_plan_placement_spreads_when_the_cluster_has_the_nodes():
+    cpu_node, gpu_node = {"CPU": 4.0}, {"CPU": 8.0, "GPU": 1.0}
+    assert plan_placement(PartyGroupConfig(), [cpu_node] * 3).strategy == "STRICT_SPREAD"
+    assert plan_placement(PartyGroupConfig(), [cpu_node] * 2).strategy == "PACK"
+    assert plan_placement(PartyGroupConfig(strategy="SPREAD"), [cpu_node]).strategy == "SPREAD"
+    on_gpus = plan_placement(PartyGroupConfig(), [gpu_node] * 3)
+    assert on_gpus.use_gpu and on_gpus.bundles == [{"CPU": 1.0, "GPU": 1.0}] * 3
+    one_gpu = plan_placement(PartyGroupConfig(), [gpu_node, cpu_node, cpu_node])  # 3 GPUs needed
+    assert not one_gpu.use_gpu and one_gpu.bundles == [{"CPU": 1.0}] * 3
+    tfp = plan_placement(PartyGroupConfig(mpc={"dealer": "tfp", "insecure_dealer": True}), [cpu_node] * 2)
+    assert tfp.bundles == [{"CPU": 1.0}] * 2 and tfp.strategy == "STRICT_SPREAD"  # no dealer actor
+
+
+def test_strict_spread_puts_each_actor_on_its_own_node_and_matches_plaintext(three_nodes):
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 5), torch.randn(5, 2)
+    with PartyGroup(PartyGroupConfig(strategy="STRICT_SPREAD", mpc={"timeout_s": 30}), name="spread") as group:
+        nodes = [info["node_id"] for info in group.actors_info]
+        assert len(set(nodes)) == 3, f"parties and dealer share nodes: {nodes}"
+        assert [info["rank"] for info in group.actors_info] == [0, 1, 2]
+        owner, client = group.run([PartyCall(encrypted_matmul, (a.tolist(), None)), PartyCall(encrypted_matmul, (None, b.tolist()))])
+        assert owner["product"] is None  # revealed to the client only
+        assert torch.allclose(torch.tensor(client["product"]), a @ b, atol=1e-3)
+        assert client["rounds"] > 0 and client["bytes"] > 0
+        # a party rejecting its input fails the group at once (the peer's 30 s wait is cut short)
+        tic = time.monotonic()
+        with pytest.raises(GroupFailure) as failure:
+            group.run([PartyCall(reject_input)] * 2)
+        assert time.monotonic() - tic < 15
+        assert failure.value.who == "party 1" and "bad input on the client" in str(failure.value)
+        assert not failure.value.retryable and not group.is_running
+    assert leftovers() == ([], [])
+
+
+def test_unplaceable_group_fails_fast_with_what_was_needed(three_nodes):
+    tic = time.monotonic()
+    config = PartyGroupConfig(world_size=3, strategy="STRICT_SPREAD", placement_timeout_s=3)
+    with pytest.raises(PlacementError) as error:
+        PartyGroup(config, name="too-big").start()
+    assert time.monotonic() - tic < 20
+    message = str(error.value)
+    assert "4 distinct nodes" in message and "3 alive node(s)" in message and "strategy: PACK" in message
+    assert leftovers() == ([], [])
+
+
+@pytest.mark.parametrize(
+    "victim, sig, who",
+    [(1, signal.SIGKILL, "party 1"), (2, signal.SIGKILL, "dealer"), (0, signal.SIGSTOP, "party 0")],
+    ids=["party-killed", "dealer-killed", "party-stalled"],
+)
+def test_dead_or_stalled_actor_fails_the_group_fast_and_names_it(three_nodes, victim, sig, who):
+    config = PartyGroupConfig(mpc={"timeout_s": 4})
+    group = PartyGroup(config, name="faulty").start()
+    pid = group.actors_info[victim]["pid"]
+    timer = threading.Timer(1.5, os.kill, (pid, sig))
+    timer.start()
+    tic = time.monotonic()
+    try:
+        with pytest.raises(GroupFailure) as failure:
+            group.run([PartyCall(encrypted_steps, (10_000, 0.01))] * 2)
+        elapsed = time.monotonic() - tic
+    finally:
+        timer.cancel()
+        if sig == signal.SIGSTOP:
+            with_suppressed_lookup(os.kill, pid, signal.SIGCONT)
+        group.shutdown()
+    assert failure.value.who == who, str(failure.value)
+    expected_state = "unresponsive" if sig == signal.SIGSTOP else "dead"
+    assert expected_state in failure.value.states[who]
+    assert elapsed < (15 if sig == signal.SIGSTOP else 8), f"took {elapsed:.1f}s to notice"
+    assert leftovers() == ([], [])
+
+
+def with_suppressed_lookup(fn, *args) -> None:
+    try:
+        fn(*args)
+    except ProcessLookupError:
+        pass

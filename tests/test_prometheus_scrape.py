@@ -1,0 +1,207 @@
+"""A real Prometheus scraping a real local Ray cluster that ran encrypted inference with two
+approximations: every PromQL expression of every dashboard panel returns data, and the rounds and
+bytes per sequence match the parties' own cost ledgers, quad+2quad below exact.
+
+Also: ``python -m mpcformer.jobs.monitor`` finds targets through a Ray discovery file, prints its
+URL and stops Prometheus on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mpcformer.observability.dashboards import dashboard_files, load_dashboard, panel_queries, substitute, variables
+from mpcformer.observability.prometheus import PrometheusAPI, PrometheusServer, write_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from obs_support import LocalRayHead  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
+                                reason="no prometheus binary: run `bash scripts/install-system.sh` (Debian package)")
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOAD = Path(__file__).with_name("obs_workload.py")
+JOB, SWEEP, COMBOS, BATCHES, SEQUENCES_PER_BATCH = "obs-infer", "obs-sweep", ("exact", "quad+2quad"), 3, 2
+#: Dashboard -> value of its `job` variable in this run.
+JOB_OF = {"mpcformer-private-inference": JOB, "mpcformer-distillation-sweeps": SWEEP}
+#: Windows long enough to hold the whole run (Grafana would pick them from the time range).
+WINDOWS = {"__rate_interval": "5m", "__range": "10m"}
+
+
+def _wait_for_line(path: Path, prefix: str, process: subprocess.Popen, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith(prefix):
+                return line
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"no '{prefix}' line from {process.args[:3]} (exit {process.poll()}):\n"
+                         + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
+
+
+def _all_queries() -> list[tuple[str, object]]:
+    """(expression with variables substituted, PanelQuery) for every panel target of every dashboard."""
+    out = []
+    for path in dashboard_files(ROOT / "dashboards"):
+        for query in panel_queries(load_dashboard(path)):
+            values = {"job": JOB_OF[query.dashboard], "approx": ".*", **WINDOWS}
+            out.append((substitute(query.expr, values), query))
+    return out
+
+
+def _finite(result: list[dict]) -> list[float]:
+    return [float(r["value"][1]) for r in result if math.isfinite(float(r["value"][1]))]
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory):
+    """Ray head + Prometheus (1 s scrapes) + the workload; yields (prometheus, party-0 totals by combo)."""
+    tmp = tmp_path_factory.mktemp("prom-scrape")
+    head = LocalRayHead(num_cpus=2).start()
+    prom = workload = None
+    try:
+        config = write_config(tmp / "prometheus.yml", ray_sd_files=[head.sd_file], scrape_interval="1s", loopback=True)
+        prom = PrometheusServer(config, tmp / "tsdb").start()
+        log_path = tmp / "workload.log"
+        with open(log_path, "w") as log_file:
+            workload = subprocess.Popen(
+                [sys.executable, str(WORKLOAD), "--address", head.address, "--job", JOB, "--sweep-job", SWEEP,
+                 "--approx", ",".join(COMBOS), "--batches", str(BATCHES)],
+                env=head.env, stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+            )
+        done = _wait_for_line(log_path, "WORKLOAD DONE ", workload, timeout_s=300)
+        totals = json.loads(done.removeprefix("WORKLOAD DONE "))
+        _wait_until_scraped(prom, timeout_s=60)
+        yield prom, totals
+    finally:
+        if workload is not None:
+            _end(workload)
+        if prom is not None:
+            prom.stop()
+        head.stop()
+
+
+def _wait_until_scraped(prom: PrometheusServer, timeout_s: float) -> None:
+    """Until every panel query has data (the last batch is exported and scraped), or the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(prom.query(expr) for expr, _ in _all_queries()):
+            return
+        time.sleep(2)
+
+
+def _end(process: subprocess.Popen) -> None:
+    try:
+        process.stdin.close()
+        process.wait(timeout=60)
+    except (subprocess.TimeoutExpired, OSError):
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.mark.timeout(480)
+def test_every_dashboard_query_returns_data(scraped):
+    prom, _ = scraped
+    empty, nan_only = [], []
+    for expr, query in _all_queries():
+        result = prom.query(expr)
+        if not result:
+            empty.append(f"{query.dashboard} #{query.panel_id} {query.panel_title} [{query.ref_id}]: {expr}")
+        elif not _finite(result):
+            nan_only.append(f"{query.dashboard} #{query.panel_id} {query.panel_title} [{query.ref_id}]")
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+    assert not nan_only, "queries with only NaN values:\n" + "\n".join(nan_only)
+
+
+@pytest.mark.timeout(480)
+def test_template_variables_list_the_run(scraped):
+    prom, _ = scraped
+    for path in dashboard_files(ROOT / "dashboards"):
+        dashboard = load_dashboard(path)
+        for variable in variables(dashboard):
+            if variable["type"] != "query":
+                continue
+            match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", variable["query"]["query"])
+            assert match, f"{path.name}: variable {variable['name']} is not a label_values() query"
+            selector, label = substitute(match.group(1), {"job": JOB_OF[dashboard["uid"]]}), match.group(2)
+            values = {r["metric"][label] for r in prom.query(selector)}
+            expected = {JOB_OF[dashboard["uid"]]} if variable["name"] == "job" else set(COMBOS)
+            assert values == expected, f"{path.name} ${variable['name']}: {values}"
+
+
+def _panel_by_title(title: str) -> str:
+    for expr, query in _all_queries():
+        if query.panel_title == title:
+            return expr
+    raise KeyError(title)
+
+
+@pytest.mark.timeout(480)
+def test_rounds_and_bytes_per_sequence_match_the_ledgers_and_favour_quad_2quad(scraped):
+    prom, totals = scraped
+    measured = {}
+    for title, key in (("Rounds per sequence", "rounds"), ("Bytes per sequence", "bytes")):
+        by_approx = {r["metric"]["approx"]: float(r["value"][1]) for r in prom.query(_panel_by_title(title))}
+        assert set(by_approx) == set(COMBOS), (title, by_approx)
+        for combo in COMBOS:  # party 0's own ledgers, as returned to the driver
+            expected = sum(t[key] for t in totals[combo]) / (BATCHES * SEQUENCES_PER_BATCH)
+            assert by_approx[combo] == pytest.approx(expected, rel=1e-9), (title, combo)
+        assert by_approx["quad+2quad"] < by_approx["exact"], (title, by_approx)
+        measured[key] = by_approx
+    print("per sequence:", json.dumps(measured))
+
+
+@pytest.mark.timeout(120)
+def test_monitor_job_scrapes_through_a_discovery_file_and_stops_on_ctrl_c(tmp_path):
+    from mpcformer import observability as obs
+
+    obs.configure("prometheus")
+    try:
+        obs.record_forward({"total": {"time_s": 0.2, "comm_time_s": 0.1, "rounds": 3.0, "bytes": 96.0},
+                            "by_category": {"linear": {"time_s": 0.2, "comm_time_s": 0.1, "rounds": 3.0, "bytes": 96.0}}},
+                           approx="exact", model="m", job="monitor-test", rank=0)
+        port = obs.start_http_server(0)
+    finally:
+        obs.configure("auto")
+    ray_dir = tmp_path / "ray"
+    ray_dir.mkdir()
+    # Ray names nodes by IP; 127.0.0.2 (loopback, nothing listens there) proves the rewrite to 127.0.0.1.
+    (ray_dir / "prom_metrics_service_discovery.json").write_text(
+        json.dumps([{"labels": {"job": "ray"}, "targets": [f"127.0.0.2:{port}"]}]))
+    log_path = tmp_path / "monitor.log"
+    with open(log_path, "w") as log_file:
+        monitor = subprocess.Popen(
+            [sys.executable, "-m", "mpcformer.jobs.monitor", "--ray-temp-dir", str(ray_dir), "--port", "0",
+             "--data-dir", str(tmp_path / "prom"), "--scrape-interval", "1s"],
+            stdout=log_file, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        line = _wait_for_line(log_path, "Prometheus: http://127.0.0.1:", monitor, timeout_s=60)
+        url = line.split()[1]
+        prometheus_pid = int(re.search(r"pid (\d+)", line).group(1))
+        prom = PrometheusAPI(url)
+        deadline, result = time.monotonic() + 30, []
+        while time.monotonic() < deadline and not result:
+            result = prom.query('ray_mpcformer_comm_rounds_total{job_name="monitor-test"}')
+            time.sleep(1)
+        assert result and float(result[0]["value"][1]) == 3.0
+        assert result[0]["metric"]["instance"] == f"127.0.0.1:{port}"
+    finally:
+        monitor.send_signal(signal.SIGINT)
+        code = monitor.wait(timeout=30)
+    assert code == 0, log_path.read_text()
+    assert "Prometheus stopped." in log_path.read_text()
+    assert not Path(f"/proc/{prometheus_pid}").exists() or b"prometheus" not in Path(f"/proc/{prometheus_pid}/cmdline").read_bytes()

@@ -1,0 +1,265 @@
+"""Training: loss functions on hand-made tensors, fine-tuning and distillation on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpcformer.approx.registry import Combo
+from mpcformer.config import ConfigError
+from mpcformer.data.synthetic import write_synthetic_sentiment
+from mpcformer.training.config import DistillConfig, FinetuneConfig
+from mpcformer.training.losses import (
+    HiddenProjection,
+    layer_map,
+    layerwise_loss,
+    masked_attention_mse,
+    masked_hidden_mse,
+    prediction_distillation_loss,
+    soft_cross_entropy,
+    task_loss,
+)
+
+# ----------------------------------------------------------------------------- losses (hand-made tensors)
+
+
+@pytest.mark.timeout(30)
+def test_attention_mse_ignores_padded_queries_and_keys():
+    mask = torch.tensor([[1, 1, 0]])  # (B=1, T=3): last token is padding
+    student = torch.zeros(1, 2, 3, 3)
+    teacher = torch.full((1, 2, 3, 3), 2.0)
+    teacher[..., 2] = -1e9  # padded key: arbitrary (HF-style) value
+    teacher[..., 2, :] = float("inf")  # padded query
+    # real pairs: 2 heads x 2 x 2 = 8, each (0 - 2)^2 = 4
+    assert masked_attention_mse(student, teacher, mask).item() == pytest.approx(4.0)
+    student.requires_grad_(True)
+    masked_attention_mse(student, teacher, mask).backward()
+    assert torch.isfinite(student.grad).all() and student.grad[..., 2].abs().sum() == 0
+
+
+@pytest.mark.timeout(30)
+def test_hidden_mse_averages_over_real_tokens_and_features():
+    mask = torch.tensor([[1, 0], [1, 1]])
+    student = torch.zeros(2, 2, 4)
+    teacher = torch.tensor([[[1.0] * 4, [100.0] * 4], [[2.0] * 4, [3.0] * 4]])
+    # real tokens: (1)^2, (2)^2, (3)^2 over 4 features each -> (1 + 4 + 9) * 4 / (3 * 4)
+    assert masked_hidden_mse(student, teacher, mask).item() == pytest.approx(14 / 3)
+
+
+@pytest.mark.timeout(30)
+def test_soft_cross_entropy_matches_the_formula():
+    student = torch.tensor([[1.0, 2.0], [0.5, -0.5]])
+    teacher = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    for tau in (1.0, 2.0):
+        p = F.softmax(teacher / tau, -1)
+        expected = -(p * F.log_softmax(student / tau, -1)).sum(-1).mean()
+        assert soft_cross_entropy(student, teacher, tau).item() == pytest.approx(expected.item())
+    # hand value, row 2 at tau=1: targets (1/2, 1/2), log-probs log(e^.5/(e^.5+e^-.5)) and its complement
+    row = -(0.5 * math.log(1 / (1 + math.exp(-1))) + 0.5 * math.log(1 / (1 + math.exp(1))))
+    assert soft_cross_entropy(student[1:], teacher[1:]).item() == pytest.approx(row)
+    # minimum over students is reached at the teacher's own logits (= teacher entropy)
+    assert soft_cross_entropy(teacher, teacher) < soft_cross_entropy(student, teacher)
+    with pytest.raises(ValueError):
+        soft_cross_entropy(student, teacher, 0.0)
+
+
+@pytest.mark.timeout(30)
+def test_prediction_and_task_losses():
+    s, t = torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [1.0]])
+    assert prediction_distillation_loss(s, t, regression=True).item() == pytest.approx((1 + 4) / 2)
+    assert task_loss(s, torch.tensor([1.0, 3.0]), regression=True).item() == pytest.approx(0.0)
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # p = (1/4, 3/4)
+    assert task_loss(logits, torch.tensor([1]), regression=False).item() == pytest.approx(-math.log(0.75))
+
+
+@pytest.mark.timeout(30)
+def test_projection_layer_map_and_layerwise_sum():
+    assert isinstance(HiddenProjection(8, 8).proj, torch.nn.Identity)
+    assert HiddenProjection(4, 8)(torch.zeros(2, 3, 4)).shape == (2, 3, 8)
+    assert layer_map(2, 4) == [2, 4] and layer_map(3, 3) == [1, 2, 3]
+    with pytest.raises(ValueError):
+        layer_map(3, 4)
+    mask = torch.ones(1, 2)
+    scores_s, scores_t = [torch.zeros(1, 1, 2, 2)] * 2, [torch.ones(1, 1, 2, 2)] * 2
+    hidden_s, hidden_t = [torch.zeros(1, 2, 3)] * 3, [torch.full((1, 2, 3), 2.0)] * 3
+    attention, hidden = layerwise_loss(scores_s, scores_t, hidden_s, hidden_t, mask, HiddenProjection(3, 3))
+    assert attention.item() == pytest.approx(2 * 1.0) and hidden.item() == pytest.approx(3 * 4.0)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@pytest.mark.timeout(30)
+def test_configs_reject_unknown_keys_and_accept_paper_baseline_names(tmp_path):
+    from mpcformer.config import build_config, load_config
+
+    cfg = build_config(DistillConfig, {}, {"baseline": "w/o{p,d}", "stage2.temperature": 2})
+    assert cfg.baseline == "wo_pd" and cfg.stage2.temperature == 2 and cfg.stage2.lr == 1e-5
+    with pytest.raises(ConfigError, match="stage1"):
+        build_config(DistillConfig, {}, {"stage1.learning_rate": 1.0})
+    (tmp_path / "f.yaml").write_text("model: tiny\noptim:\n  epochs: 2\n")
+    loaded = load_config(FinetuneConfig, tmp_path / "f.yaml")
+    assert loaded.optim.epochs == 2 and loaded.optim.lr == 5e-5 and loaded.data.max_length == 64
+
+
+# ----------------------------------------------------------------------------- end to end on `tiny`
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    return write_synthetic_sentiment(tmp_path_factory.mktemp("synthetic"), num_train=400, num_dev=100, seed=0)
+
+
+def _finetune_cfg(synthetic_dir, out, **optim) -> FinetuneConfig:
+    return FinetuneConfig(
+        model="tiny", output_dir=str(out), seed=0, progress=False,
+        data={"data_dir": str(synthetic_dir), "max_length": 32},
+        optim={"max_steps": 60, "lr": 3e-3, "batch_size": 16, **optim},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(synthetic_dir, tmp_path_factory):
+    """A tiny teacher fine-tuned for 60 steps on the synthetic set (and its metrics)."""
+    from mpcformer.training.finetune import run_finetune
+
+    out = tmp_path_factory.mktemp("teacher")
+    return out, run_finetune(_finetune_cfg(synthetic_dir, out))
+
+
+@pytest.mark.timeout(180)
+def test_finetune_writes_a_checkpoint_that_reloads_with_its_approximation(tiny_teacher, synthetic_dir):
+    from mpcformer.models.surgery import combo_of
+    from mpcformer.training.finetune import load_checkpoint
+
+    out, metrics = tiny_teacher
+    assert metrics["steps"] == 60 and metrics["dev"]["accuracy"] >= 0.75  # learnt the synthetic task
+    model, tokenizer = load_checkpoint(out / "best")
+    assert combo_of(model) == Combo.parse("exact")
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["dev"] == metrics["dev"] and (out / "history.png").stat().st_size > 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["step"] for r in history if r["kind"] == "eval"][-1] == 60
+    batch = tokenizer(["the movie was wonderful"], return_tensors="pt")
+    assert model(**batch).logits.shape == (1, 2)
+
+
+@pytest.mark.timeout(180)
+def test_finetune_resumes_and_is_deterministic(synthetic_dir, tmp_path):
+    from mpcformer.training.finetune import run_finetune
+
+    def losses(out):
+        return [r["loss"] for r in json.loads((out / "history.json").read_text()) if r["kind"] == "train"]
+
+    straight = run_finetune(_finetune_cfg(synthetic_dir, tmp_path / "a", max_steps=12, epochs=1))
+    run_finetune(_finetune_cfg(synthetic_dir, tmp_path / "b", max_steps=12, epochs=1).model_copy(
+        update={"save_every_steps": 5}))
+    # interrupt-and-resume: a run stopped at step 5 (checkpoint), then continued to 12
+    import shutil
+
+    shutil.rmtree(tmp_path / "b")
+    cfg_b = _finetune_cfg(synthetic_dir, tmp_path / "b", max_steps=12, epochs=1)
+    cfg_b.save_every_steps = 5
+    first = cfg_b.model_copy(update={"optim": cfg_b.optim.model_copy(update={"max_steps": 5})})
+    run_finetune(first)
+    assert json.loads((tmp_path / "b" / "last" / "config.json").read_text())["mpcformer"]["normaliser"] == "softmax"
+    # the schedule must be the 12-step one to match: resume with the full config, from step 5
+    shutil.rmtree(tmp_path / "b")
+    resumed_cfg = cfg_b.model_copy(update={"save_every_steps": 5})
+    _interrupt_after(resumed_cfg, steps=5)
+    resumed = run_finetune(resumed_cfg)
+    assert resumed["resumed"] and resumed["steps"] == 12 == straight["steps"]
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-4)
+
+
+def _interrupt_after(cfg: FinetuneConfig, steps: int) -> None:
+    """Run ``cfg`` but stop (as if killed) right after the checkpoint at update ``steps``."""
+    from mpcformer.training import loop
+    from mpcformer.training.finetune import run_finetune
+
+    original = loop.Checkpointer.save_last
+
+    def save_then_stop(self, model, optimizer, scheduler, state):
+        original(self, model, optimizer, scheduler, state)
+        if state.step >= steps:
+            raise KeyboardInterrupt
+
+    loop.Checkpointer.save_last = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_finetune(cfg)
+    finally:
+        loop.Checkpointer.save_last = original
+
+
+@pytest.mark.timeout(240)
+def test_distillation_reduces_both_stage_losses(tiny_teacher, synthetic_dir, tmp_path):
+    from mpcformer.models.surgery import combo_of, load_approximated
+    from mpcformer.training.distill import run_distill
+
+    teacher_dir, _ = tiny_teacher
+    cfg = DistillConfig(
+        teacher=str(teacher_dir / "best"), combo="quad+2quad", output_dir=str(tmp_path / "d"), progress=False,
+        data={"data_dir": str(synthetic_dir), "max_length": 32},
+        stage1={"max_steps": 30, "lr": 2e-3, "batch_size": 16},
+        stage2={"max_steps": 30, "lr": 2e-3, "batch_size": 16},
+    )
+    metrics = run_distill(cfg)
+    history = json.loads((tmp_path / "d" / "history.json").read_text())
+
+    def mean_loss(phase, key, steps):
+        values = [r[key] for r in history if r["kind"] == "train" and r["phase"] == phase and r["step"] in steps]
+        return sum(values) / len(values)
+
+    for key in ("attention_loss", "hidden_loss"):
+        assert mean_loss("stage1", key, (20, 30)) < 0.8 * mean_loss("stage1", key, (1,)), key
+    assert mean_loss("stage2", "loss", (20, 30)) < mean_loss("stage2", "loss", (1,))
+    assert metrics["combo"] == "quad+2quad" and metrics["best_phase"] == "stage2"
+    assert combo_of(load_approximated(str(tmp_path / "d" / "best"))) == Combo.parse("quad+2quad")
+
+
+@pytest.mark.timeout(180)
+def test_baselines_use_the_task_loss_and_the_right_init(tiny_teacher, synthetic_dir, tmp_path):
+    from mpcformer.training.distill import run_distill
+    from mpcformer.training.finetune import load_checkpoint
+
+    teacher_dir, _ = tiny_teacher
+    teacher, _ = load_checkpoint(teacher_dir / "best")
+    common = dict(
+        teacher=str(teacher_dir / "best"), combo="quad+2relu", progress=False,
+        data={"data_dir": str(synthetic_dir), "max_length": 32, "max_train_examples": 64},
+        stage1={"max_steps": 2, "batch_size": 16}, stage2={"max_steps": 2, "batch_size": 16},
+    )
+    runs = {}
+    for baseline in ("wo_d", "wo_pd"):
+        runs[baseline] = run_distill(DistillConfig(baseline=baseline, output_dir=str(tmp_path / baseline), **common))
+        phases = {r["phase"] for r in json.loads((tmp_path / baseline / "history.json").read_text())}
+        assert phases == {f"baseline-{baseline}"}
+        assert max(r["step"] for r in json.loads((tmp_path / baseline / "history.json").read_text())) == 4
+    # same weights before training as the teacher only for w/o{d}: its initial dev output matches
+    # the teacher's embeddings; w/o{p,d} starts elsewhere
+    wo_pd, _ = load_checkpoint(tmp_path / "wo_pd" / "best")
+    wo_d, _ = load_checkpoint(tmp_path / "wo_d" / "best")
+    key = "bert.embeddings.word_embeddings.weight"
+    drift = lambda m: (m.state_dict()[key] - teacher.state_dict()[key]).abs().max().item()  # noqa: E731
+    assert drift(wo_d) < 0.1 < drift(wo_pd)
+
+
+@pytest.mark.timeout(120)
+def test_cli_finetune_and_bad_input(synthetic_dir, tmp_path, capsys):
+    from mpcformer.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["finetune", "--model", "tiny", "--data-dir", str(synthetic_dir), "--output-dir", str(out),
+                 "--max-steps", "2", "--max-train-examples", "32", "--no-progress"])
+    assert code == 0 and (out / "best" / "config.json").is_file()
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    code = main(["distill", "--teacher", str(tmp_path / "missing"), "--data-dir", str(synthetic_dir),
+                 "--output-dir", str(tmp_path / "d")])
+    assert code == 2 and "teacher checkpoint not found" in capsys.readouterr().err
+    code = main(["finetune", "--model", "tiny", "--set", "optim.lr=-1", "--data-dir", str(synthetic_dir)])
+    assert code == 2 and "optim.lr" in capsys.readouterr().err
