@@ -46,7 +46,8 @@ def private_inference_jobs(rank: int, jobs: list[dict[str, Any]]) -> list[dict[s
     Beside the inference result, returns CrypTen's own communication counters and the wall time
     around the call, so the test can check that the cost ledger accounts for all of them. A job
     with ``"client_combo"`` makes the client ask for another combo: the ``UserError`` both parties
-    raise is returned as ``{"error": message}``.
+    raise is returned as ``{"error": message}``. A job ``{"inv_sqrt": values}`` runs
+    :func:`inv_sqrt_values` instead (one session for every encrypted check).
     """
     from mpcformer.errors import UserError
     from mpcformer.models.private_inference import run_private_inference
@@ -54,6 +55,9 @@ def private_inference_jobs(rank: int, jobs: list[dict[str, Any]]) -> list[dict[s
 
     results = []
     for job in jobs:
+        if "inv_sqrt" in job:
+            results.append(inv_sqrt_values(job["inv_sqrt"]))
+            continue
         model = build_model(job["model"]) if rank == 0 else None
         before = dict(crypten.communicator.get().get_communication_stats())
         tic = time.perf_counter()
@@ -73,3 +77,12 @@ def private_inference_jobs(rank: int, jobs: list[dict[str, Any]]) -> list[dict[s
         result["crypten_counters"] = {key: float(after[key] - before[key]) for key in ("rounds", "bytes")}
         results.append(result)
     return results
+
+
+def inv_sqrt_values(values: list[float]) -> dict[str, list[float]]:
+    """Our wide-range inverse square root and CrypTen's, on the same encrypted values, revealed."""
+    from mpcformer.models.encrypted_bert import encrypted_inv_sqrt
+    from mpcformer.mpc.compat import crypten
+
+    x = crypten.cryptensor(torch.tensor(values), src=0)
+    return {"ours": encrypted_inv_sqrt(x).get_plain_text().tolist(), "crypten": x.inv_sqrt().get_plain_text().tolist()}

@@ -35,7 +35,9 @@ COMBOS = ("exact", "quad+2quad", "quad+2relu", "relu+softmax")
 #: (logits up to ~3), MiniLM <= 0.004 (its fresh head gives logits ~0.1).
 TOLERANCE = {"tiny-bert": 0.05, "tiny-roberta": 0.05, "minilm": 0.01}
 #: (model, sentences, max tokens): MiniLM at a short length to keep the test under ~3 minutes.
-BATCHES = {"tiny-bert": (4, 24), "tiny-roberta": (4, 24), "minilm": (2, 16)}
+#: inputs of the inverse square root check: 4 per decade over LayerNorm's working range
+INV_SQRT_PROBES = torch.logspace(-2.5, 5, 31)
+BATCHES = {"tiny-bert": (3, 16), "tiny-roberta": (3, 16), "minilm": (2, 16)}
 
 
 def _tokenize(sst2_dir, count: int, max_length: int) -> dict[str, torch.Tensor]:
@@ -64,6 +66,7 @@ def session(sst2_dir):
     alone = {key: value[:1, : int(batches["tiny-bert"]["attention_mask"][0].sum())] for key, value in batches["tiny-bert"].items()}
     jobs.append(_job("tiny-bert", "quad+2quad", alone, tag="alone"))
     jobs.append(_job("tiny-bert", "exact", alone, client_combo="quad+2quad", tag="mismatch"))
+    jobs.append({"inv_sqrt": INV_SQRT_PROBES.tolist(), "tag": "inv_sqrt"})
     owner, client = run_local(fns.private_inference_jobs, args=(jobs,), timeout_s=420)
     runs = {(job["model"], job["combo"]): (job, o, c) for job, o, c in zip(jobs, owner, client) if "tag" not in job}
     tagged = {job["tag"]: (job, o, c) for job, o, c in zip(jobs, owner, client) if "tag" in job}
@@ -111,6 +114,15 @@ def test_only_the_client_learns_the_logits(session):
 def test_disagreeing_combos_fail_on_both_parties(session):
     _, owner, client = session["tagged"]["mismatch"]
     assert "disagree" in owner["error"] and "disagree" in client["error"]
+
+
+def test_inv_sqrt_is_accurate_where_cryptens_is_not(session):
+    _, values, _ = session["tagged"]["inv_sqrt"]
+    exact = 1 / INV_SQRT_PROBES.sqrt()
+    ours = (torch.tensor(values["ours"]) / exact - 1).abs()
+    theirs = (torch.tensor(values["crypten"]) / exact - 1).abs()
+    assert ours.max().item() < 5e-3, f"relative error {ours.max().item():.2e}"
+    assert theirs[INV_SQRT_PROBES > 500].min().item() > 0.5  # CrypTen's inv_sqrt diverges there
 
 
 def test_costs_add_up_to_the_total_and_to_cryptens_counters(session):
@@ -183,10 +195,13 @@ def test_public_config_and_weight_names():
 
 def test_embeddings_input_scale_brings_variance_near_one():
     torch.manual_seed(0)
-    word, position, types = torch.randn(1000, 16) * 0.05, torch.randn(64, 16) * 0.05, torch.randn(2, 16) * 0.05
-    k = embeddings_input_scale(word, position, types)
-    assert k == 16  # variance ~ 3 * 0.05^2 = 7.5e-3, k^2 * 7.5e-3 ~ 1.9
-    assert embeddings_input_scale(word * 100, position * 100, types * 100) == 1
+    for std in (0.02, 0.05, 0.3):
+        word, position, types = torch.randn(1000, 16) * std, torch.randn(64, 16) * std, torch.randn(2, 16) * std
+        k = embeddings_input_scale(word, position, types)
+        rows = word + position[torch.arange(1000) % 64] + types[0]
+        scaled = k**2 * rows.var(-1, unbiased=False).median().item()
+        assert k & (k - 1) == 0 and 0.5 <= scaled <= 2.0, (std, k, scaled)
+    assert embeddings_input_scale(word * 10, position * 10, types * 10) == 1  # never below 1
 
 
 def test_public_batch_positions():

@@ -134,7 +134,8 @@ def test_group_health_and_sweep_state(prom):
     assert _value(samples, "ray_mpcformer_sweep_trials", job_name=job, state="failed") == 1
     best = dict(job_name=job, approx="quad+2quad", metric="accuracy")
     assert _value(samples, "ray_mpcformer_sweep_best_metric", **best) == pytest.approx(0.85)
-    assert _value(samples, "ray_mpcformer_sweep_best_metric", job_name=job, approx="2relu-run", metric="loss") == pytest.approx(0.2)
+    lowest = _value(samples, "ray_mpcformer_sweep_best_metric", job_name=job, approx="2relu-run", metric="loss")
+    assert lowest == pytest.approx(0.2)
     assert _value(samples, "ray_mpcformer_trial_metric", **best, trial="c") == pytest.approx(0.70)
 
 
@@ -202,3 +203,34 @@ def test_pushgateway_push_carries_the_registry(prom):
     assert path.startswith("/metrics/job/mpcformer/instance/")
     samples = _samples(body)
     assert _value(samples, "ray_mpcformer_sequences_total", job_name="t-push", model="m", approx="exact", outcome="done") == 7
+
+
+def test_docs_list_every_metric_under_its_exported_name():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "observability.md").read_text()
+    missing = [spec.exported_name for spec in METRICS if f"`{spec.exported_name}`" not in doc]
+    assert not missing, f"docs/observability.md does not list {missing}"
+
+
+def test_tune_callback_records_trial_states_metric_and_losses(prom):
+    from types import SimpleNamespace
+
+    from mpcformer.observability.tune import SweepMetricsCallback
+
+    callback = SweepMetricsCallback(job="t-tune", approx_key="combo")
+    good = SimpleNamespace(trial_id="a1", config={"combo": "quad+2quad"}, last_result={})
+    bad = SimpleNamespace(trial_id="b2", config={"combo": "quad+2relu"}, last_result={})
+    callback.on_trial_start(0, [good, bad], good)
+    callback.on_trial_start(0, [good, bad], bad)
+    good.last_result = {"score": 0.87, "primary_metric": "accuracy", "loss_logits": 0.25, "loss_hidden": 0.5}
+    callback.on_trial_result(1, [good, bad], good, good.last_result)
+    callback.on_trial_complete(2, [good, bad], good)
+    callback.on_trial_error(2, [good, bad], bad)
+    samples = _samples(obs.exposition())
+    states = {s: _value(samples, "ray_mpcformer_sweep_trials", job_name="t-tune", state=s) for s in ("running", "finished", "failed")}
+    assert states == {"running": 0, "finished": 1, "failed": 1}
+    assert _value(samples, "ray_mpcformer_sweep_best_metric", job_name="t-tune", approx="quad+2quad", metric="accuracy") == 0.87
+    loss = dict(job_name="t-tune", trial="a1", approx="quad+2quad")
+    assert _value(samples, "ray_mpcformer_trial_loss", **loss, loss="logits") == 0.25
+    assert _value(samples, "ray_mpcformer_trial_loss", **loss, loss="hidden") == 0.5

@@ -131,7 +131,7 @@ def tiny_teacher(synthetic_dir, tmp_path_factory):
     return out, run_finetune(_finetune_cfg(synthetic_dir, out))
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(400)
 def test_finetune_writes_a_checkpoint_that_reloads_with_its_approximation(tiny_teacher, synthetic_dir):
     from mpcformer.models.surgery import combo_of
     from mpcformer.training.finetune import load_checkpoint
@@ -148,32 +148,21 @@ def test_finetune_writes_a_checkpoint_that_reloads_with_its_approximation(tiny_t
     assert model(**batch).logits.shape == (1, 2)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(400)
 def test_finetune_resumes_and_is_deterministic(synthetic_dir, tmp_path):
     from mpcformer.training.finetune import run_finetune
 
     def losses(out):
         return [r["loss"] for r in json.loads((out / "history.json").read_text()) if r["kind"] == "train"]
 
-    straight = run_finetune(_finetune_cfg(synthetic_dir, tmp_path / "a", max_steps=12, epochs=1))
-    run_finetune(_finetune_cfg(synthetic_dir, tmp_path / "b", max_steps=12, epochs=1).model_copy(
-        update={"save_every_steps": 5}))
-    # interrupt-and-resume: a run stopped at step 5 (checkpoint), then continued to 12
-    import shutil
-
-    shutil.rmtree(tmp_path / "b")
-    cfg_b = _finetune_cfg(synthetic_dir, tmp_path / "b", max_steps=12, epochs=1)
-    cfg_b.save_every_steps = 5
-    first = cfg_b.model_copy(update={"optim": cfg_b.optim.model_copy(update={"max_steps": 5})})
-    run_finetune(first)
+    straight = run_finetune(_finetune_cfg(synthetic_dir, tmp_path / "a", max_steps=12))
+    cfg = _finetune_cfg(synthetic_dir, tmp_path / "b", max_steps=12).model_copy(update={"save_every_steps": 5})
+    _interrupt_after(cfg, steps=5)  # as if killed right after the checkpoint at update 5
     assert json.loads((tmp_path / "b" / "last" / "config.json").read_text())["mpcformer"]["normaliser"] == "softmax"
-    # the schedule must be the 12-step one to match: resume with the full config, from step 5
-    shutil.rmtree(tmp_path / "b")
-    resumed_cfg = cfg_b.model_copy(update={"save_every_steps": 5})
-    _interrupt_after(resumed_cfg, steps=5)
-    resumed = run_finetune(resumed_cfg)
+    resumed = run_finetune(cfg)
     assert resumed["resumed"] and resumed["steps"] == 12 == straight["steps"]
-    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-4)
+    assert len(losses(tmp_path / "b")) == 2  # logged at updates 1 and 10
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-5)
 
 
 def _interrupt_after(cfg: FinetuneConfig, steps: int) -> None:
@@ -196,7 +185,7 @@ def _interrupt_after(cfg: FinetuneConfig, steps: int) -> None:
         loop.Checkpointer.save_last = original
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(400)
 def test_distillation_reduces_both_stage_losses(tiny_teacher, synthetic_dir, tmp_path):
     from mpcformer.models.surgery import combo_of, load_approximated
     from mpcformer.training.distill import run_distill
@@ -222,7 +211,7 @@ def test_distillation_reduces_both_stage_losses(tiny_teacher, synthetic_dir, tmp
     assert combo_of(load_approximated(str(tmp_path / "d" / "best"))) == Combo.parse("quad+2quad")
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(400)
 def test_baselines_use_the_task_loss_and_the_right_init(tiny_teacher, synthetic_dir, tmp_path):
     from mpcformer.training.distill import run_distill
     from mpcformer.training.finetune import load_checkpoint
@@ -240,13 +229,16 @@ def test_baselines_use_the_task_loss_and_the_right_init(tiny_teacher, synthetic_
         phases = {r["phase"] for r in json.loads((tmp_path / baseline / "history.json").read_text())}
         assert phases == {f"baseline-{baseline}"}
         assert max(r["step"] for r in json.loads((tmp_path / baseline / "history.json").read_text())) == 4
-    # same weights before training as the teacher only for w/o{d}: its initial dev output matches
-    # the teacher's embeddings; w/o{p,d} starts elsewhere
-    wo_pd, _ = load_checkpoint(tmp_path / "wo_pd" / "best")
-    wo_d, _ = load_checkpoint(tmp_path / "wo_d" / "best")
-    key = "bert.embeddings.word_embeddings.weight"
-    drift = lambda m: (m.state_dict()[key] - teacher.state_dict()[key]).abs().max().item()  # noqa: E731
-    assert drift(wo_d) < 0.1 < drift(wo_pd)
+    # w/o{d} starts from the teacher (4 updates at lr 5e-5 barely move it), w/o{p,d} from random weights
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    teacher_weight = teacher.state_dict()[key]
+
+    def drift(name: str) -> float:
+        model, _ = load_checkpoint(tmp_path / name / "best")
+        return (model.state_dict()[key] - teacher_weight).abs().mean().item()
+
+    assert drift("wo_d") < 1e-3 < 5e-3 < drift("wo_pd")
+    assert runs["wo_d"]["method"] == "w/o{d}" and runs["wo_pd"]["method"] == "w/o{p,d}"
 
 
 @pytest.mark.timeout(120)

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Iterator
 
-__all__ = ["connect"]
+__all__ = ["connect", "metrics_url"]
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +33,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
         yield
     finally:
         ray.shutdown()
+
+
+def metrics_url() -> str | None:
+    """Prometheus endpoint of the head node's Ray metrics agent (where party metrics are exported)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    return None

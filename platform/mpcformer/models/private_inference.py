@@ -74,13 +74,11 @@ def _broadcast(rank: int, src: int, build: Callable[[], dict[str, Any]], what: s
     return received["value"]
 
 
-def _exchange_architecture(rank: int, model: torch.nn.Module | None, combo: Combo) -> EncryptedBertConfig:
-    """Owner broadcasts the public architecture; both parties check that the combos match."""
+def _exchange_architecture(rank: int, model: torch.nn.Module | None, combo: Combo) -> tuple[EncryptedBertConfig, dict]:
+    """Owner broadcasts the public architecture and its combo (checked in :func:`_check_same_combo`)."""
     build = lambda: {"config": EncryptedBertConfig.from_hf(model).model_dump(), "combo": combo.to_dict()}  # noqa: E731
     received = _broadcast(rank, OWNER, build, "model architecture")
-    if received["combo"] != combo.to_dict():
-        raise UserError(f"the parties disagree on the approximation: owner {received['combo']}, party {rank} {combo.to_dict()}")
-    return EncryptedBertConfig(**received["config"])
+    return EncryptedBertConfig(**received["config"]), received["combo"]
 
 
 def _public_batch_fields(input_ids: torch.Tensor, attention_mask: Any, token_type_ids: Any) -> dict[str, Any]:
@@ -94,12 +92,19 @@ def _public_batch_fields(input_ids: torch.Tensor, attention_mask: Any, token_typ
 
 
 def _exchange_batch(
-    rank: int, config: EncryptedBertConfig, input_ids: torch.Tensor | None, attention_mask: Any, token_type_ids: Any
-) -> PublicBatch:
-    """Client broadcasts the public part of its batch: attention mask and token-type ids (lists)."""
-    build = lambda: _public_batch_fields(input_ids, attention_mask, token_type_ids)  # noqa: E731
+    rank: int, config: EncryptedBertConfig, input_ids: torch.Tensor | None, attention_mask: Any, token_type_ids: Any,
+    combo: Combo,
+) -> tuple[PublicBatch, dict]:
+    """Client broadcasts the public part of its batch (attention mask, token-type ids) and its combo."""
+    build = lambda: {**_public_batch_fields(input_ids, attention_mask, token_type_ids), "combo": combo.to_dict()}  # noqa: E731
     received = _broadcast(rank, CLIENT, build, "batch's public fields")
-    return PublicBatch.build(config, torch.tensor(received["attention_mask"]), received["token_type_ids"])
+    return PublicBatch.build(config, torch.tensor(received["attention_mask"]), received["token_type_ids"]), received["combo"]
+
+
+def _check_same_combo(owner_combo: dict, client_combo: dict) -> None:
+    """Both parties hold both records after the two broadcasts, so both raise together."""
+    if owner_combo != client_combo:
+        raise UserError(f"the parties disagree on the approximation: owner {owner_combo}, client {client_combo}")
 
 
 def run_private_inference(
@@ -128,8 +133,9 @@ def run_private_inference(
     ledger = ledger if ledger is not None else CostLedger()
     client_ids = torch.as_tensor(input_ids).long() if rank == CLIENT else None
     with ledger.active():
-        config = _exchange_architecture(rank, model, combo)
-        batch = _exchange_batch(rank, config, client_ids, attention_mask, token_type_ids)
+        config, owner_combo = _exchange_architecture(rank, model, combo)
+        batch, client_combo = _exchange_batch(rank, config, client_ids, attention_mask, token_type_ids, combo)
+        _check_same_combo(owner_combo, client_combo)
     tic = time.perf_counter()
     state = model.state_dict() if rank == OWNER else None
     encrypted = EncryptedBertForSequenceClassification(config, OwnerWeights(config.family, state))

@@ -37,7 +37,12 @@ class MPCConfig(StrictModel):
     backend: Literal["gloo", "nccl"] = "gloo"
     timeout_s: float = Field(default=120.0, gt=0, description="deadline of every rendezvous and collective")
     device: str = "cpu"
-    fast_matmul: bool = Field(default=True, description="exact BLAS-backed ring matmul on CPU")
+    fast_matmul: bool = Field(
+        default=True, description="mpcformer's matmul path (2-matmul Beaver step, ring kernel choice); False = CrypTen as shipped"
+    )
+    matmul_kernel: Literal["auto", "limbs", "stock"] = Field(
+        default="auto", description="int64 ring kernel on CPU: float64 limbs over BLAS, torch's int64 GEMM, or the faster one"
+    )
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     network: NetworkProfile | None = Field(
         default=None, description="emulate this link between parties (mode 'emulate'); None = this machine"

@@ -39,10 +39,12 @@ def apply_crypten_config(config: MPCConfig) -> None:
             setattr(crypten_cfg.functions, key, value)
     if config.dealer == "tfp":
         log.warning("insecure dealer 'tfp': party 0 generates the Beaver triples and can learn the client's inputs")
-    if config.fast_matmul:
-        from mpcformer.mpc import ring_matmul
+    from mpcformer.mpc import ring_matmul
 
-        ring_matmul.enable()
+    if config.fast_matmul:
+        ring_matmul.enable(kernel=config.matmul_kernel)
+    else:
+        ring_matmul.disable()  # CrypTen exactly as shipped (the benchmark's baseline)
 
 
 @contextlib.contextmanager

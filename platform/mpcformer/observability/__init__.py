@@ -5,7 +5,8 @@ The recording API (one call per event; the backend is chosen automatically):
 - :func:`record_forward` (each party, after each encrypted forward, from ``CostLedger.to_dict()``)
 - :func:`track_batch` / :func:`record_batch` / :func:`set_batches_in_flight` (the inference job driver)
 - :func:`set_group_health` (whoever starts and watches a party group)
-- :func:`record_trial` / :func:`record_trial_losses` (the sweep driver)
+- :func:`record_trial` / :func:`record_trial_losses` (the sweep driver; or the Ray Tune callback
+  :class:`mpcformer.observability.tune.SweepMetricsCallback`)
 
 See ``docs/observability.md`` for the metric table and where each one comes from.
 """

@@ -97,8 +97,10 @@ class DistillConfig(_RunConfig):
     """MPCFormer distillation of ``combo`` from ``teacher`` (a fine-tuned checkpoint folder).
 
     ``baseline`` trains the approximated model with the task loss only, for the same budget
-    (``stage1.epochs + stage2.epochs`` at stage 2's learning rate and batch size):
-    ``wo_d`` (w/o{d}) starts from the teacher's weights, ``wo_pd`` (w/o{p,d}) from random ones.
+    (``stage1.epochs + stage2.epochs`` updates' worth of epochs, stage 2's batch size and
+    warm-up, learning rate ``baseline_lr``): ``wo_d`` (w/o{d}) starts from the teacher's weights,
+    ``wo_pd`` (w/o{p,d}) from random ones. The paper tunes the baselines' rate over
+    {1e-6, 5e-6, 1e-5, 1e-4}; the default here is the usual fine-tuning rate, 5e-5.
     """
 
     teacher: str = "runs/finetune/sst2-minilm/best"
@@ -106,6 +108,7 @@ class DistillConfig(_RunConfig):
     baseline: Baseline = "none"
     stage1: Stage1Config = Field(default_factory=Stage1Config)
     stage2: Stage2Config = Field(default_factory=Stage2Config)
+    baseline_lr: float = Field(5e-5, gt=0)  # learning rate of the baselines (task loss)
     attention_weight: float = Field(1.0, ge=0)  # stage 1: weight of the attention-score MSE
     hidden_weight: float = Field(1.0, ge=0)  # stage 1: weight of the hidden-state MSE
     output_dir: str = "runs/distill/sst2-minilm-quad+2quad"

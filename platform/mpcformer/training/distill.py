@@ -8,9 +8,9 @@ initialised from the teacher's weights. Two stages (see :mod:`mpcformer.training
 2. prediction layer: soft cross-entropy on the logits at ``stage2.temperature`` (MSE for
    regression).
 
-Baselines with the same budget (``stage1.epochs + stage2.epochs`` at stage 2's learning rate
-and batch size), task loss only: ``wo_d`` (w/o{d}, teacher init) and ``wo_pd`` (w/o{p,d}, random
-init). The best dev checkpoint goes to ``<output_dir>/best``; ``metrics.json``,
+Baselines with the same budget (``stage1.epochs + stage2.epochs`` at stage 2's batch size,
+learning rate ``baseline_lr``), task loss only: ``wo_d`` (w/o{d}, teacher init) and ``wo_pd``
+(w/o{p,d}, random init). The best dev checkpoint goes to ``<output_dir>/best``; ``metrics.json``,
 ``history.json`` and ``history.png`` sit beside it.
 """
 
@@ -130,6 +130,7 @@ def _phases(cfg: DistillConfig, teacher, student, projection, regression: bool) 
         budget = OptimConfig(**{
             **cfg.stage2.model_dump(exclude={"temperature"}),
             "epochs": cfg.stage1.epochs + cfg.stage2.epochs,
+            "lr": cfg.baseline_lr,
             "max_steps": None if cfg.stage1.max_steps is None and cfg.stage2.max_steps is None
             else (cfg.stage1.max_steps or 0) + (cfg.stage2.max_steps or 0),
         })
@@ -161,7 +162,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id or 0
 
     teacher_dev = evaluate(teacher, dev, spec, cfg.eval_batch_size, pad_id)
-    initial_dev = evaluate(student, dev, spec, cfg.eval_batch_size, pad_id)
+    initial_dev = None if resumed else evaluate(student, dev, spec, cfg.eval_batch_size, pad_id)
     log.info("teacher dev %s; student before training %s", teacher_dev, initial_dev)
     settings = LoopSettings(
         seed=cfg.seed, eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,

@@ -71,10 +71,23 @@ def available_cpus() -> int:
 
 
 def configure_threads(num_threads: int | None) -> int:
-    """``torch.set_num_threads``: the requested count, or every CPU this process may use."""
-    threads = num_threads or available_cpus()
-    torch.set_num_threads(threads)
-    return threads
+    """``torch.set_num_threads``: the requested count, else the CPUs not already busy.
+
+    Default: ``clamp(round(cpus - load1), 1, cpus)`` with ``cpus`` this process's affinity and
+    ``load1`` the 1-minute load average. On a shared machine, intra-op threads that outnumber the
+    idle cores wait on each other at every barrier (a 2-thread matmul can run 10x slower than a
+    1-thread one when the other core is taken), so a busy machine gets one thread.
+    """
+    cpus = available_cpus()
+    if num_threads is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            busy = 0.0
+        num_threads = min(cpus, max(1, round(cpus - busy)))
+    torch.set_num_threads(num_threads)
+    log.info("torch threads: %d (of %d CPUs)", num_threads, cpus)
+    return num_threads
 
 
 def set_seed(seed: int) -> None:
@@ -293,6 +306,7 @@ def _run_phase(
     model.train()
     started = time.perf_counter()
     bar = tqdm(total=total, initial=state.step, desc=phase.name, disable=not settings.progress, dynamic_ncols=True)
+    throughput = 0.0  # examples per second, exponential moving average over updates
     while state.step < total:
         order_seed = settings.seed * 1_000_003 + state.phase_index * 1_009 + state.epoch
         for batch in batches(train, phase.optim.batch_size, order_seed, settings.pad_id, start=state.batch_in_epoch):
@@ -307,8 +321,9 @@ def _run_phase(
             state.step += 1
             state.batch_in_epoch += 1
             rate = len(batch["labels"]) / max(time.perf_counter() - tic, 1e-9)
+            throughput = rate if throughput == 0.0 else 0.9 * throughput + 0.1 * rate
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", examples_per_s=f"{throughput:.1f}")
             if state.step % settings.log_every_steps == 0 or state.step == 1:
                 state.history.append({
                     "kind": "train", "phase": phase.name, "step": state.step, "epoch": state.epoch,
