@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -131,7 +132,8 @@ def fit_student(combo_name: str, steps: int, seed: int) -> dict:
 def run_inference(job: str, combos: list[str], batches: int) -> dict:
     from mpcformer.observability import set_group_health, track_batch
 
-    rendezvous = f"file://{Path(tempfile.mkdtemp(prefix='mpcf-rdv-')) / 'rdv'}"
+    rendezvous_dir = Path(tempfile.mkdtemp(prefix="mpcf-rdv-"))
+    rendezvous = f"file://{rendezvous_dir / 'rdv'}"
     parties = [Party.remote(rank, rendezvous) for rank in range(2)]
     dealer = Dealer.remote()
     serving = dealer.serve.remote(rendezvous)
@@ -147,6 +149,7 @@ def run_inference(job: str, combos: list[str], batches: int) -> dict:
     ray.get([parties[1].close.remote()], timeout=60)
     ray.get([parties[0].close.remote()], timeout=60)  # rank 0 last: it tells the dealer to exit
     ray.get(serving, timeout=60)
+    shutil.rmtree(rendezvous_dir, ignore_errors=True)
     return {"parties": parties, "dealer": dealer, "totals": totals}
 
 

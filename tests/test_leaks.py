@@ -240,15 +240,22 @@ TINY_SEED = 0
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    presets = pytest.importorskip("mpcformer.models.presets", reason="mpcformer.models.presets not built yet")
-    model, _ = presets.load_preset("tiny", num_labels=2, seed=TINY_SEED)
+def tiny_inputs():
+    from mpcformer.models.presets import load_preset
+
+    model, _ = load_preset("tiny", num_labels=2, seed=TINY_SEED)
     model.eval()
     gen = torch.Generator().manual_seed(2)
     vocab = model.config.vocab_size
     ids = torch.randint(min(1000, vocab // 2), vocab, (2, 12), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0  # one padded sentence
+    return model, ids, mask
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_inputs, tmp_path_factory):
+    model, ids, mask = tiny_inputs
     out = tmp_path_factory.mktemp("tiny-leaks")
     results = run_local(
         fns.private_inference_tapped,
@@ -276,6 +283,24 @@ def _tiny_secrets(model: torch.nn.Module, combo: str, ids: torch.Tensor, mask: t
         Secret.real("hidden states", hidden, set(), tolerance=0.02),
         Secret.real("logits", out.logits, {CLIENT}, tolerance=0.02, min_matches=4, min_distinct=4),
     ]
+
+
+def test_tiny_secrets_would_be_found(tiny_inputs):
+    """Control for the settings below: with the same secrets, a decrypted hidden state (off by the
+    encrypted forward's error) and a transposed fixed-point weight in random traffic are flagged."""
+    model, ids, mask = tiny_inputs
+    secrets = _tiny_secrets(model, "quad+2quad", ids, mask)
+    hidden = next(s for s in secrets if s.name == "hidden states").values
+    noisy = hidden[1] + (torch.rand(hidden[1].shape, generator=torch.Generator().manual_seed(3)) - 0.5) * 0.02
+    mask_ring = _ring(*noisy.shape, seed=5)
+    revealed = [_reduction(p, share) for p, share in enumerate((_encode(noisy) - mask_ring, mask_ring))]
+    weight = model.state_dict()["bert.encoder.layer.0.attention.self.query.weight"]
+    sent = _sent(OWNER, _ring(10_000), _encode(weight.t()))
+    honest = [_sent(p, _ring(200_000, seed=p), index=p) for p in (OWNER, CLIENT)]
+    found = {(l.secret, l.where) for l in find_leaks(revealed + [sent] + honest, secrets)}
+    # random-init weights all look alike (N(0, 0.02)): a leaked one also matches its siblings' values
+    assert {("hidden states", "learned"), ("owner bert.encoder.layer.0.attention.self.query.weight", "sent")} <= found
+    assert find_leaks(honest, secrets) == []
 
 
 @pytest.mark.parametrize("combo", TINY_COMBOS)

@@ -110,6 +110,28 @@ def test_configs_were_discovered():
     assert len(MODELS) >= 8, names
 
 
+#: valid values of required fields, so that a malformed mapping fails for its malformation only
+_REQUIRED = {
+    "MatmulShape": {"name": "m", "a": [4, 8], "b": [8, 2]},
+    "NetworkProfile": {"bandwidth_bps": 1e9, "rtt_s": 0.001},
+    "EncryptedBertConfig": {
+        "vocab_size": 100, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 16, "max_position_embeddings": 32, "type_vocab_size": 2, "num_labels": 2,
+    },
+}
+
+
+def _base(cls: type) -> dict[str, Any]:
+    return dict(_REQUIRED.get(cls.__name__, {}))
+
+
+def test_required_fields_have_valid_bases():
+    for cls in MODELS:
+        if any(info.is_required() for info in cls.model_fields.values()):
+            assert cls.__name__ in _REQUIRED, f"add valid required fields of {cls.__name__} to _REQUIRED"
+        build_config(cls, _base(cls))  # the base alone is valid
+
+
 def _gap_of(cls: type) -> set[str]:
     """Fields of ``cls`` (or a base) listed in KNOWN_GAPS."""
     names = {c.__name__ for c in cls.__mro__}
@@ -215,18 +237,21 @@ def malformed_config(draw: st.DrawFn, cls: type[StrictModel] | None = None, dept
     if nested and depth < 2:
         kinds.append("nested")
     kind = draw(st.sampled_from(kinds))
+    base = _base(cls)
     if kind == "unknown key":
         key = draw(st.text(string.ascii_letters + "_.", min_size=1, max_size=12).filter(lambda k: k.split(".")[0] not in fields))
-        return cls, {key: draw(st.integers() | st.text(max_size=5))}, f"unknown key {key!r}"
+        return cls, {**base, key: draw(st.integers() | st.text(max_size=5))}, f"unknown key {key!r}"
     if kind == "nested":
         name, sub = draw(st.sampled_from(nested))
         _, inner, why = draw(malformed_config(sub, depth + 1))
-        return cls, {name: inner}, f"{name}: {why}"
+        return cls, {**base, name: inner}, f"{name}: {why}"
     if kind == "combo":
-        combo_fields = [n for n in fields if n in ("approx", "combos")]
+        combo_fields = [n for n, i in fields.items() if n in ("approx", "combos", "combo") and n not in _gap_of(cls)]
         value = draw(bad_combo_text)
         assume(combo_fields)
-        return cls, {draw(st.sampled_from(combo_fields)): [value]}, f"unknown approximation {value!r}"
+        name = draw(st.sampled_from(combo_fields))
+        listed = "list" in _kinds(fields[name].annotation)[0]
+        return cls, {**base, name: [value] if listed else value}, f"unknown approximation {value!r}"
     candidates = [(n, i) for n, i in fields.items() if n not in _gap_of(cls)]
     name, info = draw(st.sampled_from(candidates)) if candidates else (None, None)
     assume(name is not None)
@@ -234,11 +259,11 @@ def malformed_config(draw: st.DrawFn, cls: type[StrictModel] | None = None, dept
         wrong = _wrong_types(info.annotation)
         assume(wrong)
         value = draw(st.sampled_from(wrong))
-        return cls, {name: value}, f"{name}={value!r} (wrong type)"
+        return cls, {**base, name: value}, f"{name}={value!r} (wrong type)"
     strategy = _out_of_range(info, info.annotation)
     assume(strategy is not None)
     value = draw(strategy)
-    return cls, {name: value}, f"{name}={value!r} (out of range)"
+    return cls, {**base, name: value}, f"{name}={value!r} (out of range)"
 
 
 # ----------------------------------------------------------------------------- combos

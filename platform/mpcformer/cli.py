@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("mpcformer.jobs.infer", "encrypted inference batches through Ray party actors"),
     "bench": ("mpcformer.jobs.bench", "benchmark approximations under MPC (latency, rounds, bytes)"),
     "approximations": ("mpcformer.jobs.approximations", "list the registered MPC-friendly approximations"),
+    "monitor": ("mpcformer.jobs.monitor", "start a real Prometheus scraping a local Ray cluster and print its URL"),
 }
 
 

@@ -92,6 +92,8 @@ def _trainable(params: dict[str, Any]) -> None:
         "baseline": cfg.baseline,
         "checkpoint_dir": str(metrics.get("checkpoint", "")),
         **{f"dev_{k}": float(v) for k, v in metrics["dev"].items() if isinstance(v, (int, float))},
+        # the last logged training loss of each phase (stage1, stage2 or task)
+        **{f"loss_{phase}": float(v["last"]) for phase, v in (metrics.get("final_losses") or {}).items()},
     })
 
 
@@ -99,6 +101,8 @@ def run_sweep(sweep: SweepConfig, resume: bool = True) -> dict[str, Any]:
     """Run (or resume) the sweep on the connected Ray cluster; returns the summary."""
     import ray
     from ray import tune
+
+    from mpcformer.observability.tune import SweepMetricsCallback
 
     storage = Path(sweep.storage_path).resolve()
     sweep_dir = storage / sweep.name
@@ -121,6 +125,7 @@ def run_sweep(sweep: SweepConfig, resume: bool = True) -> dict[str, Any]:
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(storage / sweep.name),
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                callbacks=[SweepMetricsCallback(job=sweep.name, approx_key="combo")],
                 verbose=1,
             ),
         )

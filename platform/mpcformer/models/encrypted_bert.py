@@ -167,7 +167,10 @@ class PublicBatch:
         mask = torch.as_tensor(attention_mask).to(torch.float32)  # (B, T)
         if mask.dim() != 2:
             raise UserError(f"attention_mask must be (batch, tokens), got shape {tuple(mask.shape)}")
-        types = torch.zeros(mask.shape, dtype=torch.long) if token_type_ids is None else torch.as_tensor(token_type_ids).long()
+        if token_type_ids is None:
+            types = torch.zeros(mask.shape, dtype=torch.long)  # (B, T)
+        else:
+            types = torch.as_tensor(token_type_ids).long()  # (B, T)
         if types.shape != mask.shape:
             raise UserError(f"token_type_ids shape {tuple(types.shape)} differs from attention_mask {tuple(mask.shape)}")
         if config.family == "roberta":
@@ -176,7 +179,8 @@ class PublicBatch:
             positions = torch.arange(mask.shape[1]).expand(mask.shape)  # (B, T)
         if int(positions.max()) >= config.max_position_embeddings:
             raise UserError(
-                f"{mask.shape[1]} tokens exceed the model's {config.max_position_embeddings} positions; truncate the input"
+                f"{mask.shape[1]} tokens exceed the model's {config.max_position_embeddings} positions; "
+                "truncate the input"
             )
         if int(types.max()) >= config.type_vocab_size or int(types.min()) < 0:
             raise UserError(f"token_type_ids must lie in 0..{config.type_vocab_size - 1}")
@@ -224,7 +228,8 @@ class OwnerWeights:
         tensor = self.state_dict.get(key)
         if tensor is None:
             raise UserError(
-                f"the owner's model has no weight '{key}'; pass a {self.family.capitalize()}ForSequenceClassification model"
+                f"the owner's model has no weight '{key}'; "
+                f"pass a {self.family.capitalize()}ForSequenceClassification model"
             )
         if tuple(tensor.shape) != tuple(shape):
             raise UserError(f"weight '{key}' has shape {tuple(tensor.shape)}, the config implies {tuple(shape)}")
@@ -321,11 +326,13 @@ class EncryptedBertEmbeddings(_Module):
     """
 
     def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights):
-        H = config.hidden_size
-        self.word_embeddings = weights.share("embeddings.word_embeddings.weight", (config.vocab_size, H))
-        self.position_embeddings = weights.share("embeddings.position_embeddings.weight", (config.max_position_embeddings, H))
-        self.token_type_embeddings = weights.share("embeddings.token_type_embeddings.weight", (config.type_vocab_size, H))
-        self.LayerNorm = EncryptedLayerNorm(weights, "embeddings.LayerNorm", H, config.layer_norm_eps, config.embeddings_ln_input_scale)
+        H, share = config.hidden_size, weights.share
+        self.word_embeddings = share("embeddings.word_embeddings.weight", (config.vocab_size, H))
+        self.position_embeddings = share("embeddings.position_embeddings.weight", (config.max_position_embeddings, H))
+        self.token_type_embeddings = share("embeddings.token_type_embeddings.weight", (config.type_vocab_size, H))
+        self.LayerNorm = EncryptedLayerNorm(
+            weights, "embeddings.LayerNorm", H, config.layer_norm_eps, config.embeddings_ln_input_scale
+        )
         self.vocab_chunk = config.vocab_chunk
 
     def forward(self, client_ids: torch.Tensor | None, batch: PublicBatch, ledger: CostLedger) -> CrypTensor:
@@ -366,7 +373,8 @@ class EncryptedBertSelfAttention(_Module):
             qkv = self.qkv(x)  # (B, T, 3H)
         q, k, v = (self._split_heads(qkv[:, :, i * H:(i + 1) * H]) for i in range(3))  # (B, nh, T, hs) each
         with ledger.scope("attention-matmul"):
-            scores = q.matmul(k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B,nh,T,hs)@(B,nh,hs,T) -> (B,nh,T,T)
+            # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
+            scores = q.matmul(k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))
         with ledger.scope("softmax"):
             probs = normaliser(scores, key_mask)  # (B, nh, T, T)
         with ledger.scope("attention-matmul"):
@@ -384,7 +392,9 @@ class EncryptedBertResidualOutput(_Module):
     def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, prefix: str, in_features: int):
         H = config.hidden_size
         self.dense = EncryptedLinear(weights, [f"{prefix}.dense"], in_features, H)
-        self.LayerNorm = EncryptedLayerNorm(weights, f"{prefix}.LayerNorm", H, config.layer_norm_eps, config.encoder_ln_input_scale)
+        self.LayerNorm = EncryptedLayerNorm(
+            weights, f"{prefix}.LayerNorm", H, config.layer_norm_eps, config.encoder_ln_input_scale
+        )
 
     def forward(self, x: CrypTensor, residual: CrypTensor, ledger: CostLedger) -> CrypTensor:
         with ledger.scope("linear"):
@@ -397,12 +407,12 @@ class EncryptedBertLayer(_Module):
     """One encoder layer: attention, add & norm, feed-forward with the combo's activation, add & norm."""
 
     def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, index: int):
-        prefix = f"encoder.layer.{index}"
+        prefix, H, I = f"encoder.layer.{index}", config.hidden_size, config.intermediate_size  # noqa: E741
         self.index = index
         self.attention = EncryptedBertSelfAttention(config, weights, f"{prefix}.attention.self")
-        self.attention_output = EncryptedBertResidualOutput(config, weights, f"{prefix}.attention.output", config.hidden_size)
-        self.intermediate = EncryptedLinear(weights, [f"{prefix}.intermediate.dense"], config.hidden_size, config.intermediate_size)
-        self.output = EncryptedBertResidualOutput(config, weights, f"{prefix}.output", config.intermediate_size)
+        self.attention_output = EncryptedBertResidualOutput(config, weights, f"{prefix}.attention.output", H)
+        self.intermediate = EncryptedLinear(weights, [f"{prefix}.intermediate.dense"], H, I)
+        self.output = EncryptedBertResidualOutput(config, weights, f"{prefix}.output", I)
 
     def forward(
         self, x: CrypTensor, key_mask: torch.Tensor, activation: Activation, normaliser: Normaliser, ledger: CostLedger

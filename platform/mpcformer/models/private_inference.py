@@ -33,7 +33,12 @@ from mpcformer.approx import Combo
 from mpcformer.errors import UserError
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
-from mpcformer.models.encrypted_bert import EncryptedBertConfig, EncryptedBertForSequenceClassification, OwnerWeights, PublicBatch
+from mpcformer.models.encrypted_bert import (
+    EncryptedBertConfig,
+    EncryptedBertForSequenceClassification,
+    OwnerWeights,
+    PublicBatch,
+)
 
 __all__ = ["OWNER", "CLIENT", "run_private_inference", "plaintext_logits"]
 
@@ -76,7 +81,9 @@ def _broadcast(rank: int, src: int, build: Callable[[], dict[str, Any]], what: s
 
 def _exchange_architecture(rank: int, model: torch.nn.Module | None, combo: Combo) -> tuple[EncryptedBertConfig, dict]:
     """Owner broadcasts the public architecture and its combo (checked in :func:`_check_same_combo`)."""
-    build = lambda: {"config": EncryptedBertConfig.from_hf(model).model_dump(), "combo": combo.to_dict()}  # noqa: E731
+    def build() -> dict[str, Any]:
+        return {"config": EncryptedBertConfig.from_hf(model).model_dump(), "combo": combo.to_dict()}
+
     received = _broadcast(rank, OWNER, build, "model architecture")
     return EncryptedBertConfig(**received["config"]), received["combo"]
 
@@ -96,9 +103,12 @@ def _exchange_batch(
     combo: Combo,
 ) -> tuple[PublicBatch, dict]:
     """Client broadcasts the public part of its batch (attention mask, token-type ids) and its combo."""
-    build = lambda: {**_public_batch_fields(input_ids, attention_mask, token_type_ids), "combo": combo.to_dict()}  # noqa: E731
+    def build() -> dict[str, Any]:
+        return {**_public_batch_fields(input_ids, attention_mask, token_type_ids), "combo": combo.to_dict()}
+
     received = _broadcast(rank, CLIENT, build, "batch's public fields")
-    return PublicBatch.build(config, torch.tensor(received["attention_mask"]), received["token_type_ids"]), received["combo"]
+    batch = PublicBatch.build(config, torch.tensor(received["attention_mask"]), received["token_type_ids"])
+    return batch, received["combo"]
 
 
 def _check_same_combo(owner_combo: dict, client_combo: dict) -> None:

@@ -59,6 +59,8 @@ DEALER = -1
 _REDUCTIONS = ("all_reduce", "reduce", "all_gather", "gather")
 #: A real secret is found in a tensor only if this share of its plausible (non-random) elements match.
 MIN_SHARE = 0.5
+#: ... and a tensor is a legitimate reveal if this share matches a secret its receivers may know.
+EXPLAINED_SHARE = 0.9
 _MIN_OBJECT_LIST = 8  # plain lists in send_obj payloads shorter than this (sizes, flags) are ignored
 
 
@@ -426,10 +428,10 @@ def _match_real(prep: _Prepared, values: torch.Tensor) -> tuple[int, float]:
     return int(torch.unique(nearest[hit]).numel()), float(hit.float().mean())
 
 
-def _find_real(prep: _Prepared, reading: _Reading) -> tuple[str, int] | None:
+def _find_real(prep: _Prepared, reading: _Reading, min_share: float = MIN_SHARE) -> tuple[str, int] | None:
     for form, values in reading.reals:
         matched, share = _match_real(prep, values)
-        if prep.needed and matched >= prep.needed and share >= MIN_SHARE:
+        if prep.needed and matched >= prep.needed and share >= min_share:
             return form, matched
     return None
 
@@ -508,6 +510,12 @@ def _find_ids(prep: _Prepared, reading: _Reading, scale: int) -> tuple[str, int]
     return None
 
 
+def _explained(reading: _Reading, allowed: list[_Prepared]) -> bool:
+    """A tensor that is a secret its receivers may know (the client's logits) is a legitimate
+    reveal: its values are not also held against other secrets that merely cover the same range."""
+    return any(_find_real(prep, reading, EXPLAINED_SHARE) for prep in allowed)
+
+
 def find_leaks(transfers: Iterable[Transfer], secrets: Iterable[Secret], precision_bits: int = 16) -> list[Leak]:
     """Every place a secret reaches a party (or the dealer) outside its ``may_know`` set.
 
@@ -523,7 +531,8 @@ def find_leaks(transfers: Iterable[Transfer], secrets: Iterable[Secret], precisi
         concerned = [p for p in prepared if not seen_by <= p.secret.may_know]
         if not concerned:
             return
-        readings = [_read(tensor, scale) for tensor in tensors]
+        allowed = [p for p in prepared if seen_by <= p.secret.may_know and p.secret.kind == "real"]
+        readings = [r for r in (_read(tensor, scale) for tensor in tensors) if not _explained(r, allowed)]
         for prep in concerned:
             for reading in readings:
                 found = _find_real(prep, reading) if prep.secret.kind == "real" else _find_ids(prep, reading, scale)
