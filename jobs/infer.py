@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
-    overrides: dict[str, Any] = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None}
+    overrides: dict[str, Any] = {
+        key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None
+    }
     if args.approx:
         overrides["combos"] = [c for c in args.approx.split(",") if c.strip()]
     if args.no_plaintext_check:
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary = run_infer(cfg, progress=not args.no_progress)
         except JobFailed as err:
-            print(f"infer: {err}\nfinished batches are kept in {cfg.out}; run again with the same --out to resume", file=sys.stderr)
+            print(f"infer: {err}", file=sys.stderr)
+            print(f"finished batches are kept in {cfg.out}; run again with the same --out to resume", file=sys.stderr)
             return 1
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {Path(cfg.out) / 'predictions.jsonl'} and {Path(cfg.out) / 'summary.json'}")

@@ -17,18 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
     from mpcformer.cluster_connect import connect
-    from mpcformer.config import ConfigError, load_config
+    from mpcformer.config import load_config
     from mpcformer.sweep import SweepConfig, run_sweep
+    from mpcformer.training.cli_args import parse_set
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_set(args.set)
     sweep = load_config(SweepConfig, args.config, overrides)
     with connect(args.address):
         summary = run_sweep(sweep, resume=not args.no_resume)

@@ -182,3 +182,36 @@ def test_the_driver_sends_each_party_paths_and_ids_only(data_dir, tmp_path):
     assert client_request.example_ids == (2, 3) and str(data_dir) in client_request.data
     assert client_request.out_dir == str(tmp_path / "out")
     assert len(pickle.dumps(owner_call)) < 1000 and len(pickle.dumps(client_call)) < 2000
+
+
+def test_commits_are_atomic_and_once_and_percentiles_use_nearest_rank(tmp_path):
+    from mpcformer.cluster.batches import BatchStore, commit_batch, percentiles, plan_batches
+
+    batches = plan_batches(5, 2, ["exact", COMBO])
+    assert [(b.combo, b.example_ids) for b in batches[:3]] == [("exact", (0, 1)), ("exact", (2, 3)), ("exact", (4,))]
+    store = BatchStore(tmp_path)
+    store.open({"model": "tiny"})
+    record = {"example_id": 4, "batch_id": 2, "prediction": 1, "label": 1}
+    assert commit_batch(tmp_path, "exact", 2, [record]) is True
+    assert commit_batch(tmp_path, "exact", 2, [record]) is False  # a late duplicate is dropped
+    assert read_records(tmp_path) == [record] and store.is_done(batches[2]) and not store.is_done(batches[0])
+    with pytest.raises(Exception, match="holds a different run"):
+        BatchStore(tmp_path).open({"model": "minilm"})
+    assert percentiles([4.0, 1.0, 3.0, 2.0]) == {"p50": 2.0, "p90": 4.0, "p99": 4.0, "mean": 2.5, "max": 4.0}
+
+
+def test_flags_override_the_yaml(tmp_path):
+    import argparse
+
+    from mpcformer.jobs import infer as infer_job
+
+    data_file = tmp_path / "held-out.tsv"
+    data_file.write_text("sentence\tlabel\n")
+    parser = argparse.ArgumentParser()
+    infer_job.add_arguments(parser)
+    args = parser.parse_args(["--config", "infer-tiny", "--data", str(data_file), "--approx", "quad+2relu,exact",
+                              "--groups", "3", "--set", "group.mpc.timeout_s=7", "--no-plaintext-check"])
+    cfg = infer_job.build_infer_config(args)
+    assert cfg.model == "tiny" and cfg.data.dev_file == str(data_file) and cfg.data.data_dir == "data/sst2"
+    assert cfg.combos == ["quad+2relu", "exact"] and cfg.pool.groups == 3
+    assert cfg.group.mpc.timeout_s == 7 and not cfg.check_plaintext

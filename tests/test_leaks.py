@@ -154,6 +154,21 @@ def test_reveals_are_found_from_paired_shares(synthetic):
     assert [l.secret for l in leaks] == ["owner weight"]
 
 
+def test_a_legitimate_reveal_is_not_held_against_look_alike_secrets():
+    """The client's logits may fall inside the range a dense weight table covers value by value;
+    being a secret the client may know, the reveal is not compared with the weights."""
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(128, 64, generator=gen) * 0.02  # dense: a value every fixed-point step
+    logits = torch.randn(16, 2, generator=gen) * 0.02  # 32 values in the same range
+    secrets = [Secret.real("owner weight", weight, {OWNER}), Secret.real("logits", logits, {CLIENT}, tolerance=1e-3)]
+    mask = _ring(*logits.shape, seed=8)
+    shares = (_encode(logits) - mask, mask)
+    to_client = [_reduction(p, shares[p], "reduce", dst=CLIENT) for p in (OWNER, CLIENT)]
+    assert find_leaks(to_client, secrets) == []
+    to_both = [_reduction(p, shares[p]) for p in (OWNER, CLIENT)]
+    assert {l.secret for l in find_leaks(to_both, secrets)} >= {"logits"}  # the owner must not learn them
+
+
 def test_unpaired_reductions_are_an_error():
     with pytest.raises(ValueError, match="different numbers of reductions"):
         pair_exchanges([_reduction(OWNER, _ring(4)), _reduction(OWNER, _ring(4)), _reduction(CLIENT, _ring(4))])

@@ -79,7 +79,8 @@ def test_strict_spread_puts_each_actor_on_its_own_node_and_matches_plaintext(thr
         nodes = [info["node_id"] for info in group.actors_info]
         assert len(set(nodes)) == 3, f"parties and dealer share nodes: {nodes}"
         assert [info["rank"] for info in group.actors_info] == [0, 1, 2]
-        owner, client = group.run([PartyCall(encrypted_matmul, (a.tolist(), None)), PartyCall(encrypted_matmul, (None, b.tolist()))])
+        calls = [PartyCall(encrypted_matmul, (a.tolist(), None)), PartyCall(encrypted_matmul, (None, b.tolist()))]
+        owner, client = group.run(calls)
         assert owner["product"] is None  # revealed to the client only
         assert torch.allclose(torch.tensor(client["product"]), a @ b, atol=1e-3)
         assert client["rounds"] > 0 and client["bytes"] > 0

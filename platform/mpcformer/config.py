@@ -37,7 +37,9 @@ def load_config(cls: type[ModelT], path: str | Path, overrides: dict[str, Any] |
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing YAML file)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (save the YAML as UTF-8)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mpcformer.config import StrictModel
 from mpcformer.data.loading import DataConfig
@@ -35,6 +35,13 @@ class DemoConfig(StrictModel):
     batch_size: int = Field(4, ge=1, description="sequences per MPC forward")
     approx: str = "quad+2quad"
     seed: int = 0
+
+    @field_validator("approx")
+    @classmethod
+    def _known_combo(cls, text: str) -> str:
+        from mpcformer.approx import Combo
+
+        return Combo.parse(text).name  # raises with the known names
 
 
 def resolve_demo_data(cfg: DemoConfig, say: Callable[[str], None]) -> tuple[DataConfig, str]:

@@ -199,7 +199,7 @@ def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batches: dict[int, dict[str, Any]] = {}
     for record in records:
         batches.setdefault(record["batch_id"], record)
-    labelled = [r for r in records if r.get("label") is not None]
+    labelled = [r for r in records if isinstance(r.get("label"), int)]  # classification (regression: task_metrics)
     checked = [r for r in records if r.get("plaintext_prediction") is not None]
     examples = len(records)
     total_rounds = sum(b["rounds"] for b in batches.values())

@@ -12,9 +12,11 @@ re-run (``pool.max_attempts``); ``summary.json`` is written at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import Field, field_validator
@@ -32,7 +34,9 @@ log = logging.getLogger(__name__)
 class InferConfig(StrictModel):
     """Everything an ``mpcformer infer`` run needs; YAML in ``jobs/configs/infer*.yaml``."""
 
-    model: str = Field(default="tiny", description="preset (tiny, minilm, bert-base, bert-large), HF path or distilled folder")
+    model: str = Field(
+        default="tiny", description="preset (tiny, minilm, bert-base, bert-large), HF path or distilled folder"
+    )
     num_labels: int = Field(default=2, ge=1)
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -59,7 +63,6 @@ class InferConfig(StrictModel):
 
 def with_absolute_paths(cfg: InferConfig) -> InferConfig:
     """Resolve local paths against the driver's working directory (actors run elsewhere)."""
-    from pathlib import Path
 
     def absolute(value: str | None) -> str | None:
         return str(Path(value).expanduser().resolve()) if value else value
@@ -95,7 +98,6 @@ def plan_run(cfg: InferConfig, num_examples: int):
     from mpcformer.cluster.infer_batch import ClientBatch, ModelSource, OwnerBatch, client_batch, owner_batch
     from mpcformer.cluster.party_group import PartyCall
     from mpcformer.cluster.scheduler import WorkItem
-    from pathlib import Path
 
     source = ModelSource(cfg.model, cfg.num_labels, cfg.seed)
     data_json = cfg.data.model_dump_json()
@@ -112,7 +114,9 @@ def plan_run(cfg: InferConfig, num_examples: int):
     return batches, items
 
 
-def run_infer(cfg: InferConfig, progress: bool = True, on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_infer(
+    cfg: InferConfig, progress: bool = True, on_batch: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Run (or resume) the job on the connected Ray cluster; return the summary (also in summary.json)."""
     from tqdm import tqdm
 
@@ -132,10 +136,12 @@ def run_infer(cfg: InferConfig, progress: bool = True, on_batch: Callable[[dict[
     pool = GroupPool(cfg.group, cfg.pool, name=cfg.job_name, on_failure=lambda e: _on_failure(store, cfg, e))
     tic = time.monotonic()
     try:
-        with tqdm(total=len(batches), initial=len(batches) - len(todo), desc="infer", unit="batch", disable=not progress) as bar:
-            for done in pool.run([items[batch.key] for batch in todo]):
-                figures = done.results[1]
-                _record_batch(cfg, figures)
+        results = contextlib.closing(pool.run([items[batch.key] for batch in todo]))  # closing stops the groups
+        bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="infer", unit="batch", disable=not progress)
+        with results as finished, bar:
+            for done in finished:
+                figures = done.results[1]  # the client's figures; no prediction reaches the driver
+                _record_batch(cfg, figures, done.group)
                 bar.update(1)
                 bar.set_postfix(retries=len(pool.failures), refresh=False)
                 if on_batch is not None:
@@ -151,15 +157,22 @@ def _on_failure(store, cfg: InferConfig, event) -> None:
     from dataclasses import asdict
 
     store.log_event({"time": time.time(), "event": "group_failure", **asdict(event)})
-    _safe_metric("record_batch", job=cfg.job_name, model=cfg.model, approx=event.item.split("/")[0], sequences=0, failed=True)
-    _safe_metric("set_group_health", False, job=cfg.job_name, group=event.group)
+    combo = event.item.split("/")[0]  # item keys are <combo>/<batch id>
+    _safe_metric("record_batch", job=cfg.job_name, model=cfg.model, approx=combo, sequences=0, failed=True)
+    _safe_metric("set_group_health", False, job=cfg.job_name, group=_slot(event.group))
 
 
-def _record_batch(cfg: InferConfig, figures: dict[str, Any]) -> None:
+def _slot(group: str) -> str:
+    """``infer-g0`` for group ``infer-g0-3fa2c1``: one metrics series per pool slot, not per rebuild."""
+    return group.rsplit("-", 1)[0]
+
+
+def _record_batch(cfg: InferConfig, figures: dict[str, Any], group: str) -> None:
     _safe_metric(
         "record_batch", job=cfg.job_name, model=cfg.model, approx=figures["combo"],
         sequences=figures["examples"], latency_s=figures["batch_latency_s"],
     )
+    _safe_metric("set_group_health", True, job=cfg.job_name, group=_slot(group))
 
 
 def _safe_metric(name: str, *args, **kwargs) -> None:

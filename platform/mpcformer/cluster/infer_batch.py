@@ -21,7 +21,10 @@ from typing import Any
 
 from mpcformer.errors import UserError
 
-__all__ = ["ModelSource", "OwnerBatch", "ClientBatch", "owner_batch", "client_batch", "load_owner_model", "load_client_tokenizer"]
+__all__ = [
+    "ModelSource", "OwnerBatch", "ClientBatch", "owner_batch", "client_batch", "load_owner_model",
+    "load_client_tokenizer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,8 @@ def _client_tensors(request: ClientBatch) -> tuple[dict[str, Any], list[Any]]:
 
     examples = _client_examples(request.data, request.split, request.model.seed)
     ids = request.example_ids
-    subset = TextExamples(examples.spec, [examples.texts[i] for i in ids], [examples.labels[i] for i in ids], examples.source)
+    texts, labels = [examples.texts[i] for i in ids], [examples.labels[i] for i in ids]
+    subset = TextExamples(examples.spec, texts, labels, examples.source)
     tokenizer = load_client_tokenizer(request.model)
     max_length = DataConfig.model_validate(json.loads(request.data)).max_length
     encoded = encode(subset, tokenizer, max_length)
@@ -156,7 +160,10 @@ def client_batch(rank: int, request: ClientBatch) -> dict[str, Any]:
     reference = _plaintext_reference(request, tensors) if request.check_plaintext else None
     records = _records(request, out["logits"], out["predictions"], labels, reference, figures)
     committed = commit_batch(request.out_dir, request.combo, request.batch_id, records)
-    return {"combo": request.combo, "batch_id": request.batch_id, "examples": len(records), "committed": committed, **figures}
+    return {
+        "combo": request.combo, "batch_id": request.batch_id, "examples": len(records), "committed": committed,
+        **figures,
+    }
 
 
 def _record_forward(costs: dict[str, Any], combo: str, model: ModelSource, job: str, rank: int, sequences: int) -> None:
@@ -178,7 +185,9 @@ def _plaintext_reference(request: ClientBatch, tensors: dict[str, Any]) -> list[
     from mpcformer.models.private_inference import plaintext_logits
 
     model = load_owner_model(request.model)
-    logits = plaintext_logits(model, request.combo, tensors["input_ids"], tensors["attention_mask"], tensors.get("token_type_ids"))
+    logits = plaintext_logits(
+        model, request.combo, tensors["input_ids"], tensors["attention_mask"], tensors.get("token_type_ids")
+    )
     return logits.tolist()
 
 

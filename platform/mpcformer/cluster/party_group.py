@@ -131,6 +131,18 @@ def _placement_error(name: str, placement: Placement, timeout_s: float) -> str:
     )
 
 
+def _warn_if_cluster_too_small(name: str, placement: Placement, timeout_s: float) -> None:
+    """Say at once when the cluster's total resources cannot hold the group (an autoscaler may add nodes)."""
+    total = ray.cluster_resources()
+    for resource in ("CPU", "GPU"):
+        needed = sum(b.get(resource, 0.0) for b in placement.bundles)
+        if needed > total.get(resource, 0.0):
+            log.warning(
+                "party group %s needs %g %ss but the cluster has %g; waiting up to %.0fs for nodes to join",
+                name, needed, resource, total.get(resource, 0.0), timeout_s,
+            )
+
+
 def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, UserError)
 
@@ -174,6 +186,7 @@ class PartyGroup:
         self._dealer_ref = None
         self._open = False
         self._failed = False
+        self._stopped = False  # set by shutdown(): a group is started at most once
         self._lock = threading.RLock()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -192,42 +205,57 @@ class PartyGroup:
         if self._open:
             return self
         try:
-            self._place()
-            self._spawn()
-            self._join()
+            for phase in (self._place, self._spawn, self._join):
+                self._check_not_stopped()
+                phase()
         except BaseException:
             self.shutdown()
             raise
         log.info("party group %s running (%s): %s", self.name, self.placement.strategy, self.actors_info)
         return self
 
+    def _check_not_stopped(self) -> None:
+        if self._stopped:
+            raise GroupFailure(self.name, "group", "shut down while starting (the job is stopping)")
+
     def _place(self) -> None:
         self.placement = plan_placement(self.config)
-        self._pg = placement_group(self.placement.bundles, strategy=self.placement.strategy, name=self.name)
-        if not self._pg.wait(timeout_seconds=self.config.placement_timeout_s):
+        _warn_if_cluster_too_small(self.name, self.placement, self.config.placement_timeout_s)
+        with self._lock:  # a concurrent shutdown() removes what is created here
+            self._check_not_stopped()
+            pg = self._pg = placement_group(self.placement.bundles, strategy=self.placement.strategy, name=self.name)
+        if not pg.wait(timeout_seconds=self.config.placement_timeout_s):
+            self._check_not_stopped()
             raise PlacementError(_placement_error(self.name, self.placement, self.config.placement_timeout_s))
 
     def _spawn(self) -> None:
+        mpc = self.config.mpc.model_dump()
+        n = self.config.world_size
+        with self._lock:  # a concurrent shutdown() kills every actor created here
+            self._check_not_stopped()
+            self._create_actors(mpc, n)
+        refs = {self._who(rank): actor.describe.remote() for rank, actor in enumerate(self._actors())}
+        info = self._await(refs, "actor start-up", self.config.placement_timeout_s, watch_dealer=False)
+        self.actors_info = [info[self._who(rank)] for rank in range(len(refs))]
+
+    def _create_actors(self, mpc: dict[str, Any], n: int) -> None:
         from mpcformer.actors.dealer import DealerActor
         from mpcformer.actors.party import PartyActor
 
-        mpc = self.config.mpc.model_dump()
-        n = self.config.world_size
         for rank, bundle in enumerate(self.placement.bundles):
             options = dict(
                 num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0.0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
             )
             if rank < n:
-                self._parties.append(PartyActor.options(name=f"{self.name}/party-{rank}", **options).remote(rank, n, mpc, self.name))
+                party = PartyActor.options(name=f"{self.name}/party-{rank}", **options)
+                self._parties.append(party.remote(rank, n, mpc, self.name))
             else:
                 self._dealer = DealerActor.options(name=f"{self.name}/dealer", **options).remote(n, mpc, self.name)
-        refs = {self._who(rank): actor.describe.remote() for rank, actor in enumerate(self._actors())}
-        info = self._await(refs, "actor start-up", self.config.placement_timeout_s, watch_dealer=False)
-        self.actors_info = [info[self._who(rank)] for rank in range(len(refs))]
 
     def _join(self) -> None:
-        rendezvous = ray.get(self._parties[0].rendezvous_address.remote(), timeout=self.config.mpc.timeout_s)
+        ref = self._parties[0].rendezvous_address.remote()
+        rendezvous = self._await({"party 0": ref}, "publishing the rendezvous address", self.config.mpc.timeout_s)["party 0"]
         if self._dealer is not None:
             self._dealer_ref = self._dealer.serve.remote(rendezvous)
         refs = {self._who(rank): party.open.remote(rendezvous) for rank, party in enumerate(self._parties)}
@@ -257,6 +285,7 @@ class PartyGroup:
         Idempotent and thread-safe (the job's main thread may stop a group a worker thread runs).
         """
         with self._lock:
+            self._stopped = True
             self._shutdown_locked()
 
     def _shutdown_locked(self) -> None:
@@ -303,7 +332,8 @@ class PartyGroup:
         results: dict[str, Any] = {}
         while pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _ = ray.wait(list(pending) + ([dealer_ref] if dealer_ref is not None else []), num_returns=1, timeout=remaining)
+            watched = list(pending) + ([dealer_ref] if dealer_ref is not None else [])
+            ready, _ = ray.wait(watched, num_returns=1, timeout=remaining)
             if not ready:
                 raise self._fail(", ".join(pending.values()), f"no answer to {what} within {timeout_s:.0f}s", list(pending))
             if dealer_ref is not None and ready[0] == dealer_ref:

@@ -10,7 +10,9 @@ from typing import Any
 __all__ = ["encrypted_matmul", "encrypted_steps"]
 
 
-def encrypted_matmul(rank: int, a: list[list[float]] | None, b: list[list[float]] | None, reveal_to: int = 1) -> dict[str, Any]:
+def encrypted_matmul(
+    rank: int, a: list[list[float]] | None, b: list[list[float]] | None, reveal_to: int = 1
+) -> dict[str, Any]:
     """``a @ b`` with ``a`` private to party 0 and ``b`` private to party 1; revealed to ``reveal_to`` only.
 
     Every party passes the shapes through its own argument: party 0 gives ``a`` and ``b=None``,

@@ -114,7 +114,9 @@ class GroupPool:
         outbox: queue.Queue = queue.Queue()
         slots = [_Slot(i) for i in range(min(self.config.groups, len(pending)))]
         threads = [
-            threading.Thread(target=self._work, args=(slot, pending, outbox), name=f"{self.name}-slot{slot.index}", daemon=True)
+            threading.Thread(
+                target=self._work, args=(slot, pending, outbox), name=f"{self.name}-slot{slot.index}", daemon=True
+            )
             for slot in slots
         ]
         self._stop.clear()

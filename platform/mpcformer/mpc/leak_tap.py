@@ -28,6 +28,12 @@ Two halves:
    ids as a run of consecutive ids, and as one-hot rows (0/1 or 0/2**16 indicators whose positions
    spell the ids, row-major or transposed). Uniformly random 64-bit ring elements essentially never
    land within one fixed-point step of a secret value, so honest MPC traffic matches nothing.
+
+   Set matching is sensitive but not specific for *dense* secrets (a large table of small random
+   weights holds a value at almost every fixed-point step of its range): any real values in that
+   range match it. A tensor that is a secret its receivers may know (the client's logits) is
+   therefore treated as a legitimate reveal and not compared with the other secrets, and a leak of
+   one weight may be reported under its look-alike siblings as well.
 """
 
 from __future__ import annotations
@@ -511,9 +517,13 @@ def _find_ids(prep: _Prepared, reading: _Reading, scale: int) -> tuple[str, int]
 
 
 def _explained(reading: _Reading, allowed: list[_Prepared]) -> bool:
-    """A tensor that is a secret its receivers may know (the client's logits) is a legitimate
-    reveal: its values are not also held against other secrets that merely cover the same range."""
-    return any(_find_real(prep, reading, EXPLAINED_SHARE) for prep in allowed)
+    """A tensor that *is* a secret its receivers may know (the client's logits: about as many
+    distinct values, nearly all matching) is a legitimate reveal; its values are not also held
+    against other secrets that merely cover the same range."""
+    size = reading.reals[0][1].numel()
+    return any(
+        size <= 2 * prep.table.numel() and _find_real(prep, reading, EXPLAINED_SHARE) is not None for prep in allowed
+    )
 
 
 def find_leaks(transfers: Iterable[Transfer], secrets: Iterable[Secret], precision_bits: int = 16) -> list[Leak]:

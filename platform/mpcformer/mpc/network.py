@@ -50,7 +50,7 @@ def resolve_profile(spec: str) -> NetworkProfile:
             return NetworkProfile(name=spec, bandwidth_bps=float(mbps) * 1e6, rtt_s=float(rtt_ms) / 1e3)
         except ValueError:
             pass
-    raise UserError(f"unknown network profile '{spec}'; use lan, wan or custom:<Mbit/s>:<rtt ms> (e.g. custom:1000:5)")
+    raise UserError(f"unknown network profile {spec!r}; use lan, wan or custom:<Mbit/s>:<rtt ms> (e.g. custom:1000:5)")
 
 
 def project_latency(compute_s: float, rounds: float, nbytes: float, profile: NetworkProfile) -> float:
