@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
         "private_sentences": args.private_sentences, "teacher_examples": args.teacher_examples,
         "distill_examples": args.distill_examples,
     }, source="command line")
-    with connect(args.address):
+    # 2 parties + the dealer need 3 logical CPUs; oversubscribe a 2-core laptop rather than wait.
+    with connect(args.address, num_cpus=4):
         result = run_demo(cfg)
         url = metrics_url()
     print("\n[4/4] results (" + result["data"] + ")\n")

@@ -133,7 +133,9 @@ def run_infer(
     todo = [batch for batch in batches if not store.is_done(batch)]
     store.rebuild_predictions(batches)  # drops appends of an interrupted run that never committed
     log.info("%d batches (%d examples x %d combos), %d to run", len(batches), num_examples, len(cfg.combos), len(todo))
-    pool = GroupPool(cfg.group, cfg.pool, name=cfg.job_name, on_failure=lambda e: _on_failure(store, cfg, e))
+    pool = GroupPool(
+        cfg.group, cfg.pool, name=cfg.job_name, on_failure=lambda e: _on_failure(store, cfg, e), model=cfg.model
+    )
     tic = time.monotonic()
     try:
         results = contextlib.closing(pool.run([items[batch.key] for batch in todo]))  # closing stops the groups
@@ -176,13 +178,9 @@ def _record_batch(cfg: InferConfig, figures: dict[str, Any], group: str) -> None
 
 
 def _safe_metric(name: str, *args, **kwargs) -> None:
-    """Metrics never fail a job: a broken exporter is logged and ignored."""
-    try:
-        from mpcformer import observability
+    from mpcformer.observability import safe_record
 
-        getattr(observability, name)(*args, **kwargs)
-    except Exception as err:  # pragma: no cover - depends on the metrics backend
-        log.debug("metric %s not recorded: %s", name, err)
+    safe_record(name, *args, **kwargs)
 
 
 def _summary(cfg: InferConfig, store, batches, num_examples: int, failures, wall_s: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ every group is shut down before ``run`` returns or raises: no actors or placemen
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -28,6 +29,7 @@ from pydantic import Field
 from mpcformer.cluster.config import PartyGroupConfig
 from mpcformer.cluster.party_group import GroupFailure, PartyCall, PartyGroup
 from mpcformer.config import StrictModel
+from mpcformer.observability import safe_record
 
 __all__ = ["PoolConfig", "WorkItem", "ItemDone", "FailureEvent", "JobFailed", "GroupPool"]
 
@@ -99,14 +101,17 @@ class GroupPool:
         config: PoolConfig | None = None,
         name: str = "mpcformer",
         on_failure: Callable[[FailureEvent], None] | None = None,
+        model: str = "",
     ):
         self.group_config = group_config
+        self.model = model  # a metrics label only
         self.config = config or PoolConfig()
         self.name = name
         self.on_failure = on_failure
         self.failures: list[FailureEvent] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}  # approximation -> items running now
 
     def run(self, items: Sequence[WorkItem]) -> Iterator[ItemDone]:
         """Yield each item's result as it completes; raise :class:`JobFailed` after a fatal failure."""
@@ -160,9 +165,24 @@ class GroupPool:
             outbox.put(_Fatal(err))
         finally:
             if slot.group is not None:
+                safe_record("set_group_health", False, job=self.name, group=slot.group.name)
                 slot.group.shutdown()
                 slot.group = None
             outbox.put(None)
+
+    @contextlib.contextmanager
+    def _counted_in_flight(self, item: WorkItem) -> Iterator[None]:
+        approx = item.key.split("/", 1)[0]  # item keys are "<combo>/<batch>"
+        self._add_in_flight(approx, +1)
+        try:
+            yield
+        finally:
+            self._add_in_flight(approx, -1)
+
+    def _add_in_flight(self, approx: str, delta: int) -> None:
+        with self._lock:
+            count = self._in_flight[approx] = self._in_flight.get(approx, 0) + delta
+        safe_record("set_batches_in_flight", count, job=self.name, model=self.model, approx=approx)
 
     def _run_item(self, slot: _Slot, item: WorkItem) -> ItemDone | _Fatal:
         for attempt in range(1, self.config.max_attempts + 1):
@@ -170,8 +190,10 @@ class GroupPool:
                 if slot.group is None or not slot.group.is_running:
                     slot.group = PartyGroup(self.group_config, name=f"{self.name}-g{slot.index}")
                     slot.group.start()
+                    safe_record("set_group_health", True, job=self.name, group=slot.group.name)
                 tic = time.monotonic()
-                results = slot.group.run(list(item.calls))
+                with self._counted_in_flight(item):
+                    results = slot.group.run(list(item.calls))
                 slot.failures = 0
                 return ItemDone(item, results, attempt, slot.group.name, time.monotonic() - tic)
             except GroupFailure as failure:

@@ -26,7 +26,20 @@ from mpcformer.observability.metrics import (
     track_batch,
 )
 
+
+
+def safe_record(name: str, *args, **kwargs) -> None:
+    """Call the recording function ``name``; metrics never fail a job (errors are logged at DEBUG)."""
+    import logging
+
+    try:
+        globals()[name](*args, **kwargs)
+    except Exception as err:  # a broken exporter must not stop private inference
+        logging.getLogger(__name__).debug("metric %s not recorded: %s", name, err)
+
+
 __all__ = [
+    "safe_record",
     "METRICS", "MetricSpec", "metric_spec",
     "record_forward", "record_batch", "track_batch", "set_batches_in_flight", "set_group_health",
     "record_trial", "record_trial_losses",
