@@ -69,7 +69,7 @@ def resolve_demo_data(cfg: DemoConfig, say: Callable[[str], None]) -> tuple[Data
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the four steps on the connected Ray cluster; returns the figures behind the table."""
     from mpcformer.cluster.infer import InferConfig, run_infer
-    from mpcformer.training.config import DistillConfig, FinetuneConfig, OptimConfig, StageConfig
+    from mpcformer.training.config import DistillConfig, FinetuneConfig
     from mpcformer.training.distill import run_distill
     from mpcformer.training.finetune import run_finetune
 
@@ -78,16 +78,16 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     say(f"[1/4] teacher: fine-tuning {cfg.model} on {cfg.teacher_examples} sentences ({source})")
     teacher = run_finetune(FinetuneConfig(
         model=cfg.model, seed=cfg.seed, output_dir=str(out / "teacher"),
-        data=data.model_copy(update={"max_train_examples": cfg.teacher_examples}),
-        optim=OptimConfig(epochs=1.0, lr=1e-4, batch_size=32),
+        data={**data.model_dump(), "max_train_examples": cfg.teacher_examples},
+        optim={"epochs": 1.0, "lr": 1e-4, "batch_size": 32},
         save_every_steps=50,
     ))
     say(f"[2/4] student: distilling {cfg.approx} from the teacher on {cfg.distill_examples} sentences")
     student = run_distill(DistillConfig(
         teacher=teacher["checkpoint"], combo=cfg.approx, seed=cfg.seed, output_dir=str(out / "student"),
-        data=data.model_copy(update={"max_train_examples": cfg.distill_examples}),
-        stage1=StageConfig(epochs=1.0, lr=1e-4, batch_size=32),
-        stage2=StageConfig(epochs=1.0, lr=5e-5, batch_size=32),
+        data={**data.model_dump(), "max_train_examples": cfg.distill_examples},
+        stage1={"epochs": 1.0, "lr": 1e-4, "batch_size": 32},
+        stage2={"epochs": 1.0, "lr": 5e-5, "batch_size": 32},
         save_every_steps=50,
     ))
     rows = []
@@ -95,7 +95,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     for i, (combo, trained) in enumerate(runs):
         say(f"[3/4] private inference ({combo}): {cfg.private_sentences} dev sentences through Ray party actors")
         summary = run_infer(InferConfig(
-            model=trained["checkpoint"], seed=cfg.seed, data=data, split="dev", combos=[combo],
+            model=trained["checkpoint"], seed=cfg.seed, data=data.model_dump(), split="dev", combos=[combo],
             batch_size=cfg.batch_size, limit=cfg.private_sentences, out=str(out / f"infer-{combo}"),
             job_name="demo",
         ))

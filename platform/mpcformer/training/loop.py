@@ -22,6 +22,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,7 +306,10 @@ def _run_phase(
     params = [p for _, p in phase.params if p.requires_grad]
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=total, initial=state.step, desc=phase.name, disable=not settings.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=state.step, desc=phase.name, disable=not settings.progress, dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,  # log files: one line per 30 s
+    )
     throughput = 0.0  # examples per second, exponential moving average over updates
     while state.step < total:
         order_seed = settings.seed * 1_000_003 + state.phase_index * 1_009 + state.epoch

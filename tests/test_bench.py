@@ -1,0 +1,50 @@
+"""`mpcformer bench`: the report schema, and emulated links agreeing with the analytic projection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mpcformer.bench.runner import BenchConfig, run_bench
+from mpcformer.cli import main
+from mpcformer.mpc.config import MPCConfig
+from mpcformer.mpc.network import NetworkProfile, project_latency
+
+OP_KEYS = {"time_s", "rounds", "bytes"}
+
+
+@pytest.mark.timeout(400)
+def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", "tiny", "--seq-len", "16", "--approx", "exact,quad+2quad", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert {"settings", "environment", "combinations"} <= set(report)
+    assert report["environment"]["versions"]["crypten"]
+    combos = {c["approx"]: c for c in report["combinations"]}
+    assert set(combos) == {"exact", "quad+2quad"}
+    for c in combos.values():
+        assert {"approx", "latency_s", "comm_time_s", "rounds", "bytes", "speedup_vs_exact", "ops"} <= set(c)
+        assert c["latency_s"] > 0 and c["rounds"] > 0 and c["bytes"] > 0
+        for op in ("embedding", "linear", "softmax", "activation", "layernorm"):
+            assert OP_KEYS <= set(c["ops"][op]), op
+        assert set(c["projected_latency_s"]) == {"lan", "wan"}
+        assert c["projected_latency_s"]["wan"] > c["projected_latency_s"]["lan"]
+    assert combos["exact"]["speedup_vs_exact"] == pytest.approx(1.0)
+    assert combos["quad+2quad"]["rounds"] < combos["exact"]["rounds"]
+    assert "| quad+2quad |" in (out / "bench.md").read_text()
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert "bench.json" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(600)
+def test_emulated_wan_run_within_15_percent_of_analytic_projection():
+    link = NetworkProfile(name="wan-like", bandwidth_bps=100e6, rtt_s=0.04, mode="emulate")
+    base_cfg = BenchConfig(model="tiny", seq_len=16, approx=["quad+2quad"])
+    base = run_bench(base_cfg)["combinations"][0]
+    emulated = run_bench(base_cfg.model_copy(update={"mpc": MPCConfig(network=link)}))["combinations"][0]
+    assert emulated["rounds"] == base["rounds"] and emulated["bytes"] == base["bytes"]
+    compute_s = base["latency_s"] - base["comm_time_s"]
+    projected = project_latency(compute_s + base["comm_time_s"], base["rounds"], base["bytes"], link)
+    assert link.comm_seconds(base["rounds"], base["bytes"]) > 2 * base["latency_s"]  # the link dominates
+    assert abs(emulated["latency_s"] - projected) / projected < 0.15, (emulated["latency_s"], projected)
