@@ -42,12 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plaintext-check", action="store_true", help="skip the plaintext reference logits")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a new local cluster)")
-    parser.add_argument("--num-cpus", type=int, help="logical CPUs of a new local Ray cluster")
+    parser.add_argument("--num-cpus", type=_positive_int, help="logical CPUs of a new local Ray cluster")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    from mpcformer.config import parse_set
 
     overrides: dict[str, Any] = {
         key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None
@@ -59,11 +66,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.data:
         path = Path(args.data)
         overrides["data.data_dir" if path.is_dir() else f"data.{args.split or 'dev'}_file"] = str(path)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set expects KEY=VALUE (e.g. group.mpc.timeout_s=60), got '{item}'")
-        overrides[key.strip()] = yaml.safe_load(value)
+    overrides.update(parse_set(args.set))
     return overrides
 
 

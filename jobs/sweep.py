@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from mpcformer.cluster_connect import connect
     from mpcformer.config import load_config
     from mpcformer.sweep import SweepConfig, run_sweep
-    from mpcformer.training.cli_args import parse_set
+    from mpcformer.config import parse_set
 
     overrides = parse_set(args.set)
     sweep = load_config(SweepConfig, args.config, overrides)

@@ -14,8 +14,9 @@ Hypothesis throws generated malformed input at
 
 Accepted outcomes: :class:`~mpcformer.config.ConfigError` / :class:`~mpcformer.errors.UserError`
 with a one-line message, or for the CLI exit status 2 with one ``error:`` line on stderr. Inputs
-that other modules still accept are listed in ``KNOWN_GAPS`` and checked by strict xfail tests,
-so they flip to failures (and get removed from the list) once the owners add the check.
+that earlier versions accepted or crashed on are pinned as regression cases (``REGRESSIONS``,
+``CLI_REGRESSIONS``); ``KNOWN_GAPS`` / ``KNOWN_CLI_GAPS`` list what is still open (nothing today)
+and keep those inputs out of the fuzzing until fixed.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def fuzz(examples: int) -> settings:
 HANG_S = 30.0
 
 #: (config class, field) that accept clearly invalid values today -> (an invalid mapping, the fix)
-KNOWN_GAPS: dict[tuple[str, str], tuple[dict[str, Any], str]] = {
+KNOWN_GAPS: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+#: (config class, field) that once accepted an invalid value -> (that mapping, where it is now checked)
+REGRESSIONS: dict[tuple[str, str], tuple[dict[str, Any], str]] = {
     ("DataConfig", "max_length"): ({"max_length": -5}, "data/loading.py DataConfig: max_length needs ge=1"),
     ("DataConfig", "max_train_examples"): ({"max_train_examples": -1}, "data/loading.py: max_train_examples needs ge=1"),
     ("DataConfig", "max_dev_examples"): ({"max_dev_examples": 0}, "data/loading.py: max_dev_examples needs ge=1"),
@@ -71,21 +74,15 @@ KNOWN_GAPS: dict[tuple[str, str], tuple[dict[str, Any], str]] = {
     ("DemoConfig", "approx"): ({"approx": "foo+bar"}, "demo.py DemoConfig: check approx with Combo.parse"),
 }
 #: CLI flags (subcommand, dest) whose non-positive values still reach the job's heavy work
-KNOWN_CLI_GAPS: dict[tuple[str, str], str] = {
-    **{(command, dest): "DataConfig bound (see KNOWN_GAPS)" for command in ("finetune", "distill", "infer")
-       for dest in ("max_length", "max_train_examples", "max_dev_examples")},
-    ("distill", "combo"): "DistillConfig.combo is not checked (see KNOWN_GAPS)",
-    ("infer", "num_cpus"): "jobs/infer.py: --num-cpus goes to Ray unchecked (0 silently means the default)",
-    ("demo", "approx"): "DemoConfig.approx is not checked (see KNOWN_GAPS)",
-}
-#: command lines that crash with a traceback today -> the fix (strict xfail tests below)
-KNOWN_CLI_CRASHES: dict[tuple[str, ...], str] = {
+KNOWN_CLI_GAPS: dict[tuple[str, str], str] = {}
+#: command lines that once crashed with a traceback -> where that is now handled
+CLI_REGRESSIONS: dict[tuple[str, ...], str] = {
     ("infer", "--set", "a=[1"): "jobs/infer.py _overrides: catch yaml.YAMLError from yaml.safe_load (or use training.cli_args.parse_set)",
     ("sweep", "--set", "a=[1"): "jobs/sweep.py run: catch yaml.YAMLError from yaml.safe_load (or use training.cli_args.parse_set)",
     ("finetune", "--config", "<non-UTF-8 file>"): "config.py load_config: catch UnicodeDecodeError from read_text",
 }
-#: --set values that are not YAML: only these two jobs crash on them (KNOWN_CLI_CRASHES)
-_YAML_SET_CRASHERS = ("infer", "sweep")
+#: jobs that crash on --set values that are not YAML (none since mpcformer.config.parse_set)
+_YAML_SET_CRASHERS: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -314,11 +311,10 @@ def test_malformed_configs_raise_config_error(case):
     pytest.fail(f"{cls.__name__} accepted {data!r} ({why})")
 
 
-@pytest.mark.parametrize("owner, field", sorted(KNOWN_GAPS))
-@pytest.mark.xfail(strict=True, reason="known gap: the config accepts an invalid value (see KNOWN_GAPS)")
-def test_known_config_gaps(owner, field):
+@pytest.mark.parametrize("owner, field", sorted(REGRESSIONS))
+def test_config_regressions_are_rejected(owner, field):
     cls = next(c for c in models() if c.__name__ == owner)
-    data, fix = KNOWN_GAPS[(owner, field)]
+    data, where = REGRESSIONS[(owner, field)]
     with pytest.raises(ConfigError):
         build_config(cls, data)
 
@@ -379,8 +375,7 @@ def test_malformed_yaml_files_raise_config_error(tmp_path_factory, cls, content)
             _one_line(str(err))
 
 
-@pytest.mark.xfail(strict=True, reason="known crash: config.py load_config reads the file without catching UnicodeDecodeError")
-def test_known_crash_non_utf8_yaml(tmp_path):
+def test_non_utf8_yaml_is_a_config_error(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError):
@@ -576,9 +571,8 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-@pytest.mark.parametrize("argv", sorted(KNOWN_CLI_CRASHES))
-@pytest.mark.xfail(strict=True, reason="known crash: a traceback instead of a one-line error (see KNOWN_CLI_CRASHES)")
-def test_known_cli_crashes(argv, tmp_path):
+@pytest.mark.parametrize("argv", sorted(CLI_REGRESSIONS))
+def test_cli_regressions_exit_2_with_one_line(argv, tmp_path):
     if "<non-UTF-8 file>" in argv:
         path = tmp_path / "latin1.yaml"
         path.write_bytes("output_dir: caf\xe9\n".encode("latin-1"))

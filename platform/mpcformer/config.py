@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mpcformer.errors import UserError
 
-__all__ = ["StrictModel", "ConfigError", "load_config", "build_config", "apply_overrides"]
+__all__ = ["StrictModel", "ConfigError", "load_config", "build_config", "apply_overrides", "parse_set"]
 
 ModelT = TypeVar("ModelT", bound="StrictModel")
 
@@ -70,3 +70,18 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             node = child
         node[leaf] = value
     return data
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set`` values: ``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars;
+    text that is not valid YAML is kept as a string)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. mpc.timeout_s=60), got {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            overrides[key.strip()] = value
+    return overrides

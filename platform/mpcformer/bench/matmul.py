@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from mpcformer.config import StrictModel
 
@@ -39,8 +39,8 @@ class MatmulShape(StrictModel):
     """One product ``(..., M, K) @ (..., K, N)``."""
 
     name: str
-    a: list[int] = Field(min_length=2)
-    b: list[int] = Field(min_length=2)
+    a: list[PositiveInt] = Field(min_length=2)
+    b: list[PositiveInt] = Field(min_length=2)
 
 
 BERT_BASE_SHAPES = [

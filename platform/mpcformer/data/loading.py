@@ -27,6 +27,8 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from pydantic import Field
+
 from mpcformer.config import StrictModel
 from mpcformer.data.tasks import MetricName, TaskSpec, get_task
 from mpcformer.errors import UserError
@@ -63,11 +65,11 @@ class DataConfig(StrictModel):
     dev_file: str | None = None
     text_fields: list[str] | None = None  # override the task's text columns
     label_field: str | None = None  # override the task's label column
-    num_labels: int | None = None  # 1 = regression
+    num_labels: int | None = Field(None, ge=1)  # 1 = regression
     metric: MetricName | None = None
-    max_train_examples: int | None = None  # seeded random subset, original order kept
-    max_dev_examples: int | None = None
-    max_length: int = 128  # tokens per example after truncation
+    max_train_examples: int | None = Field(None, ge=1)  # seeded random subset, original order kept
+    max_dev_examples: int | None = Field(None, ge=1)
+    max_length: int = Field(128, ge=2, le=8192)  # tokens per example after truncation
 
 
 @dataclass

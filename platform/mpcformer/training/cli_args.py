@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import yaml
 
-from mpcformer.errors import UserError
+from mpcformer.config import parse_set
 
 __all__ = ["add_common_arguments", "collect_overrides", "parse_set", "build_job_config"]
 
@@ -55,20 +54,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start afresh even if output_dir/last exists")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bars")
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            overrides[key.strip()] = value
-    return overrides
 
 
 def collect_overrides(args: argparse.Namespace, flag_keys: dict[str, str]) -> dict[str, Any]:

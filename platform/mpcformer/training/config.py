@@ -49,7 +49,7 @@ class OptimConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.01, ge=0)  # not applied to biases and LayerNorm weights
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_grad_norm: float | None = 1.0  # None = no clipping
+    max_grad_norm: float | None = Field(1.0, gt=0)  # None = no clipping
     max_steps: int | None = Field(None, ge=1)  # stop after this many updates (overrides epochs)
 
 
@@ -112,6 +112,13 @@ class DistillConfig(_RunConfig):
     attention_weight: float = Field(1.0, ge=0)  # stage 1: weight of the attention-score MSE
     hidden_weight: float = Field(1.0, ge=0)  # stage 1: weight of the hidden-state MSE
     output_dir: str = "runs/distill/sst2-minilm-quad+2quad"
+
+    @field_validator("combo")
+    @classmethod
+    def _known_combo(cls, text: str) -> str:
+        from mpcformer.approx import Combo
+
+        return Combo.parse(text).name  # raises with the known names
 
     @field_validator("baseline", mode="before")
     @classmethod

@@ -112,7 +112,12 @@ def _stage2_loss(teacher: nn.Module, student: nn.Module, regression: bool, tempe
         with torch.no_grad():
             teacher_logits = teacher(**inputs).logits
         loss = prediction_distillation_loss(student(**inputs).logits, teacher_logits, regression, temperature)
-        return loss, {}
+        if regression:
+            return loss, {}
+        # KL(teacher || student) = soft CE - teacher entropy: 0 when the student matches exactly
+        teacher_probs = torch.softmax(teacher_logits / temperature, dim=-1)
+        entropy = -(teacher_probs * torch.log_softmax(teacher_logits / temperature, dim=-1)).sum(-1).mean()
+        return loss, {"kl": (loss - entropy).item()}
 
     return loss_fn
 

@@ -1,0 +1,81 @@
+"""Ray overhead per encrypted forward: the same forward through Ray party actors and through the
+plain local launcher (spawned processes), alternating, in one run.
+
+    python -m mpcformer.bench.ray_overhead --model minilm --seq-len 32 --approx quad+2quad --rounds 2
+
+Each party loads the model, then runs ``repeats`` forwards; a forward's latency is the client's
+wall time for it (the fastest of the repeats). Group start-up (placement, actor creation, model
+loading) is reported apart: it is paid once per group, not per forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from mpcformer.bench.runner import bench_party
+
+__all__ = ["measure_overhead"]
+
+
+def _one(launcher: str, args: tuple) -> tuple[float, float]:
+    """(fastest forward latency on the client, wall time of the whole call incl. start-up)."""
+    tic = time.perf_counter()
+    if launcher == "ray":
+        from mpcformer.cluster.party_group import run_on_party_group
+
+        results = run_on_party_group(bench_party, args=args)
+    else:
+        from mpcformer.mpc.launcher import run_local
+
+        results = run_local(bench_party, args=args)
+    return results[1]["costs"]["total"]["time_s"], time.perf_counter() - tic
+
+
+def measure_overhead(model: str, seq_len: int, approx: str, repeats: int, rounds: int) -> dict:
+    import ray
+
+    args = (model, approx, seq_len, 1, 0, repeats)
+    samples: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    try:
+        for _ in range(rounds):
+            for launcher in ("local", "ray"):
+                samples[launcher].append(_one(launcher, args))
+    finally:
+        ray.shutdown()
+    forward = {k: min(s[0] for s in v) for k, v in samples.items()}
+    call = {k: statistics.median(s[1] for s in v) for k, v in samples.items()}
+    return {
+        "model": model, "seq_len": seq_len, "approx": approx, "repeats": repeats, "rounds": rounds,
+        "forward_latency_s": forward,
+        "call_wall_s_median": call,
+        "ray_overhead_per_forward": forward["ray"] / forward["local"] - 1.0,
+        "samples": samples,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--approx", default="quad+2quad")
+    parser.add_argument("--repeats", type=int, default=3, help="forwards per call (fastest kept)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating local/ray calls")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/ray_overhead.json"))
+    args = parser.parse_args(argv)
+    report = measure_overhead(args.model, args.seq_len, args.approx, args.repeats, args.rounds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    f, c = report["forward_latency_s"], report["call_wall_s_median"]
+    print(f"forward latency: local {f['local']:.2f} s, ray {f['ray']:.2f} s -> Ray overhead "
+          f"{100 * report['ray_overhead_per_forward']:+.1f}% per forward")
+    print(f"whole call incl. start-up (median): local {c['local']:.1f} s, ray {c['ray']:.1f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
