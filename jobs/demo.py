@@ -39,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     Path(cfg.out, "demo.json").write_text(json.dumps(result, indent=2))
-    print(f"\nPrometheus metrics of this run: {url}" if url else "\nPrometheus metrics: see docs/observability.md")
+    if url and not args.address:
+        print(f"\nPrometheus metrics were exported at {url} while the embedded cluster ran; for a live view "
+              "run `make monitor` (a real Prometheus on a local Ray cluster) or see docs/observability.md")
+    elif url:
+        print(f"\nPrometheus metrics of this cluster: {url} (dashboards: dashboards/, docs/observability.md)")
     print(f"figures: {Path(cfg.out, 'demo.json')}")
     return 0
 

@@ -1,11 +1,8 @@
-"""A real Prometheus scraping a real local Ray cluster that ran encrypted inference with two
-approximations (exact, quad+2quad):
-
-- tests/obs_workload.py (party actors on the session layer, plus a small sweep): every PromQL
-  expression of every dashboard panel returns data, and the rounds and bytes per sequence equal
-  the parties' own cost ledgers, quad+2quad below exact;
-- the real job, ``python -m mpcformer.jobs.infer`` (infer-tiny): its rounds per sequence in
-  Prometheus equal its summary.json, quad+2quad below exact.
+"""A real Prometheus scraping a real local Ray cluster that ran the real encrypted inference job
+(``run_infer``, the ``tiny`` preset, exact and quad+2quad on 8 SST-2 dev sentences) and a small
+sweep (tests/obs_workload.py): every PromQL expression of every dashboard panel returns data, the
+rounds and bytes per sequence equal the job's own summary (its parties' cost ledgers), and
+quad+2quad costs fewer rounds and bytes than exact.
 
 Also: ``python -m mpcformer.jobs.monitor`` finds targets through a Ray discovery file, prints its
 URL and stops Prometheus on Ctrl-C.
@@ -37,8 +34,7 @@ pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = Path(__file__).with_name("obs_workload.py")
-JOB, SWEEP, COMBOS, BATCHES, SEQUENCES_PER_BATCH = "obs-infer", "obs-sweep", ("exact", "quad+2quad"), 3, 2
-REAL_JOB = "obs-real-infer"
+JOB, SWEEP, COMBOS, BATCHES, SEQUENCES_PER_BATCH = "obs-infer", "obs-sweep", ("exact", "quad+2quad"), 2, 4
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 #: Dashboard -> value of its `job` variable in this run.
 JOB_OF = {"mpcformer-private-inference": JOB, "mpcformer-distillation-sweeps": SWEEP}
@@ -73,24 +69,12 @@ def _finite(result: list[dict]) -> list[float]:
     return [float(r["value"][1]) for r in result if math.isfinite(float(r["value"][1]))]
 
 
-def _run_real_infer_job(head: LocalRayHead, out: Path) -> dict | None:
-    """The real inference job on the same cluster (8 SST-2 sentences, 2 batches per combo)."""
-    if not (SST2 / "dev.tsv").is_file():
-        return None
-    done = subprocess.run(
-        [sys.executable, "-m", "mpcformer.jobs.infer", "--config", "infer-tiny", "--data", str(SST2),
-         "--approx", ",".join(COMBOS), "--limit", "8", "--batch-size", "4", "--out", str(out),
-         "--job-name", REAL_JOB, "--address", head.address, "--no-progress", "--no-plaintext-check"],
-        env=head.env, capture_output=True, text=True, timeout=400,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return json.loads((out / "summary.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory):
-    """Ray head + Prometheus (1 s scrapes) + the workload + the real job; yields
-    (prometheus, party-0 totals by combo of the workload, the real job's summary or None)."""
+    """Ray head + Prometheus (1 s scrapes) + the workload (real inference job, sweep); yields
+    (prometheus, the inference job's summary)."""
+    if not (SST2 / "dev.tsv").is_file():
+        pytest.skip(f"SST-2 data not found at {SST2} (../shared is absent on this machine)")
     tmp = tmp_path_factory.mktemp("prom-scrape")
     head = LocalRayHead(num_cpus=2).start()
     prom = workload = None
@@ -101,14 +85,14 @@ def scraped(tmp_path_factory):
         with open(log_path, "w") as log_file:
             workload = subprocess.Popen(
                 [sys.executable, str(WORKLOAD), "--address", head.address, "--job", JOB, "--sweep-job", SWEEP,
-                 "--approx", ",".join(COMBOS), "--batches", str(BATCHES)],
+                 "--approx", ",".join(COMBOS), "--data", str(SST2), "--limit", str(BATCHES * SEQUENCES_PER_BATCH),
+                 "--batch-size", str(SEQUENCES_PER_BATCH), "--out", str(tmp / "infer")],
                 env=head.env, stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, text=True,
             )
-        done = _wait_for_line(log_path, "WORKLOAD DONE ", workload, timeout_s=300)
-        totals = json.loads(done.removeprefix("WORKLOAD DONE "))
-        summary = _run_real_infer_job(head, tmp / "infer")
+        done = _wait_for_line(log_path, "WORKLOAD DONE ", workload, timeout_s=400)
+        summary = json.loads(done.removeprefix("WORKLOAD DONE "))
         _wait_until_scraped(prom, timeout_s=60)
-        yield prom, totals, summary
+        yield prom, summary
     finally:
         if workload is not None:
             _end(workload)
@@ -174,32 +158,25 @@ def _panel_by_title(title: str, job: str = JOB) -> str:
 
 
 @pytest.mark.timeout(480)
-def test_rounds_and_bytes_per_sequence_match_the_ledgers_and_favour_quad_2quad(scraped):
-    prom, totals, _ = scraped
+def test_rounds_and_bytes_per_sequence_match_the_job_summary_and_favour_quad_2quad(scraped):
+    prom, summary = scraped
+    assert summary["complete"] and set(summary["combos"]) == set(COMBOS), summary
     measured = {}
     for title, key in (("Rounds per sequence", "rounds"), ("Bytes per sequence", "bytes")):
         by_approx = {r["metric"]["approx"]: float(r["value"][1]) for r in prom.query(_panel_by_title(title))}
         assert set(by_approx) == set(COMBOS), (title, by_approx)
-        for combo in COMBOS:  # party 0's own ledgers, as returned to the driver
-            expected = sum(t[key] for t in totals[combo]) / (BATCHES * SEQUENCES_PER_BATCH)
-            assert by_approx[combo] == pytest.approx(expected, rel=1e-9), (title, combo)
-        assert by_approx["quad+2quad"] < by_approx["exact"], (title, by_approx)
         measured[key] = by_approx
+    # the panels read party 0 (the model owner); the client party's series make up the rest of the bytes
+    client_bytes = {r["metric"]["approx"]: float(r["value"][1])
+                    for r in prom.query(_panel_by_title("Bytes per sequence").replace('rank="0"', 'rank="1"'))}
+    for combo in COMBOS:  # the job's summary: the client's ledger (rounds), both parties' ledgers (bytes)
+        figures = summary["combos"][combo]
+        assert figures["examples"] == BATCHES * SEQUENCES_PER_BATCH and figures["batches"] == BATCHES, figures
+        assert measured["rounds"][combo] == pytest.approx(figures["rounds_per_sequence"], rel=1e-9), combo
+        assert measured["bytes"][combo] + client_bytes[combo] == pytest.approx(figures["bytes_per_sequence"], rel=1e-9), combo
+    for key in ("rounds", "bytes"):
+        assert measured[key]["quad+2quad"] < measured[key]["exact"], (key, measured[key])
     print("per sequence:", json.dumps(measured))
-
-
-@pytest.mark.timeout(480)
-def test_real_infer_job_metrics_match_its_summary(scraped):
-    prom, _, summary = scraped
-    if summary is None:
-        pytest.skip(f"SST-2 data not found at {SST2} (../shared is absent on this machine)")
-    rounds = {r["metric"]["approx"]: float(r["value"][1]) for r in prom.query(_panel_by_title("Rounds per sequence", REAL_JOB))}
-    bytes_ = {r["metric"]["approx"]: float(r["value"][1]) for r in prom.query(_panel_by_title("Bytes per sequence", REAL_JOB))}
-    assert set(rounds) == set(bytes_) == set(COMBOS)
-    for combo in COMBOS:
-        assert rounds[combo] == pytest.approx(summary["combos"][combo]["rounds_per_sequence"], rel=1e-9), combo
-    assert rounds["quad+2quad"] < rounds["exact"] and bytes_["quad+2quad"] < bytes_["exact"]
-    print("real job per sequence:", json.dumps({"rounds": rounds, "bytes": bytes_}))
 
 
 @pytest.mark.timeout(120)
