@@ -53,7 +53,7 @@ def render_plot(report: dict, path: Path) -> None:
 
     combos = report["combinations"]
     names = [c["approx"] for c in combos]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.5))
     for ax, metric, label in ((axes[0], "time_s", "time (s)"), (axes[1], "rounds", "rounds")):
         bottom = [0.0] * len(combos)
         for op in CATEGORIES:
@@ -63,7 +63,7 @@ def render_plot(report: dict, path: Path) -> None:
                 bottom = [b + v for b, v in zip(bottom, values)]
         ax.set_ylabel(label)
         ax.set_title(f"{label} by operation")
-    axes[1].legend(loc="upper right", fontsize=8)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     s = report["settings"]
     fig.suptitle(f"{s['model']}, seq len {s['seq_len']}, batch {s['batch_size']}")
     fig.tight_layout()
