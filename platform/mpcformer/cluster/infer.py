@@ -143,7 +143,7 @@ def run_infer(
         with results as finished, bar:
             for done in finished:
                 figures = done.results[1]  # the client's figures; no prediction reaches the driver
-                _record_batch(cfg, figures, done.group)
+                _record_batch(cfg, figures)
                 bar.update(1)
                 bar.set_postfix(retries=len(pool.failures), refresh=False)
                 if on_batch is not None:
@@ -161,20 +161,13 @@ def _on_failure(store, cfg: InferConfig, event) -> None:
     store.log_event({"time": time.time(), "event": "group_failure", **asdict(event)})
     combo = event.item.split("/")[0]  # item keys are <combo>/<batch id>
     _safe_metric("record_batch", job=cfg.job_name, model=cfg.model, approx=combo, sequences=0, failed=True)
-    _safe_metric("set_group_health", False, job=cfg.job_name, group=_slot(event.group))
 
 
-def _slot(group: str) -> str:
-    """``infer-g0`` for group ``infer-g0-3fa2c1``: one metrics series per pool slot, not per rebuild."""
-    return group.rsplit("-", 1)[0]
-
-
-def _record_batch(cfg: InferConfig, figures: dict[str, Any], group: str) -> None:
+def _record_batch(cfg: InferConfig, figures: dict[str, Any]) -> None:
     _safe_metric(
         "record_batch", job=cfg.job_name, model=cfg.model, approx=figures["combo"],
         sequences=figures["examples"], latency_s=figures["batch_latency_s"],
     )
-    _safe_metric("set_group_health", True, job=cfg.job_name, group=_slot(group))
 
 
 def _safe_metric(name: str, *args, **kwargs) -> None:

@@ -165,10 +165,14 @@ class GroupPool:
             outbox.put(_Fatal(err))
         finally:
             if slot.group is not None:
-                safe_record("set_group_health", False, job=self.name, group=slot.group.name)
+                self._health(slot, False)
                 slot.group.shutdown()
                 slot.group = None
             outbox.put(None)
+
+    def _health(self, slot: _Slot, up: bool) -> None:
+        """One health series per pool slot (``<job>-g<i>``), not per rebuilt group."""
+        safe_record("set_group_health", up, job=self.name, group=f"{self.name}-g{slot.index}")
 
     @contextlib.contextmanager
     def _counted_in_flight(self, item: WorkItem) -> Iterator[None]:
@@ -190,7 +194,7 @@ class GroupPool:
                 if slot.group is None or not slot.group.is_running:
                     slot.group = PartyGroup(self.group_config, name=f"{self.name}-g{slot.index}")
                     slot.group.start()
-                    safe_record("set_group_health", True, job=self.name, group=slot.group.name)
+                    self._health(slot, True)
                 tic = time.monotonic()
                 with self._counted_in_flight(item):
                     results = slot.group.run(list(item.calls))
@@ -198,6 +202,7 @@ class GroupPool:
                 return ItemDone(item, results, attempt, slot.group.name, time.monotonic() - tic)
             except GroupFailure as failure:
                 group_name = slot.group.name if slot.group is not None else "?"
+                self._health(slot, False)
                 slot.group = None  # already torn down by PartyGroup
                 if self._stop.is_set():
                     return _Fatal(JobFailed(f"stopped while running {item.key}"))
