@@ -14,6 +14,7 @@ from typing import Sequence
 
 from mpcformer import __version__
 from mpcformer.errors import UserError
+from mpcformer.mpc.launcher import PartyFailure
 
 __all__ = ["main", "COMMANDS", "job_main"]
 
@@ -68,6 +69,9 @@ def _dispatch(module_name: str, args: argparse.Namespace, prog: str) -> int:
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except PartyFailure as err:  # a party or the dealer failed: its first line names who and why
+        print(f"{prog}: error: {str(err).splitlines()[0]} (run with -v for the party logs)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -10,13 +10,15 @@ are produced in an offline phase in a deployment, so neither form charges them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from mpcformer.config import StrictModel
 from mpcformer.errors import UserError
-from mpcformer.mpc import tap
+
+if TYPE_CHECKING:  # the tap imports crypten (and torch): keep this module light for the CLI
+    from mpcformer.mpc import tap
 
 __all__ = ["NetworkProfile", "PROFILES", "resolve_profile", "project_latency", "NetworkEmulator"]
 
@@ -79,8 +81,12 @@ class NetworkEmulator:
         pass
 
     def __enter__(self) -> "NetworkEmulator":
+        from mpcformer.mpc import tap
+
         tap.add_listener(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        from mpcformer.mpc import tap
+
         tap.remove_listener(self)
