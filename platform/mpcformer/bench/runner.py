@@ -104,7 +104,7 @@ def _combo_result(name: str, costs: dict) -> dict:
 
 
 def _environment() -> dict[str, Any]:
-    import crypten
+    from mpcformer.mpc.compat import crypten
     import ray
     import torch
     import transformers
