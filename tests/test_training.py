@@ -98,7 +98,7 @@ def test_configs_reject_unknown_keys_and_accept_paper_baseline_names(tmp_path):
     from mpcformer.config import build_config, load_config
 
     cfg = build_config(DistillConfig, {}, {"baseline": "w/o{p,d}", "stage2.temperature": 2})
-    assert cfg.baseline == "wo_pd" and cfg.stage2.temperature == 2 and cfg.stage2.lr == 1e-5
+    assert cfg.baseline == "wo_pd" and cfg.stage2.temperature == 2 and cfg.stage2.lr == 5e-5
     with pytest.raises(ConfigError, match="stage1"):
         build_config(DistillConfig, {}, {"stage1.learning_rate": 1.0})
     (tmp_path / "f.yaml").write_text("model: tiny\noptim:\n  epochs: 2\n")
