@@ -22,3 +22,18 @@ def sst2_dir() -> Path:
     if not (path / "dev.tsv").is_file():
         pytest.skip(f"SST-2 data not found at {path} (../shared is absent on this machine)")
     return path
+
+
+def leftovers() -> tuple[list[str], list[str]]:
+    """Names of live actors and states of placement groups not yet removed (after a short grace)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + 10
+    while True:
+        actors = [a["Name"] for a in ray._private.state.actors().values() if a["State"] != "DEAD"]
+        groups = [g["state"] for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        if (not actors and not groups) or time.monotonic() > deadline:
+            return actors, groups
+        time.sleep(0.2)

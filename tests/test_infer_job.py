@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import leftovers
 
 ray = pytest.importorskip("ray")
 
@@ -60,16 +61,6 @@ def assert_every_example_once(out: Path, count: int) -> list[dict]:
     files = sorted((out / "batches" / COMBO).glob("batch-*.jsonl"))
     assert [f.name for f in files] == [f"batch-{i:06d}.jsonl" for i in range(count // 2)]
     return records
-
-
-def leftovers() -> tuple[list[str], list[str]]:
-    deadline = time.monotonic() + 10
-    while True:
-        actors = [a["Name"] for a in ray._private.state.actors().values() if a["State"] != "DEAD"]
-        groups = [g["state"] for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
-        if (not actors and not groups) or time.monotonic() > deadline:
-            return actors, groups
-        time.sleep(0.2)
 
 
 def plaintext_predictions(data_dir: Path, count: int) -> list[int]:

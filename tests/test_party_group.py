@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from conftest import leftovers
 import torch
 
 ray = pytest.importorskip("ray")
@@ -46,17 +47,6 @@ def three_nodes():
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def leftovers() -> tuple[list[str], list[str]]:
-    """Names of live actors and states of placement groups not yet removed (after a short grace)."""
-    deadline = time.monotonic() + 10
-    while True:
-        actors = [a["Name"] for a in ray._private.state.actors().values() if a["State"] != "DEAD"]
-        groups = [g["state"] for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
-        if (not actors and not groups) or time.monotonic() > deadline:
-            return actors, groups
-        time.sleep(0.2)
 
 
 def test_plan_placement_spreads_when_the_cluster_has_the_nodes():
