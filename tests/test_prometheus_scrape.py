@@ -91,7 +91,7 @@ def scraped(tmp_path_factory):
             )
         done = _wait_for_line(log_path, "WORKLOAD DONE ", workload, timeout_s=400)
         summary = json.loads(done.removeprefix("WORKLOAD DONE "))
-        _wait_until_scraped(prom, timeout_s=60)
+        _wait_until_scraped(prom, summary, timeout_s=60)
         yield prom, summary
     finally:
         if workload is not None:
@@ -101,11 +101,18 @@ def scraped(tmp_path_factory):
         head.stop()
 
 
-def _wait_until_scraped(prom: PrometheusServer, timeout_s: float) -> None:
-    """Until every panel query has data (the last batch is exported and scraped), or the deadline."""
+def _wait_until_scraped(prom: PrometheusServer, summary: dict, timeout_s: float) -> None:
+    """Until every panel query has data and both parties' last forwards are scraped, or the deadline.
+
+    Each party process exports its metrics on its own schedule, so a scrape can hold party 0's last
+    forward and not yet party 1's: wait until both count every batch of every combo.
+    """
+    expected = {(combo, rank): figures["batches"] for combo, figures in summary["combos"].items() for rank in ("0", "1")}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(prom.query(expr) for expr, _ in _all_queries()):
+        counted = {(r["metric"]["approx"], r["metric"]["rank"]): float(r["value"][1])
+                   for r in prom.query(f'sum by (approx, rank) (ray_mpcformer_forwards_total{{job_name="{JOB}"}})')}
+        if counted == expected and all(prom.query(expr) for expr, _ in _all_queries()):
             return
         time.sleep(2)
 
@@ -166,10 +173,11 @@ def test_rounds_and_bytes_per_sequence_match_the_job_summary_and_favour_quad_2qu
         by_approx = {r["metric"]["approx"]: float(r["value"][1]) for r in prom.query(_panel_by_title(title))}
         assert set(by_approx) == set(COMBOS), (title, by_approx)
         measured[key] = by_approx
-    for combo in COMBOS:  # the job's summary (the client's ledger; both parties count the same rounds)
+    for combo in COMBOS:  # the job's summary: rounds from the client's ledger, bytes from both parties'
         figures = summary["combos"][combo]
         assert figures["examples"] == BATCHES * SEQUENCES_PER_BATCH and figures["batches"] == BATCHES, figures
         assert measured["rounds"][combo] == pytest.approx(figures["rounds_per_sequence"], rel=1e-9), combo
+        assert measured["bytes"][combo] == pytest.approx(figures["bytes_per_sequence"], rel=1e-9), combo
     for key in ("rounds", "bytes"):
         assert measured[key]["quad+2quad"] < measured[key]["exact"], (key, measured[key])
     print("per sequence:", json.dumps(measured))
