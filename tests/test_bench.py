@@ -48,3 +48,48 @@ def test_emulated_wan_run_within_15_percent_of_analytic_projection():
     projected = project_latency(compute_s + base["comm_time_s"], base["rounds"], base["bytes"], link)
     assert link.comm_seconds(base["rounds"], base["bytes"]) > base["latency_s"] / 2  # the link matters
     assert abs(emulated["latency_s"] - projected) / projected < 0.15, (emulated["latency_s"], projected)
+
+
+def test_batching_bench_shares_rounds_and_weight_sized_traffic_across_the_batch(tmp_path, capsys):
+    from mpcformer.bench import batching
+
+    out = tmp_path / "batching"
+    assert batching.main(["--model", "tiny", "--seq-len", "8", "--batch-sizes", "1,2", "--rounds", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "batching.json").read_text())
+    one, two = report["batches"]
+    assert (one["batch_size"], two["batch_size"]) == (1, 2)
+    assert one["rounds"] == two["rounds"] > 0  # the batch shares every round
+    # Beaver openings of weight-sized masks are paid once per forward, not once per sequence.
+    assert two["bytes_per_sequence"] < one["bytes_per_sequence"]
+    assert two["latency_per_sequence_s"] == two["latency_s"] / 2
+    assert one["per_sequence_vs_smallest_batch"] == 1.0
+    assert set(report["samples"]) == {"1", "2"} and all(len(v) == 1 for v in report["samples"].values())
+    assert "| 2 |" in (out / "batching.md").read_text()
+
+
+def test_batching_bench_rejects_bad_batch_sizes(capsys):
+    from mpcformer.bench import batching
+
+    for bad in ("0,8", "one", ""):
+        with pytest.raises(SystemExit) as err:
+            batching.main(["--batch-sizes", bad])
+        assert err.value.code == 2
+        assert "batch sizes" in capsys.readouterr().err
+
+
+def test_ray_overhead_summary_says_when_noise_hides_the_overhead():
+    from mpcformer.bench.paired import Sample
+    from mpcformer.bench.ray_overhead import summarize
+
+    def runs(*latencies):
+        return [Sample(x, x + 5.0, {}) for x in latencies]
+
+    quiet = summarize({"local": runs(10.0, 10.4), "ray": runs(10.6, 10.5)})
+    assert quiet["ray_overhead_per_forward"] == pytest.approx(0.05)
+    assert quiet["ray_overhead_per_round"] == pytest.approx([0.06, 0.1 / 10.4])
+    assert quiet["resolved"]  # both launchers moved < 10%: "under 10%" is decided
+    noisy = summarize({"local": runs(10.0, 25.0), "ray": runs(15.0, 12.0)})
+    assert noisy["ray_overhead_per_forward"] == pytest.approx(0.2)
+    assert noisy["same_launcher_spread"]["local"] == pytest.approx(1.5)
+    assert not noisy["resolved"]
+    assert noisy["call_wall_s_median"] == {"local": 22.5, "ray": 18.5}

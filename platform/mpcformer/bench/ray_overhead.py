@@ -13,48 +13,59 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
+from mpcformer.bench import paired
 from mpcformer.bench.runner import bench_party
 
-__all__ = ["measure_overhead"]
+__all__ = ["measure_overhead", "summarize"]
 
 
-def _one(launcher: str, args: tuple) -> tuple[float, float]:
-    """(fastest forward latency on the client, wall time of the whole call incl. start-up)."""
-    tic = time.perf_counter()
-    if launcher == "ray":
-        from mpcformer.cluster.party_group import run_on_party_group
+def _call(launcher: str, args: tuple):
+    def call() -> tuple[float, dict]:
+        if launcher == "ray":
+            from mpcformer.cluster.party_group import run_on_party_group
 
-        results = run_on_party_group(bench_party, args=args)
-    else:
-        from mpcformer.mpc.launcher import run_local
+            results = run_on_party_group(bench_party, args=args)
+        else:
+            from mpcformer.mpc.launcher import run_local
 
-        results = run_local(bench_party, args=args)
-    return results[1]["costs"]["total"]["time_s"], time.perf_counter() - tic
+            results = run_local(bench_party, args=args)
+        return results[1]["costs"]["total"]["time_s"], {}
+
+    return call
 
 
 def measure_overhead(model: str, seq_len: int, approx: str, repeats: int, rounds: int) -> dict:
     import ray
 
     args = (model, approx, seq_len, 1, 0, repeats)
-    samples: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:
-        for _ in range(rounds):
-            for launcher in ("local", "ray"):
-                samples[launcher].append(_one(launcher, args))
+        samples = paired.alternate({"local": _call("local", args), "ray": _call("ray", args)}, rounds)
     finally:
         ray.shutdown()
-    forward = {k: min(s[0] for s in v) for k, v in samples.items()}
-    call = {k: statistics.median(s[1] for s in v) for k, v in samples.items()}
+    return {"model": model, "seq_len": seq_len, "approx": approx, "repeats": repeats, "rounds": rounds,
+            **summarize(samples)}
+
+
+def summarize(samples: dict[str, list[paired.Sample]]) -> dict:
+    """Overhead of the fastest Ray forward over the fastest local one, with the run's noise.
+
+    ``resolved`` says whether the run can tell: the overhead exceeds how much either launcher moved
+    between rounds, or both moved less than 10% (the goal), so "under 10%" is decided either way.
+    """
+    forward = {k: paired.fastest(v).latency_s for k, v in samples.items()}
+    spread = {k: paired.spread(v) for k, v in samples.items()}
+    overhead = forward["ray"] / forward["local"] - 1.0
     return {
-        "model": model, "seq_len": seq_len, "approx": approx, "repeats": repeats, "rounds": rounds,
         "forward_latency_s": forward,
-        "call_wall_s_median": call,
-        "ray_overhead_per_forward": forward["ray"] / forward["local"] - 1.0,
-        "samples": samples,
+        "call_wall_s_median": {k: statistics.median(s.wall_s for s in v) for k, v in samples.items()},
+        "ray_overhead_per_forward": overhead,
+        "ray_overhead_per_round": [r.latency_s / l.latency_s - 1.0 for l, r in zip(samples["local"], samples["ray"])],
+        "same_launcher_spread": spread,
+        "resolved": abs(overhead) > max(spread.values()) or max(spread.values()) < 0.10,
+        "samples": paired.as_plain(samples),
     }
 
 
@@ -70,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     report = measure_overhead(args.model, args.seq_len, args.approx, args.repeats, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    f, c = report["forward_latency_s"], report["call_wall_s_median"]
+    f, c, spread = report["forward_latency_s"], report["call_wall_s_median"], report["same_launcher_spread"]
     print(f"forward latency: local {f['local']:.2f} s, ray {f['ray']:.2f} s -> Ray overhead "
           f"{100 * report['ray_overhead_per_forward']:+.1f}% per forward")
+    print(f"per round: {', '.join(f'{100 * x:+.1f}%' for x in report['ray_overhead_per_round'])}; same-launcher "
+          f"spread between rounds: local {100 * spread['local']:.1f}%, ray {100 * spread['ray']:.1f}%"
+          + ("" if report["resolved"] else " -> noise exceeds the overhead: rerun on a quieter machine"))
     print(f"whole call incl. start-up (median): local {c['local']:.1f} s, ray {c['ray']:.1f} s; wrote {args.out}")
     return 0
 
