@@ -255,3 +255,23 @@ def test_cli_finetune_and_bad_input(synthetic_dir, tmp_path, capsys):
     assert code == 2 and "teacher checkpoint not found" in capsys.readouterr().err
     code = main(["finetune", "--model", "tiny", "--set", "optim.lr=-1", "--data-dir", str(synthetic_dir)])
     assert code == 2 and "optim.lr" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(180)
+def test_quick_budget_runs_finetune_then_distill_beside_full_runs(synthetic_dir, tmp_path, monkeypatch, capsys):
+    from mpcformer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["finetune", "--model", "tiny", "--data-dir", str(synthetic_dir), "--quick", "--no-progress"])
+    assert code == 0
+    teacher = json.loads(capsys.readouterr().out)
+    assert teacher["steps"] == FinetuneConfig.QUICK["optim.max_steps"]
+    assert teacher["checkpoint"] == "runs/finetune/sst2-minilm-quick/best"  # not the full run's folder
+    assert not (tmp_path / "runs/finetune/sst2-minilm").exists()
+    code = main(["distill", "--teacher", teacher["checkpoint"], "--combo", "quad+2relu", "--data-dir", str(synthetic_dir),
+                 "--quick", "--no-progress", "--output-dir", "runs/d"])  # an explicit folder wins
+    assert code == 0
+    metrics = json.loads((tmp_path / "runs/d/metrics.json").read_text())
+    assert metrics["train_examples"] == 256 and metrics["dev_examples"] == 100  # the synthetic dev set has 100
+    assert metrics["config"]["stage1"]["max_steps"] == metrics["config"]["stage2"]["max_steps"] == 8
+    assert set(metrics["final_losses"]) == {"stage1", "stage2"}

@@ -54,6 +54,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start afresh even if output_dir/last exists")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bars")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny budget (256 training examples, a few updates) to check a setup in about a "
+                             "minute; writes to <output_dir>-quick unless --output-dir is given; flags and --set still win")
 
 
 def collect_overrides(args: argparse.Namespace, flag_keys: dict[str, str]) -> dict[str, Any]:
@@ -71,6 +74,13 @@ def build_job_config(cls: type, args: argparse.Namespace, flag_keys: dict[str, s
     from mpcformer.config import build_config, load_config
 
     overrides = collect_overrides(args, flag_keys)
+    quick = getattr(args, "quick", False)
+    if quick:
+        overrides = {**cls.QUICK, **overrides}
     if args.config:
-        return load_config(cls, args.config, overrides)
-    return build_config(cls, {}, overrides, source="command line")
+        cfg = load_config(cls, args.config, overrides)
+    else:
+        cfg = build_config(cls, {}, overrides, source="command line")
+    if quick and "output_dir" not in overrides:  # never resume or overwrite a full run's checkpoints
+        cfg = cfg.model_copy(update={"output_dir": cfg.output_dir.rstrip("/") + "-quick"})
+    return cfg

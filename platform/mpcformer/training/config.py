@@ -11,7 +11,7 @@ raised to 1e-4 and 5e-5.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -86,6 +86,11 @@ class _RunConfig(StrictModel):
     resume: bool = True  # continue from output_dir/last if it exists
     progress: bool = True  # tqdm progress bars
 
+    #: ``--quick``: a budget that checks a setup end to end in about a minute on a CPU
+    QUICK: ClassVar[dict[str, Any]] = {
+        "data.max_train_examples": 256, "data.max_dev_examples": 128, "data.max_length": 32, "save_every_steps": 8,
+    }
+
 
 class FinetuneConfig(_RunConfig):
     """Teacher fine-tuning: a preset (tiny, minilm, bert-base, bert-large) or HF model path/name."""
@@ -93,6 +98,8 @@ class FinetuneConfig(_RunConfig):
     model: str = "minilm"
     optim: OptimConfig = Field(default_factory=OptimConfig)
     output_dir: str = "runs/finetune/sst2-minilm"
+
+    QUICK: ClassVar[dict[str, Any]] = {**_RunConfig.QUICK, "optim.max_steps": 16}
 
 
 class DistillConfig(_RunConfig):
@@ -114,6 +121,8 @@ class DistillConfig(_RunConfig):
     attention_weight: float = Field(1.0, ge=0)  # stage 1: weight of the attention-score MSE
     hidden_weight: float = Field(1.0, ge=0)  # stage 1: weight of the hidden-state MSE
     output_dir: str = "runs/distill/sst2-minilm-quad+2quad"
+
+    QUICK: ClassVar[dict[str, Any]] = {**_RunConfig.QUICK, "stage1.max_steps": 8, "stage2.max_steps": 8}
 
     @field_validator("combo")
     @classmethod
