@@ -93,3 +93,4 @@ def test_ray_overhead_summary_says_when_noise_hides_the_overhead():
     assert noisy["same_launcher_spread"]["local"] == pytest.approx(1.5)
     assert not noisy["resolved"]
     assert noisy["call_wall_s_median"] == {"local": 22.5, "ray": 18.5}
+    assert not summarize({"local": runs(10.0), "ray": runs(10.2)})["resolved"]  # one round: noise unknown
