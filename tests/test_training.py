@@ -275,3 +275,14 @@ def test_quick_budget_runs_finetune_then_distill_beside_full_runs(synthetic_dir,
     assert metrics["train_examples"] == 256 and metrics["dev_examples"] == 100  # the synthetic dev set has 100
     assert metrics["config"]["stage1"]["max_steps"] == metrics["config"]["stage2"]["max_steps"] == 8
     assert set(metrics["final_losses"]) == {"stage1", "stage2"}
+
+    from mpcformer.training import report
+
+    assert report.main(["runs/finetune/sst2-minilm-quick", "runs/d", "--out", "cmp/runs"]) == 0
+    table = (tmp_path / "cmp/runs.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| sst2-minilm-quick | teacher | exact |")
+    assert table[3].startswith("| d | mpcformer | quad+2relu |") and f"{100 * metrics['dev']['accuracy']:.2f}%" in table[3]
+    assert (tmp_path / "cmp/runs.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as err:
+        report.main([str(tmp_path)])  # not a run folder
+    assert err.value.code == 2 and "metrics.json" in capsys.readouterr().err

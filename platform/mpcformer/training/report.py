@@ -1,0 +1,127 @@
+"""Finished fine-tuning / distillation runs side by side: one markdown table and one plot.
+
+    python -m mpcformer.training.report runs/finetune/sst2-minilm runs/distill/* --out docs/results-sst2
+
+Reads each run folder's ``metrics.json`` and ``history.json`` (written by ``mpcformer finetune`` and
+``mpcformer distill``) and writes ``<out>.md`` (kept checkpoint's dev metric, relative to the
+teacher, last evaluation, where the kept one was, training time) and ``<out>.png`` (dev metric
+against updates, every run on one axis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpcformer.errors import UserError
+
+__all__ = ["RunSummary", "load_run", "render_table", "plot_runs"]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run folder says about itself."""
+
+    name: str
+    job: str  # finetune | distill
+    method: str  # teacher, mpcformer, w/o{d}, w/o{p,d}
+    combo: str
+    metric: str
+    kept: float  # the kept (best) checkpoint's dev metric
+    last: float | None  # the last evaluation's dev metric
+    kept_at: str  # "stage2 update 1500"
+    teacher: float | None
+    train_seconds: float
+    evals: list[tuple[int, float]]  # (update counted over all phases, dev metric)
+
+
+def load_run(folder: str | Path) -> RunSummary:
+    folder = Path(folder)
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        history = json.loads((folder / "history.json").read_text())
+    except FileNotFoundError as err:
+        raise UserError(f"{folder}: no {Path(err.filename).name}; is it a finished `mpcformer finetune` or "
+                        "`mpcformer distill` output folder?") from None
+    metric = metrics["primary_metric"]
+    evals = _evals_end_to_end(history, metric)
+    distill = metrics["job"] == "distill"
+    teacher = metrics.get("teacher_dev", {}).get(metric) if distill else None
+    kept_at = f"{metrics.get('best_phase') or 'finetune'} update {metrics.get('best_step')}"
+    return RunSummary(
+        name=folder.name, job=metrics["job"], method=metrics.get("method", "teacher"), combo=metrics.get("combo", "exact"),
+        metric=metric, kept=metrics["dev"][metric], last=evals[-1][1] if evals else None, kept_at=kept_at,
+        teacher=teacher, train_seconds=sum(metrics.get("train_seconds", {}).values()), evals=evals,
+    )
+
+
+def _evals_end_to_end(history: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
+    """Dev evaluations against the update count over all phases laid end to end."""
+    offsets: dict[str, int] = {}
+    start = 0
+    for record in history:
+        if record["phase"] not in offsets:
+            offsets[record["phase"]] = start
+            start += max(r["step"] for r in history if r["phase"] == record["phase"])
+    return [(offsets[r["phase"]] + r["step"], r[metric]) for r in history if r["kind"] == "eval" and metric in r]
+
+
+def render_table(runs: list[RunSummary]) -> str:
+    lines = [
+        "| run | method | approximation | dev (kept) | vs teacher | dev (last eval) | kept at | training time |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for r in runs:
+        relative = f"{100 * r.kept / r.teacher:.1f}%" if r.teacher else "-"
+        last = f"{100 * r.last:.2f}%" if r.last is not None else "-"
+        lines.append(f"| {r.name} | {r.method} | {r.combo} | {100 * r.kept:.2f}% | {relative} | {last} | "
+                     f"{r.kept_at} | {r.train_seconds / 60:.0f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_runs(runs: list[RunSummary], path: str | Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for r in runs:
+        if r.evals:
+            ax.plot([u for u, _ in r.evals], [100 * v for _, v in r.evals], "o-", markersize=3,
+                    label=f"{r.name} ({r.method}, {r.combo})")
+    ax.set(xlabel="update (phases end to end)", ylabel=f"dev {runs[0].metric} (%)" if runs else "", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (holding metrics.json and history.json)")
+    parser.add_argument("--out", type=Path, default=Path("runs/report"), help="writes <out>.md and <out>.png")
+    parser.add_argument("--title", default="dev metric during training")
+    args = parser.parse_args(argv)
+    try:
+        runs = [load_run(folder) for folder in args.runs if folder.is_dir()]
+    except UserError as err:
+        parser.exit(2, f"error: {err}\n")
+    if not runs:
+        parser.exit(2, "error: none of the given paths is a run folder\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table = render_table(runs)
+    args.out.with_suffix(".md").write_text(table)
+    plot_runs(runs, args.out.with_suffix(".png"), args.title)
+    print(table + f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
