@@ -30,7 +30,7 @@ from mpcformer.data.loading import encode, load_split, resolve_task
 from mpcformer.errors import UserError
 from mpcformer.training.config import DistillConfig, OptimConfig
 from mpcformer.training.finetune import load_checkpoint
-from mpcformer.training.history import plot_history
+from mpcformer.training.history import write_run_outputs
 from mpcformer.training.losses import HiddenProjection, layerwise_loss, prediction_distillation_loss, task_loss
 from mpcformer.training.loop import (
     Checkpointer,
@@ -39,9 +39,9 @@ from mpcformer.training.loop import (
     configure_threads,
     evaluate,
     model_inputs,
+    run_bookkeeping,
     set_seed,
     train_phases,
-    write_json,
 )
 
 __all__ = ["run_distill", "reinitialise"]
@@ -193,18 +193,9 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
         "best_phase": state.best_where.get("phase"),
         "best_step": state.best_where.get("step"),
         "final_losses": _final_losses(state.history),
-        "checkpoint": str(ckpt.best_dir),
-        "train_examples": len(train),
-        "dev_examples": len(dev),
-        "train_seconds": state.phase_seconds,
-        "wall_seconds_this_call": time.perf_counter() - started,
-        "resumed": resumed,
-        "threads": threads,
-        "config": cfg.model_dump(),
+        **run_bookkeeping(state, ckpt.best_dir, len(train), len(dev), started, resumed, threads, cfg),
     }
-    write_json(output_dir / "metrics.json", metrics)
-    write_json(output_dir / "history.json", state.history)
-    plot_history(state.history, output_dir / "history.png", f"{metrics['method']} {combo.name} on {spec.name}", primary)
+    write_run_outputs(output_dir, metrics, state.history, f"{metrics['method']} {combo.name} on {spec.name}")
     log.info("%s %s on %s: dev %s (teacher %s)", metrics["method"], combo.name, spec.name, best, teacher_dev)
     return metrics
 

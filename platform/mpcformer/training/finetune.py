@@ -22,7 +22,7 @@ import torch
 from mpcformer.approx.registry import Combo
 from mpcformer.data.loading import encode, load_split, resolve_task
 from mpcformer.training.config import FinetuneConfig
-from mpcformer.training.history import plot_history
+from mpcformer.training.history import write_run_outputs
 from mpcformer.training.losses import task_loss
 from mpcformer.training.loop import (
     Checkpointer,
@@ -30,9 +30,9 @@ from mpcformer.training.loop import (
     Phase,
     configure_threads,
     model_inputs,
+    run_bookkeeping,
     set_seed,
     train_phases,
-    write_json,
 )
 
 __all__ = ["run_finetune", "load_checkpoint"]
@@ -95,18 +95,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "dev": {k: v for k, v in state.best_where.items() if k not in ("phase", "step")},
         "best_step": state.best_where.get("step"),
         "final_dev": next((r for r in reversed(state.history) if r["kind"] == "eval"), {}),
-        "checkpoint": str(ckpt.best_dir),
-        "train_examples": len(train),
-        "dev_examples": len(dev),
-        "steps": state.step,
-        "train_seconds": state.phase_seconds,
-        "wall_seconds_this_call": time.perf_counter() - started,
-        "resumed": resumed,
-        "threads": threads,
-        "config": cfg.model_dump(),
+        **run_bookkeeping(state, ckpt.best_dir, len(train), len(dev), started, resumed, threads, cfg),
     }
-    write_json(output_dir / "metrics.json", metrics)
-    write_json(output_dir / "history.json", state.history)
-    plot_history(state.history, output_dir / "history.png", f"fine-tune {cfg.model} on {spec.name}", spec.primary_metric)
+    write_run_outputs(output_dir, metrics, state.history, f"fine-tune {cfg.model} on {spec.name}")
     log.info("fine-tuned %s on %s: dev %s", cfg.model, spec.name, metrics["dev"])
     return metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "write_run_outputs"]
 
 
 def _global_steps(records: list[dict[str, Any]], phases: list[str], offsets: dict[str, int]) -> list[int]:
@@ -51,3 +51,12 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str, me
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_run_outputs(output_dir: Path, metrics: dict[str, Any], history: list[dict[str, Any]], title: str) -> None:
+    """``metrics.json``, ``history.json`` and ``history.png`` of a finished training run."""
+    from mpcformer.training.loop import write_json
+
+    write_json(output_dir / "metrics.json", metrics)
+    write_json(output_dir / "history.json", history)
+    plot_history(history, output_dir / "history.png", title, metrics["primary_metric"])
