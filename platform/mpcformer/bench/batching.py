@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from mpcformer.bench import paired
-from mpcformer.bench.runner import bench_party
+from mpcformer.bench.runner import BenchConfig, run_combo
 
 __all__ = ["measure_batching", "render_markdown"]
 
 
 def _forward(model: str, approx: str, seq_len: int, batch_size: int, repeats: int, seed: int):
-    def call() -> tuple[float, dict[str, Any]]:
-        from mpcformer.mpc.launcher import run_local
+    cfg = BenchConfig(model=model, seq_len=seq_len, batch_size=batch_size, approx=[approx], repeats=repeats, seed=seed)
 
-        costs = run_local(bench_party, args=(model, approx, seq_len, batch_size, seed, repeats))[1]["costs"]
-        total = costs["total"]
+    def call() -> tuple[float, dict[str, Any]]:
+        total = run_combo(cfg, approx)["total"]
         return total["time_s"], {"rounds": total["rounds"], "bytes": total["bytes"]}
 
     return call

@@ -16,22 +16,14 @@ import statistics
 from pathlib import Path
 
 from mpcformer.bench import paired
-from mpcformer.bench.runner import bench_party
+from mpcformer.bench.runner import BenchConfig, run_combo
 
 __all__ = ["measure_overhead", "summarize"]
 
 
-def _call(launcher: str, args: tuple):
+def _call(cfg: BenchConfig):
     def call() -> tuple[float, dict]:
-        if launcher == "ray":
-            from mpcformer.cluster.party_group import run_on_party_group
-
-            results = run_on_party_group(bench_party, args=args)
-        else:
-            from mpcformer.mpc.launcher import run_local
-
-            results = run_local(bench_party, args=args)
-        return results[1]["costs"]["total"]["time_s"], {}
+        return run_combo(cfg, cfg.approx[0])["total"]["time_s"], {}
 
     return call
 
@@ -39,10 +31,11 @@ def _call(launcher: str, args: tuple):
 def measure_overhead(model: str, seq_len: int, approx: str, repeats: int, rounds: int) -> dict:
     import ray
 
-    args = (model, approx, seq_len, 1, 0, repeats)
+    cfg = BenchConfig(model=model, seq_len=seq_len, approx=[approx], repeats=repeats)
+    variants = {launcher: _call(cfg.model_copy(update={"launcher": launcher})) for launcher in ("local", "ray")}
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:
-        samples = paired.alternate({"local": _call("local", args), "ray": _call("ray", args)}, rounds)
+        samples = paired.alternate(variants, rounds)
     finally:
         ray.shutdown()
     return {"model": model, "seq_len": seq_len, "approx": approx, "repeats": repeats, "rounds": rounds,

@@ -22,7 +22,7 @@ from mpcformer.config import StrictModel
 from mpcformer.mpc.config import MPCConfig
 from mpcformer.mpc.network import PROFILES, project_latency
 
-__all__ = ["BenchConfig", "run_bench", "bench_party"]
+__all__ = ["BenchConfig", "run_bench", "run_combo", "bench_party"]
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def _run_combo(cfg: BenchConfig, name: str) -> dict:
+def run_combo(cfg: BenchConfig, name: str) -> dict:
+    """One combination's forward on 2 parties + dealer (``cfg.launcher``); the client's cost ledger."""
     args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats)
     if cfg.launcher == "ray":
         from mpcformer.cluster.party_group import run_on_party_group
@@ -139,7 +140,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     combos = []
     for name in cfg.approx:
         start = time.perf_counter()
-        combos.append(_combo_result(Combo.parse(name).name, _run_combo(cfg, name)))
+        combos.append(_combo_result(Combo.parse(name).name, run_combo(cfg, name)))
         log.info("bench %s: %.2fs", name, time.perf_counter() - start)
         if progress:
             progress(name)  # called after each combination finishes
