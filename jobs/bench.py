@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="forwards per combination (fastest kept)")
     parser.add_argument("--network", default=None, help="emulate a link: lan, wan or custom:<Mbit/s>:<rtt ms>")
     parser.add_argument("--no-fast-matmul", action="store_true", help="CrypTen's stock int64 matmul")
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="time the process's first forward too (first-call costs included)"
+    )
     parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="processes or Ray actors")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         {
             "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
             "approx": [a for a in args.approx.split(",") if a], "repeats": args.repeats,
-            "launcher": args.launcher, "mpc": mpc,
+            "launcher": args.launcher, "warmup": not args.no_warmup, "mpc": mpc,
         },
         source="command line",
     )

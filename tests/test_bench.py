@@ -67,6 +67,23 @@ def test_batching_bench_shares_rounds_and_weight_sized_traffic_across_the_batch(
     assert "| 2 |" in (out / "batching.md").read_text()
 
 
+def test_matmul_path_bench_compares_crypten_and_mpcformer_matmuls_on_the_same_protocol(tmp_path, capsys):
+    from mpcformer.bench import matmul_path
+
+    out = tmp_path / "matmul_path"
+    assert matmul_path.main(["--model", "tiny", "--seq-len", "8", "--rounds", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "matmul_path.json").read_text())
+    rows = {r["path"]: r for r in report["paths"]}
+    assert set(rows) == {"crypten", "mpcformer"}
+    # Only local compute differs: the parties exchange exactly the same messages either way.
+    assert rows["crypten"]["rounds"] == rows["mpcformer"]["rounds"] > 0
+    assert rows["crypten"]["bytes"] == rows["mpcformer"]["bytes"] > 0
+    for r in rows.values():
+        assert 0 < r["matmul_time_s"] < r["latency_s"]
+    assert report["speedup_end_to_end"] == rows["crypten"]["latency_s"] / rows["mpcformer"]["latency_s"]
+    assert "| mpcformer |" in (out / "matmul_path.md").read_text()
+
+
 def test_batching_bench_rejects_bad_batch_sizes(capsys):
     from mpcformer.bench import batching
 

@@ -188,3 +188,15 @@ def test_fast_path_carries_every_product_with_two_matmuls_per_beaver(two_party_p
         assert party["stock"]["ring_calls"] == 0
         # private and attention: 2 local matmuls each (3 in CrypTen); public: 1
         assert party["fast"]["ring_calls"] == 2 + 2 + 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=dims, n=dims, k=st.one_of(st.integers(1, 64), st.integers(1000, 3100)),
+    seed=st.integers(0, 2**31), extreme_share=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_int8_digit_probe_is_bit_exact(m, n, k, seed, extreme_share):
+    from mpcformer.bench.int8_probe import int8_ring_matmul
+
+    a, b = ring_values((m, k), seed, extreme_share), ring_values((k, n), seed + 1, extreme_share)
+    assert torch.equal(int8_ring_matmul(a, b), a @ b)

@@ -36,6 +36,9 @@ class BenchConfig(StrictModel):
     seed: int = 0
     launcher: Literal["local", "ray"] = "local"
     deadline_s: float = Field(default=7200.0, gt=0, description="whole-forward deadline per combination")
+    warmup: bool = Field(
+        default=True, description="one untimed 2-token forward first, so first-call costs stay out of the timings"
+    )
     mpc: MPCConfig = Field(default_factory=MPCConfig)
 
     @field_validator("approx")
@@ -46,8 +49,16 @@ class BenchConfig(StrictModel):
         return names
 
 
-def bench_party(rank: int, model_name: str, combo_name: str, seq_len: int, batch_size: int, seed: int, repeats: int) -> dict:
-    """One party's side of a benchmark forward (module level: shipped to processes and actors)."""
+def bench_party(
+    rank: int, model_name: str, combo_name: str, seq_len: int, batch_size: int, seed: int, repeats: int,
+    warmup: bool = True,
+) -> dict:
+    """One party's side of a benchmark forward (module level: shipped to processes and actors).
+
+    With ``warmup`` an untimed forward on the first 2 tokens runs first: a process's first forward
+    pays one-time costs (lazy imports, torch's meta and dispatcher set-up; ~2 s on ``tiny``) that
+    are not the approximation's.
+    """
     import torch
 
     from mpcformer.models.presets import load_preset
@@ -64,6 +75,12 @@ def bench_party(rank: int, model_name: str, combo_name: str, seq_len: int, batch
         vocab = _vocab_size(model_name)
         input_ids = torch.randint(1000, vocab, (batch_size, seq_len), generator=gen)
         attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long)
+    if warmup:
+        run_private_inference(
+            rank, model=model, combo=combo,
+            input_ids=None if input_ids is None else input_ids[:, :2],
+            attention_mask=None if attention_mask is None else attention_mask[:, :2],
+        )
     best: dict | None = None
     for _ in range(repeats):
         ledger = CostLedger()
@@ -123,7 +140,7 @@ def _environment() -> dict[str, Any]:
 
 def run_combo(cfg: BenchConfig, name: str) -> dict:
     """One combination's forward on 2 parties + dealer (``cfg.launcher``); the client's cost ledger."""
-    args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats)
+    args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats, cfg.warmup)
     if cfg.launcher == "ray":
         from mpcformer.cluster.party_group import run_on_party_group
 

@@ -1,0 +1,111 @@
+"""End-to-end effect of mpcformer's matmul path: the same encrypted forward with CrypTen's matmul as
+shipped and with ``MPCConfig.fast_matmul`` (2-matmul Beaver step, ring kernel choice), alternating,
+in one run.
+
+    python -m mpcformer.bench.matmul_path --model bert-base --seq-len 128 --approx quad+2quad --rounds 2
+
+Writes ``matmul_path.json`` and ``matmul_path.md`` into ``--out``. Each call runs 2 parties + the
+TTP dealer through the local launcher; a call's latency is the client's fastest of ``repeats``
+forwards, and a path's figure the fastest of its ``rounds`` calls. Both paths run the same
+protocol, so their rounds and bytes must match: only local compute differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from mpcformer.bench import paired
+from mpcformer.bench.runner import BenchConfig, run_combo
+from mpcformer.mpc.config import MPCConfig
+
+__all__ = ["PATHS", "measure_matmul_path", "render_markdown"]
+
+# The categories whose work is matrix products; the rest of the forward is the same code either way.
+MATMUL_CATEGORIES = ("embedding", "linear", "attention-matmul", "pooler", "classifier")
+PATHS = {"crypten": MPCConfig(fast_matmul=False), "mpcformer": MPCConfig(fast_matmul=True, matmul_kernel="auto")}
+
+
+def _forward(cfg: BenchConfig):
+    def call() -> tuple[float, dict[str, Any]]:
+        costs = run_combo(cfg, cfg.approx[0])
+        total = costs["total"]
+        matmul_s = sum(costs["by_category"].get(op, {}).get("time_s", 0.0) for op in MATMUL_CATEGORIES)
+        return total["time_s"], {"rounds": total["rounds"], "bytes": total["bytes"], "matmul_time_s": matmul_s}
+
+    return call
+
+
+def measure_matmul_path(
+    model: str, seq_len: int, approx: str, repeats: int = 1, rounds: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    """Run the forward with each matmul path ``rounds`` times round-robin; return the report."""
+    base = BenchConfig(model=model, seq_len=seq_len, approx=[approx], repeats=repeats, seed=seed)
+    variants = {name: _forward(base.model_copy(update={"mpc": mpc})) for name, mpc in PATHS.items()}
+    samples = paired.alternate(variants, rounds, progress=lambda p, r: print(f"round {r + 1}: {p} done", flush=True))
+    best = {name: paired.fastest(s) for name, s in samples.items()}
+    rows = [
+        {
+            "path": name,
+            "latency_s": b.latency_s,
+            "matmul_time_s": b.detail["matmul_time_s"],
+            "rounds": b.detail["rounds"],
+            "bytes": b.detail["bytes"],
+            "spread_between_rounds": paired.spread(samples[name]),
+        }
+        for name, b in best.items()
+    ]
+    stock, ours = best["crypten"], best["mpcformer"]
+    return {
+        "model": model, "seq_len": seq_len, "approx": approx, "repeats": repeats, "rounds": rounds,
+        "launcher": "local", "paths": rows,
+        "speedup_end_to_end": stock.latency_s / ours.latency_s,
+        "speedup_matmul_categories": stock.detail["matmul_time_s"] / max(ours.detail["matmul_time_s"], 1e-9),
+        "samples": paired.as_plain(samples),
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Matmul path: {report['model']}, length {report['seq_len']}, {report['approx']}",
+        "",
+        "| path | forward (s) | matmul categories (s) | rounds | MB | spread between rounds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["paths"]:
+        lines.append(
+            f"| {r['path']} | {r['latency_s']:.2f} | {r['matmul_time_s']:.2f} | {r['rounds']:.0f} | "
+            f"{r['bytes'] / 1e6:.1f} | {100 * r['spread_between_rounds']:.0f}% |"
+        )
+    lines += [
+        "",
+        f"mpcformer's path vs CrypTen's: **{report['speedup_end_to_end']:.2f}x** end to end, "
+        f"{report['speedup_matmul_categories']:.2f}x on the matmul categories ({', '.join(MATMUL_CATEGORIES)}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bert-base", help="preset (tiny, minilm, bert-base, bert-large)")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--approx", default="quad+2quad", help="one approximation combination")
+    parser.add_argument("--repeats", type=int, default=1, help="forwards per call (fastest kept)")
+    parser.add_argument("--rounds", type=int, default=2, help="round-robin passes over the two paths")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/matmul_path"))
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
+    report = measure_matmul_path(args.model, args.seq_len, args.approx, args.repeats, args.rounds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "matmul_path.json").write_text(json.dumps(report, indent=2))
+    markdown = render_markdown(report)
+    (args.out / "matmul_path.md").write_text(markdown)
+    print(markdown + f"wrote {args.out / 'matmul_path.json'} and {args.out / 'matmul_path.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
