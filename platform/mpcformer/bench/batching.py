@@ -11,11 +11,11 @@ and a batch size's figure the fastest of its ``rounds`` calls.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from mpcformer.bench import paired
+from mpcformer.bench.report import write_json_and_markdown
 from mpcformer.bench.runner import BenchConfig, run_combo
 
 __all__ = ["measure_batching", "render_markdown"]
@@ -97,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/batching"))
     args = parser.parse_args(argv)
     report = measure_batching(args.model, args.seq_len, args.approx, args.batch_sizes, args.repeats, args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batching.json").write_text(json.dumps(report, indent=2))
-    markdown = render_markdown(report)
-    (args.out / "batching.md").write_text(markdown)
-    print(markdown + f"wrote {args.out / 'batching.json'} and {args.out / 'batching.md'}")
+    write_json_and_markdown(args.out, "batching", report, render_markdown(report))
     return 0
 
 

@@ -13,11 +13,11 @@ protocol, so their rounds and bytes must match: only local compute differs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from mpcformer.bench import paired
+from mpcformer.bench.report import write_json_and_markdown
 from mpcformer.bench.runner import BenchConfig, run_combo
 from mpcformer.mpc.config import MPCConfig
 
@@ -99,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.repeats < 1:
         parser.error("--rounds and --repeats must be at least 1")
     report = measure_matmul_path(args.model, args.seq_len, args.approx, args.repeats, args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "matmul_path.json").write_text(json.dumps(report, indent=2))
-    markdown = render_markdown(report)
-    (args.out / "matmul_path.md").write_text(markdown)
-    print(markdown + f"wrote {args.out / 'matmul_path.json'} and {args.out / 'matmul_path.md'}")
+    write_json_and_markdown(args.out, "matmul_path", report, render_markdown(report))
     return 0
 
 

@@ -6,7 +6,18 @@ from pathlib import Path
 
 from mpcformer.mpc.costs import CATEGORIES
 
-__all__ = ["render_markdown", "render_plot"]
+__all__ = ["render_markdown", "render_plot", "write_json_and_markdown"]
+
+
+def write_json_and_markdown(out_dir: Path, stem: str, report: dict, markdown: str) -> None:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` and print the table and the paths."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2))
+    md_path.write_text(markdown)
+    print(markdown + f"wrote {json_path} and {md_path}")
 
 
 def _mb(nbytes: float) -> str:
