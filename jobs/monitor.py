@@ -1,4 +1,4 @@
-"""monitor: run a real Prometheus that scrapes a local Ray cluster; prints its URL, stops on Ctrl-C.
+"""monitor: run a real Prometheus that scrapes a local Ray cluster; prints its URL, stops on Ctrl-C or SIGTERM.
 
     ray start --head --metrics-export-port=8080      # or any running local cluster
     python -m mpcformer.jobs.monitor                 # Prometheus on http://127.0.0.1:9090
@@ -10,6 +10,8 @@ Prometheus finds the Ray nodes through Ray's service-discovery file in the clust
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         pushgateways=args.pushgateway, scrape_interval=args.scrape_interval, loopback=not args.node_ips,
     )
     server = PrometheusServer(config, data_dir / "tsdb", port=args.port or free_port(), retention="15d")
+    _stop_on_ctrl_c_and_sigterm()
     try:
         server.start()
     except PrometheusError as err:
@@ -65,6 +68,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.stop()
         print("Prometheus stopped.")
+
+
+def _stop_on_ctrl_c_and_sigterm() -> None:
+    """Make SIGINT and SIGTERM stop Prometheus, set explicitly: a process started in the background
+    by a non-interactive shell inherits SIGINT *ignored* (Python then installs no Ctrl-C handler),
+    and Kubernetes and `ray job stop` send SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; an embedding caller keeps its own
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
 
 
 def _wait(server, duration: float | None) -> int:

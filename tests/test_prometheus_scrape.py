@@ -183,15 +183,21 @@ def test_rounds_and_bytes_per_sequence_match_the_job_summary_and_favour_quad_2qu
     print("per sequence:", json.dumps(measured))
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.timeout(120)
-def test_monitor_job_scrapes_through_a_discovery_file_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_monitor_job_scrapes_through_a_discovery_file_and_stops_on_ctrl_c_or_sigterm(tmp_path, stop_signal):
     from mpcformer import observability as obs
 
+    job = f"monitor-test-{stop_signal.name}"  # the registry is per process: one series per case
     obs.configure("prometheus")
     try:
         obs.record_forward({"total": {"time_s": 0.2, "comm_time_s": 0.1, "rounds": 3.0, "bytes": 96.0},
                             "by_category": {"linear": {"time_s": 0.2, "comm_time_s": 0.1, "rounds": 3.0, "bytes": 96.0}}},
-                           approx="exact", model="m", job="monitor-test", rank=0)
+                           approx="exact", model="m", job=job, rank=0)
         port = obs.start_http_server(0)
     finally:
         obs.configure("auto")
@@ -206,7 +212,10 @@ def test_monitor_job_scrapes_through_a_discovery_file_and_stops_on_ctrl_c(tmp_pa
             [sys.executable, "-m", "mpcformer.jobs.monitor", "--ray-temp-dir", str(ray_dir), "--port", "0",
              "--data-dir", str(tmp_path / "prom"), "--scrape-interval", "1s"],
             stdout=log_file, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # As when a shell starts it in the background (`monitor &`): SIGINT arrives ignored.
+            preexec_fn=_ignore_sigint,
         )
+    prometheus_pid = None
     try:
         line = _wait_for_line(log_path, "Prometheus: http://127.0.0.1:", monitor, timeout_s=60)
         url = line.split()[1]
@@ -214,14 +223,23 @@ def test_monitor_job_scrapes_through_a_discovery_file_and_stops_on_ctrl_c(tmp_pa
         prom = PrometheusAPI(url)
         deadline, result = time.monotonic() + 30, []
         while time.monotonic() < deadline and not result:
-            result = prom.query('ray_mpcformer_comm_rounds_total{job_name="monitor-test"}')
+            result = prom.query(f'ray_mpcformer_comm_rounds_total{{job_name="{job}"}}')
             time.sleep(1)
         assert result and float(result[0]["value"][1]) == 3.0
         assert result[0]["metric"]["instance"] == f"127.0.0.1:{port}"
     finally:
-        monitor.send_signal(signal.SIGINT)
-        code = monitor.wait(timeout=30)
+        monitor.send_signal(stop_signal)
+        try:
+            code = monitor.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # never leave the monitor and its Prometheus behind a failed test
+            monitor.kill()
+            if prometheus_pid is not None:
+                os.kill(prometheus_pid, signal.SIGKILL)
+            raise
+    cmdline = Path(f"/proc/{prometheus_pid}/cmdline")
+    outlived = cmdline.exists() and b"prometheus" in cmdline.read_bytes()
+    if outlived:
+        os.kill(prometheus_pid, signal.SIGKILL)  # clean up before failing
     assert code == 0, log_path.read_text()
     assert "Prometheus stopped." in log_path.read_text()
-    cmdline = Path(f"/proc/{prometheus_pid}/cmdline")
-    assert not cmdline.exists() or b"prometheus" not in cmdline.read_bytes(), "Prometheus outlived the monitor"
+    assert not outlived, "Prometheus outlived the monitor"
