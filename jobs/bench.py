@@ -43,8 +43,24 @@ def run(args: argparse.Namespace) -> int:
         },
         source="command line",
     )
-    with tqdm(total=len(cfg.approx), desc="bench", unit="combo") as bar:
-        report = run_bench(cfg, progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
+    with tqdm(total=len(cfg.approx), desc="bench", unit="combo") as bar, \
+            tqdm(total=0, desc="layers", unit="layer", position=1, leave=False) as layers:
+
+        def on_party_progress(name: str, event: dict) -> None:
+            # The client reports each forward it starts and each encoder layer it finishes.
+            if event.get("kind") == "forward":
+                layers.reset(total=layers.total or 0)
+                layers.set_description(f"{name}: {event['label']}")
+            elif event.get("kind") == "layer":
+                if layers.total != event["total"]:
+                    layers.reset(total=event["total"])
+                layers.update(event["done"] - layers.n)
+
+        report = run_bench(
+            cfg,
+            progress=lambda name: (bar.set_postfix_str(name), bar.update(1)),
+            party_progress=on_party_progress,
+        )
     paths = write_report(report, args.out)
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))

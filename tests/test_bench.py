@@ -34,7 +34,12 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     assert combos["quad+2quad"]["rounds"] < combos["exact"]["rounds"]
     assert "| quad+2quad |" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
-    assert "bench.json" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "bench.json" in printed.out
+    # The layer bar follows the client party through the warm-up and the timed forward of each combination.
+    for label in ("exact: warm-up", "exact: forward 1/1", "quad+2quad: forward 1/1"):
+        assert label in printed.err, label
+    assert "quad+2quad: forward 1/1: 100%" in printed.err  # the bar reached the last encoder layer
 
 
 @pytest.mark.timeout(600)

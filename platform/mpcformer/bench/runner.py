@@ -63,6 +63,7 @@ def bench_party(
 
     from mpcformer.models.presets import load_preset
     from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.mpc import progress
     from mpcformer.mpc.costs import CostLedger
 
     combo = Combo.parse(combo_name)
@@ -76,13 +77,15 @@ def bench_party(
         input_ids = torch.randint(1000, vocab, (batch_size, seq_len), generator=gen)
         attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long)
     if warmup:
+        progress.report(kind="forward", label="warm-up")
         run_private_inference(
             rank, model=model, combo=combo,
             input_ids=None if input_ids is None else input_ids[:, :2],
             attention_mask=None if attention_mask is None else attention_mask[:, :2],
         )
     best: dict | None = None
-    for _ in range(repeats):
+    for repeat in range(repeats):
+        progress.report(kind="forward", label=f"forward {repeat + 1}/{repeats}")
         ledger = CostLedger()
         result = run_private_inference(
             rank, model=model, input_ids=input_ids, attention_mask=attention_mask, combo=combo, ledger=ledger
@@ -138,8 +141,16 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def run_combo(cfg: BenchConfig, name: str) -> dict:
-    """One combination's forward on 2 parties + dealer (``cfg.launcher``); the client's cost ledger."""
+PartyProgress = Callable[[dict[str, Any]], None]
+_CLIENT = 1  # the client's view is the user-visible one: its wall time, its progress
+
+
+def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = None) -> dict:
+    """One combination's forward on 2 parties + dealer (``cfg.launcher``); the client's cost ledger.
+
+    ``on_progress`` receives the client's progress events (forwards started, layers done); the
+    local launcher relays them, Ray party actors do not (yet).
+    """
     args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats, cfg.warmup)
     if cfg.launcher == "ray":
         from mpcformer.cluster.party_group import run_on_party_group
@@ -148,16 +159,26 @@ def run_combo(cfg: BenchConfig, name: str) -> dict:
     else:
         from mpcformer.mpc.launcher import run_local
 
-        results = run_local(bench_party, args=args, config=cfg.mpc, timeout_s=cfg.deadline_s)
-    return results[1]["costs"]  # the client's view: its wall time is the user-visible latency
+        relay = None if on_progress is None else (lambda rank, event: on_progress(event) if rank == _CLIENT else None)
+        results = run_local(bench_party, args=args, config=cfg.mpc, timeout_s=cfg.deadline_s, on_progress=relay)
+    return results[_CLIENT]["costs"]
 
 
-def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
-    """Run every combination in ``cfg.approx`` and return the report (see ``bench.json``)."""
+def run_bench(
+    cfg: BenchConfig,
+    progress: Callable[[str], None] | None = None,
+    party_progress: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict:
+    """Run every combination in ``cfg.approx`` and return the report (see ``bench.json``).
+
+    ``progress(name)`` is called after each combination; ``party_progress(name, event)`` with the
+    client's events while one runs.
+    """
     combos = []
     for name in cfg.approx:
         start = time.perf_counter()
-        combos.append(_combo_result(Combo.parse(name).name, run_combo(cfg, name)))
+        relay = None if party_progress is None else (lambda event, name=name: party_progress(name, event))
+        combos.append(_combo_result(Combo.parse(name).name, run_combo(cfg, name, on_progress=relay)))
         log.info("bench %s: %.2fs", name, time.perf_counter() - start)
         if progress:
             progress(name)  # called after each combination finishes

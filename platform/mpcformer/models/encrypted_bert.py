@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from mpcformer.approx import Combo
 from mpcformer.config import StrictModel
 from mpcformer.errors import UserError
+from mpcformer.mpc import progress
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
 from mpcformer.models.surgery import encoder_family
@@ -450,8 +451,9 @@ class EncryptedBertForSequenceClassification(_Module):
         activation, normaliser = combo.activation_fn(encrypted=True), combo.normaliser_fn(encrypted=True)
         key_mask = batch.key_mask()  # (B, 1, 1, T)
         hidden = self.embeddings(client_ids, batch, ledger)  # (B, T, H)
-        for layer in self.layers:
+        for done, layer in enumerate(self.layers, start=1):
             hidden = layer(hidden, key_mask, activation, normaliser, ledger)  # (B, T, H)
+            progress.report(kind="layer", done=done, total=len(self.layers))
         with ledger.scope("pooler"):
             pooled = self.pooler(hidden[:, 0]).tanh()  # (B, H) @ (H, H) -> (B, H)
         with ledger.scope("classifier"):

@@ -35,11 +35,15 @@ class PartyFailure(RuntimeError):
         self.message = message
 
 
-def _party_main(fn, rank, world_size, rendezvous, config, args, kwargs, results, threads) -> None:
+def _party_main(fn, rank, world_size, rendezvous, config, args, kwargs, results, threads, send_progress) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from mpcformer.mpc import progress
     from mpcformer.mpc.session import MPCSession
+
+    if send_progress:
+        progress.set_sink(lambda event: results.put((rank, "progress", event)))
 
     session = MPCSession(rank, world_size, rendezvous, config)
     try:
@@ -77,11 +81,14 @@ def run_local(
     config: MPCConfig | None = None,
     timeout_s: float = 600.0,
     threads_per_party: int | None = None,
+    on_progress: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[Any]:
     """Run ``fn(rank, *args, **kwargs)`` on ``world_size`` parties (+ the dealer) and return by rank.
 
-    Raises :class:`PartyFailure` naming the first party that failed (with its error) or what
-    missed the ``timeout_s`` deadline; every process is stopped before it returns or raises.
+    ``on_progress(rank, event)`` receives what the parties :func:`mpcformer.mpc.progress.report`
+    while they run. Raises :class:`PartyFailure` naming the first party that failed (with its
+    error) or what missed the ``timeout_s`` deadline; every process is stopped before it returns
+    or raises.
     """
     config = config or MPCConfig()
     kwargs = kwargs or {}
@@ -93,7 +100,7 @@ def run_local(
     procs = {
         rank: ctx.Process(
             target=_party_main,
-            args=(fn, rank, world_size, rendezvous, config, tuple(args), kwargs, results, threads),
+            args=(fn, rank, world_size, rendezvous, config, tuple(args), kwargs, results, threads, on_progress is not None),
             name=f"mpcformer-party-{rank}",
             daemon=True,
         )
@@ -107,13 +114,13 @@ def run_local(
     try:
         for proc in procs.values():
             proc.start()
-        return _collect(procs, results, world_size, time.monotonic() + timeout_s, timeout_s)
+        return _collect(procs, results, world_size, time.monotonic() + timeout_s, timeout_s, on_progress)
     finally:
         _stop_all(procs)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _collect(procs, results, world_size, deadline, timeout_s) -> list[Any]:
+def _collect(procs, results, world_size, deadline, timeout_s, on_progress=None) -> list[Any]:
     values: dict[int, Any] = {}
     while len(values) < len(procs):
         try:
@@ -125,6 +132,10 @@ def _collect(procs, results, world_size, deadline, timeout_s) -> list[Any]:
             if time.monotonic() > deadline:
                 missing = ", ".join(_who(r, world_size) for r in procs if r not in values)
                 raise PartyFailure(missing, f"no result within the {timeout_s:.0f}s deadline")
+            continue
+        if status == "progress":
+            if on_progress is not None:
+                on_progress(rank, value)
             continue
         if status == "error":
             rank, value = _root_cause(rank, value, results)
