@@ -56,8 +56,8 @@ def bench_party(
     """One party's side of a benchmark forward (module level: shipped to processes and actors).
 
     With ``warmup`` an untimed forward on the first 2 tokens runs first: a process's first forward
-    pays one-time costs (lazy imports, torch's meta and dispatcher set-up; ~2 s on ``tiny``) that
-    are not the approximation's.
+    pays one-time costs (lazy imports, torch's meta and dispatcher set-up; ~2 s on ``tiny``, ~5 s
+    on ``bert-base``) that are not the approximation's.
     """
     import torch
 
