@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         def on_party_progress(name: str, event: dict) -> None:
             # The client reports each forward it starts and each encoder layer it finishes.
             if event.get("kind") == "forward":
-                layers.reset(total=layers.total or 0)
+                layers.reset()
                 layers.set_description(f"{name}: {event['label']}")
             elif event.get("kind") == "layer":
                 if layers.total != event["total"]:

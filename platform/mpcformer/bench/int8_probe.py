@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
+
+from mpcformer.bench.matmul import best_times, random_ring
 
 __all__ = ["int8_ring_matmul", "probe"]
 
@@ -57,16 +57,6 @@ def int8_ring_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _best_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - tic)
-    return 1e3 * best
-
-
 SHAPES = {"ffn-in": (128, 768, 3072), "ffn-out": (128, 3072, 768), "qkv/out": (128, 768, 768)}
 
 
@@ -76,16 +66,18 @@ def probe(repeats: int = 5, threads: int = 1) -> dict:
     gen = torch.Generator().manual_seed(0)
     rows = []
     for name, (m, k, n) in SHAPES.items():
-        x = torch.randint(-(2**63), 2**63 - 1, (m, k), generator=gen)
-        y = torch.randint(-(2**63), 2**63 - 1, (k, n), generator=gen)
+        x, y = random_ring([m, k], gen), random_ring([k, n], gen)
         digits_x, digits_y = _digits_by_row(x), _digits_by_col_reversed(y)
+        seconds = best_times({
+            "int64_gemm": lambda: x @ y,
+            "int8_digits": lambda: int8_ring_matmul(x, y),
+            "digit_split": lambda: (_digits_by_row(x), _digits_by_col_reversed(y)),
+            "one_int8_gemm": lambda: torch._int_mm(digits_x[:, :k].contiguous(), digits_y[7 * k :]),
+        }, repeats)
         rows.append({
             "shape": name, "m": m, "k": k, "n": n,
             "bit_exact": bool(torch.equal(int8_ring_matmul(x, y), x @ y)),
-            "int64_gemm_ms": _best_ms(lambda: x @ y, repeats),
-            "int8_digits_ms": _best_ms(lambda: int8_ring_matmul(x, y), repeats),
-            "digit_split_ms": _best_ms(lambda: (_digits_by_row(x), _digits_by_col_reversed(y)), repeats),
-            "one_int8_gemm_ms": _best_ms(lambda: torch._int_mm(digits_x[:, :k].contiguous(), digits_y[7 * k :]), repeats),
+            **{f"{kernel}_ms": 1e3 * s for kernel, s in seconds.items()},
         })
     return {"threads": threads, "repeats": repeats, "torch": torch.__version__, "shapes": rows}
 

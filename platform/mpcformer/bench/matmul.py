@@ -60,11 +60,11 @@ class MatmulBenchConfig(StrictModel):
     seed: int = 0
 
 
-def _random_ring(shape: list[int], gen: torch.Generator) -> torch.Tensor:
+def random_ring(shape: list[int], gen: torch.Generator) -> torch.Tensor:
     return torch.randint(-(2**63), 2**63 - 1, tuple(shape), dtype=torch.int64, generator=gen)
 
 
-def _best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Best seconds per function over ``repeats`` rounds, interleaved so load hits all alike."""
     for fn in fns.values():
         fn()  # warm-up
@@ -84,9 +84,9 @@ def bench_kernels(config: MatmulBenchConfig) -> list[dict]:
     gen = torch.Generator().manual_seed(config.seed)
     rows = []
     for shape in config.shapes:
-        a, b = _random_ring(shape.a, gen), _random_ring(shape.b, gen)
+        a, b = random_ring(shape.a, gen), random_ring(shape.b, gen)
         a64, b64 = a.to(torch.float64), b.to(torch.float64)
-        times = _best_times(
+        times = best_times(
             {"stock": lambda: torch.matmul(a, b), "limbs": lambda: ring_matmul(a, b),
              "f64_gemm": lambda: torch.matmul(a64, b64)},
             config.repeats,
@@ -122,7 +122,7 @@ def encrypted_matmul_party(rank: int, shapes: list[dict], repeats: int, seed: in
     gen = torch.Generator().manual_seed(seed)
     out: dict = {"times": {}, "products": {}, "auto_kernel": None}
     for shape in shapes:
-        x_plain, w_plain = _random_ring(shape["a"], gen), _random_ring(shape["b"], gen)
+        x_plain, w_plain = random_ring(shape["a"], gen), random_ring(shape["b"], gen)
         x = crypten.cryptensor(x_plain, src=0, precision=0)  # integers: the product is a ring element
         w = crypten.cryptensor(w_plain, src=1, precision=0)
         x.matmul(w)  # warm-up (the dealer measures its kernels at its first large product)

@@ -5,10 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_history", "write_run_outputs"]
+__all__ = ["phase_offsets", "plot_history", "write_run_outputs"]
 
 
-def _global_steps(records: list[dict[str, Any]], phases: list[str], offsets: dict[str, int]) -> list[int]:
+def phase_offsets(history: list[dict[str, Any]]) -> dict[str, int]:
+    """Where each phase starts when phases are laid end to end (in order of first appearance):
+    phase ``k`` starts at the last update of phase ``k-1``."""
+    offsets: dict[str, int] = {}
+    start = 0
+    for record in history:
+        if record["phase"] not in offsets:
+            offsets[record["phase"]] = start
+            start += max(r["step"] for r in history if r["phase"] == record["phase"])
+    return offsets
+
+
+def _global_steps(records: list[dict[str, Any]], offsets: dict[str, int]) -> list[int]:
     return [offsets[r["phase"]] + r["step"] for r in records]
 
 
@@ -22,23 +34,17 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str, me
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    phases: list[str] = []
-    for record in history:
-        if record["phase"] not in phases:
-            phases.append(record["phase"])
-    offsets, start = {}, 0
-    for phase in phases:
-        offsets[phase] = start
-        start += max((r["step"] for r in history if r["phase"] == phase), default=0)
+    offsets = phase_offsets(history)
+    phases = list(offsets)
 
     fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(11, 4))
     for phase in phases:
         train = [r for r in history if r["phase"] == phase and r["kind"] == "train"]
         evals = [r for r in history if r["phase"] == phase and r["kind"] == "eval" and metric in r]
         if train:
-            ax_loss.plot(_global_steps(train, phases, offsets), [r["loss"] for r in train], label=phase)
+            ax_loss.plot(_global_steps(train, offsets), [r["loss"] for r in train], label=phase)
         if evals:
-            ax_dev.plot(_global_steps(evals, phases, offsets), [r[metric] for r in evals], "o-", label=phase)
+            ax_dev.plot(_global_steps(evals, offsets), [r[metric] for r in evals], "o-", label=phase)
     ax_loss.set(xlabel="update", ylabel="training loss", yscale="log", title="loss")
     ax_dev.set(xlabel="update", ylabel=f"dev {metric}", title=f"dev {metric}")
     for ax in (ax_loss, ax_dev):

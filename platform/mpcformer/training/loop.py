@@ -375,7 +375,6 @@ def write_json(path: str | Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
 
 
-
 def run_bookkeeping(state: RunState, best_dir: Path, train_size: int, dev_size: int, started: float,
                     resumed: bool, threads: int, config: Any) -> dict[str, Any]:
     """The part of ``metrics.json`` every training job shares: where, on what, how long, with what."""

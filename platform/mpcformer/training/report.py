@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcformer.errors import UserError
+from mpcformer.training.history import phase_offsets
 
 __all__ = ["RunSummary", "load_run", "render_table", "plot_runs"]
 
@@ -60,12 +61,7 @@ def load_run(folder: str | Path) -> RunSummary:
 
 def _evals_end_to_end(history: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
     """Dev evaluations against the update count over all phases laid end to end."""
-    offsets: dict[str, int] = {}
-    start = 0
-    for record in history:
-        if record["phase"] not in offsets:
-            offsets[record["phase"]] = start
-            start += max(r["step"] for r in history if r["phase"] == record["phase"])
+    offsets = phase_offsets(history)
     return [(offsets[r["phase"]] + r["step"], r[metric]) for r in history if r["kind"] == "eval" and metric in r]
 
 
