@@ -5,12 +5,13 @@ functions ``fn(rank, *args, **kwargs)`` to it; they run inside the open
 :class:`~mpcformer.mpc.session.MPCSession` on the actor's device and return plain data.
 
 Methods that touch CrypTen (``open``, ``run``, ``close``) run one at a time on one thread (the
-default concurrency group). ``describe`` and ``ping`` run in a separate "control" group so the
-driver can tell a busy party from a stalled one.
+default concurrency group). ``describe``, ``ping`` and ``drain_progress`` run in a separate
+"control" group so the driver can tell a busy party from a stalled one, and follow its progress.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -64,6 +65,7 @@ class PartyActor:
         # Built here from plain data: config objects cross the actor boundary as dicts.
         self.mpc_config = MPCConfig.model_validate({**mpc_config, "device": self.device})
         self._session = None
+        self._progress: collections.deque = collections.deque(maxlen=10_000)  # appended by run, drained by control
         limit_torch_threads()
 
     # -- control group: answers while a computation runs ---------------------------------------
@@ -76,6 +78,14 @@ class PartyActor:
     def ping(self) -> float:
         return time.time()
 
+    @ray.method(concurrency_group="control")
+    def drain_progress(self) -> list[dict[str, Any]]:
+        """Progress events (:mod:`mpcformer.mpc.progress`) reported since the last call, oldest first."""
+        events = []
+        while self._progress:
+            events.append(self._progress.popleft())
+        return events
+
     # -- MPC ------------------------------------------------------------------------------------
     def rendezvous_address(self) -> str:
         """Rank 0 publishes ``tcp://<its node IP>:<a free port>``; every party and the dealer join it."""
@@ -86,6 +96,7 @@ class PartyActor:
     def open(self, rendezvous: str) -> None:
         """Join the MPC session (blocks until every party and the dealer joined, or the deadline)."""
         from mpcformer.cluster.context import PartyContext, set_party_context
+        from mpcformer.mpc import progress
         from mpcformer.mpc.session import MPCSession
 
         if self._session is not None:
@@ -97,6 +108,7 @@ class PartyActor:
         session = MPCSession(self.rank, self.world_size, rendezvous, self.mpc_config)
         session.__enter__()
         self._session = session
+        progress.set_sink(self._progress.append)
         set_party_context(PartyContext(self.rank, self.world_size, self.device, ray.util.get_node_ip_address(), self.group))
 
     def run(self, fn: Callable[..., Any], args: tuple = (), kwargs: dict[str, Any] | None = None) -> Any:
@@ -108,8 +120,10 @@ class PartyActor:
     def close(self) -> None:
         """Leave the session (on rank 0 this also ends the dealer). Safe to call twice."""
         from mpcformer.cluster.context import set_party_context
+        from mpcformer.mpc import progress
 
         session, self._session = self._session, None
         set_party_context(None)
+        progress.set_sink(None)
         if session is not None:
             session.close()

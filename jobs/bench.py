@@ -21,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-warmup", action="store_true", help="time the process's first forward too (first-call costs included)"
     )
     parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="processes or Ray actors")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu",
+        help="where parties and dealer compute (cuda: all on one GPU unless --gpus-per-actor says otherwise)",
+    )
+    parser.add_argument(
+        "--gpus-per-actor", type=float, default=None, help="Ray launcher on cuda: GPU share per party and dealer"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
 
 
@@ -31,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from mpcformer.config import build_config
     from mpcformer.mpc.network import resolve_profile
 
-    mpc: dict = {"fast_matmul": not args.no_fast_matmul}
+    mpc: dict = {"fast_matmul": not args.no_fast_matmul, "device": args.device}
     if args.network:
         mpc["network"] = resolve_profile(args.network).model_copy(update={"mode": "emulate"}).model_dump()
     cfg = build_config(
@@ -39,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         {
             "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
             "approx": [a for a in args.approx.split(",") if a], "repeats": args.repeats,
-            "launcher": args.launcher, "warmup": not args.no_warmup, "mpc": mpc,
+            "launcher": args.launcher, "warmup": not args.no_warmup, "gpus_per_actor": args.gpus_per_actor,
+            "mpc": mpc,
         },
         source="command line",
     )

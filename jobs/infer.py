@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mpcformer.errors import UserError
-
 #: Flag -> dotted config key.
 _FLAG_KEYS = {
     "model": "model", "split": "split", "batch_size": "batch_size", "limit": "limit", "groups": "pool.groups",

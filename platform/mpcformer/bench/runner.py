@@ -8,12 +8,13 @@ projections from the measured counts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform as std_platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import Field, field_validator
 
@@ -21,6 +22,9 @@ from mpcformer.approx import Combo
 from mpcformer.config import StrictModel
 from mpcformer.mpc.config import MPCConfig
 from mpcformer.mpc.network import PROFILES, project_latency
+
+if TYPE_CHECKING:
+    from mpcformer.cluster.config import PartyGroupConfig
 
 __all__ = ["BenchConfig", "run_bench", "run_combo", "bench_party"]
 
@@ -38,6 +42,10 @@ class BenchConfig(StrictModel):
     deadline_s: float = Field(default=7200.0, gt=0, description="whole-forward deadline per combination")
     warmup: bool = Field(
         default=True, description="one untimed 2-token forward first, so first-call costs stay out of the timings"
+    )
+    gpus_per_actor: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Ray launcher on CUDA: GPUs per party and for the dealer; None: all share one GPU",
     )
     mpc: MPCConfig = Field(default_factory=MPCConfig)
 
@@ -61,7 +69,7 @@ def bench_party(
     """
     import torch
 
-    from mpcformer.models.presets import load_preset
+    from mpcformer.models.presets import load_preset_model
     from mpcformer.models.private_inference import run_private_inference
     from mpcformer.mpc import progress
     from mpcformer.mpc.costs import CostLedger
@@ -69,7 +77,7 @@ def bench_party(
     combo = Combo.parse(combo_name)
     model = input_ids = attention_mask = None
     if rank == 0:  # the model owner holds the weights
-        model, _ = load_preset(model_name, num_labels=2, seed=seed)
+        model = load_preset_model(model_name, num_labels=2, seed=seed)
         model.eval()
     else:  # the client holds the token ids (random ids: timing does not depend on the text)
         gen = torch.Generator().manual_seed(seed)
@@ -123,22 +131,40 @@ def _combo_result(name: str, costs: dict) -> dict:
     }
 
 
-def _environment() -> dict[str, Any]:
+def _environment(device: str = "cpu") -> dict[str, Any]:
     from mpcformer.mpc.compat import crypten
     import ray
     import torch
     import transformers
 
+    gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None
     return {
         "machine": std_platform.machine(),
         "processor": std_platform.processor(),
         "cpus": os.cpu_count(),
+        "device": device,
+        "gpu": gpu,
         "python": std_platform.python_version(),
         "versions": {
             "torch": torch.__version__, "crypten": getattr(crypten, "__version__", "0.4.1"),
             "ray": ray.__version__, "transformers": transformers.__version__,
         },
     }
+
+
+def ray_group_config(cfg: BenchConfig) -> "PartyGroupConfig":
+    """Party group for ``launcher: ray``: on CUDA every party and the dealer hold a GPU (share).
+
+    The dealer needs one too: CrypTen's TTP generates the triples on the parties' device. The
+    default share, 1 / (parties + dealer), puts the whole group on one GPU.
+    """
+    from mpcformer.cluster.config import PartyGroupConfig
+
+    if cfg.mpc.device != "cuda":
+        return PartyGroupConfig(use_gpu=False, mpc=cfg.mpc)
+    world_size = PartyGroupConfig().world_size
+    share = cfg.gpus_per_actor or round(1.0 / (world_size + 1), 4)
+    return PartyGroupConfig(use_gpu=True, gpus_per_party=share, gpus_for_dealer=share, mpc=cfg.mpc)
 
 
 PartyProgress = Callable[[dict[str, Any]], None]
@@ -148,20 +174,31 @@ _CLIENT = 1  # the client's view is the user-visible one: its wall time, its pro
 def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = None) -> dict:
     """One combination's forward on 2 parties + dealer (``cfg.launcher``); the client's cost ledger.
 
-    ``on_progress`` receives the client's progress events (forwards started, layers done); the
-    local launcher relays them, Ray party actors do not (yet).
+    ``on_progress`` receives the client's progress events (forwards started, layers done), relayed
+    by the local launcher and by the Ray party group alike.
     """
     args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats, cfg.warmup)
+    relay = None if on_progress is None else (lambda rank, event: on_progress(event) if rank == _CLIENT else None)
     if cfg.launcher == "ray":
         from mpcformer.cluster.party_group import run_on_party_group
 
-        results = run_on_party_group(bench_party, args=args, config=cfg.mpc)
+        results = run_on_party_group(
+            bench_party, args=args, config=cfg.mpc, group_config=ray_group_config(cfg), on_progress=relay
+        )
     else:
         from mpcformer.mpc.launcher import run_local
 
-        relay = None if on_progress is None else (lambda rank, event: on_progress(event) if rank == _CLIENT else None)
         results = run_local(bench_party, args=args, config=cfg.mpc, timeout_s=cfg.deadline_s, on_progress=relay)
     return results[_CLIENT]["costs"]
+
+
+def _cluster(cfg: BenchConfig) -> contextlib.AbstractContextManager:
+    """The Ray connection for ``launcher: ray`` (the submitted-to cluster, or an embedded one)."""
+    if cfg.launcher != "ray":
+        return contextlib.nullcontext()
+    from mpcformer.cluster_connect import connect
+
+    return connect(num_cpus=max(2, ray_group_config(cfg).world_size + 1))
 
 
 def run_bench(
@@ -175,19 +212,20 @@ def run_bench(
     client's events while one runs.
     """
     combos = []
-    for name in cfg.approx:
-        start = time.perf_counter()
-        relay = None if party_progress is None else (lambda event, name=name: party_progress(name, event))
-        combos.append(_combo_result(Combo.parse(name).name, run_combo(cfg, name, on_progress=relay)))
-        log.info("bench %s: %.2fs", name, time.perf_counter() - start)
-        if progress:
-            progress(name)  # called after each combination finishes
+    with _cluster(cfg):  # one Ray cluster for every combination, not one each
+        for name in cfg.approx:
+            start = time.perf_counter()
+            relay = None if party_progress is None else (lambda event, name=name: party_progress(name, event))
+            combos.append(_combo_result(Combo.parse(name).name, run_combo(cfg, name, on_progress=relay)))
+            log.info("bench %s: %.2fs", name, time.perf_counter() - start)
+            if progress:
+                progress(name)  # called after each combination finishes
     exact = next((c for c in combos if c["approx"] == "exact"), None)
     for c in combos:
         c["speedup_vs_exact"] = (exact["latency_s"] / c["latency_s"]) if exact else None
     return {
         "settings": cfg.model_dump(mode="json"),
-        "environment": _environment(),
+        "environment": _environment(cfg.mpc.device),
         "profiles": {k: v.model_dump() for k, v in PROFILES.items()},
         "combinations": combos,
     }

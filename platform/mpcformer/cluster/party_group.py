@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 _JOIN_SLACK_S = 30.0
 #: Seconds to wait for a ping when diagnosing a failed group.
 _PING_TIMEOUT_S = 3.0
+#: Seconds between two polls of the parties' progress events while a run is waiting.
+_PROGRESS_POLL_S = 0.5
+
+PartyProgress = Callable[[int, dict[str, Any]], None]
 
 
 class PlacementError(UserError):
@@ -262,11 +266,15 @@ class PartyGroup:
         self._await(refs, f"joining the MPC session at {rendezvous}", self.config.mpc.timeout_s + _JOIN_SLACK_S)
         self._open = True
 
-    def run(self, calls: Sequence[PartyCall], timeout_s: float | None = None) -> list[Any]:
+    def run(
+        self, calls: Sequence[PartyCall], timeout_s: float | None = None, on_progress: PartyProgress | None = None
+    ) -> list[Any]:
         """Run ``calls[rank]`` on every party inside the session; return the results by rank.
 
         Raises :class:`GroupFailure` (after tearing the group down) on the first party error, a dead
         or stalled actor, the dealer leaving, or the deadline ``timeout_s`` (default ``run_timeout_s``).
+        ``on_progress(rank, event)`` receives the parties' progress events (polled every
+        :data:`_PROGRESS_POLL_S`), as :func:`mpcformer.mpc.launcher.run_local` relays them.
         """
         if not self._open:
             raise RuntimeError(f"party group {self.name} is not running (call start() first)")
@@ -276,8 +284,23 @@ class PartyGroup:
             self._who(rank): party.run.remote(call.fn, tuple(call.args), dict(call.kwargs))
             for rank, (party, call) in enumerate(zip(self._parties, calls))
         }
-        results = self._await(refs, "run", timeout_s or self.config.run_timeout_s)
+        poll = None if on_progress is None else (lambda: self._relay_progress(on_progress))
+        results = self._await(refs, "run", timeout_s or self.config.run_timeout_s, poll=poll)
         return [results[self._who(rank)] for rank in range(self.config.world_size)]
+
+    def _relay_progress(self, on_progress: PartyProgress) -> None:
+        """Hand on what each party reported since the last poll; a party that cannot answer is
+        skipped (the wait in :meth:`_await` diagnoses dead or stalled parties, not this)."""
+        refs = {party.drain_progress.remote(): rank for rank, party in enumerate(self._parties)}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_PING_TIMEOUT_S)
+        for ref in sorted(ready, key=refs.__getitem__):
+            try:
+                events = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - progress is best effort
+                log.debug("party %d: no progress events: %s", refs[ref], err)
+                continue
+            for event in events:
+                on_progress(refs[ref], event)
 
     def shutdown(self) -> None:
         """End the session (the dealer exits), kill every actor, remove the placement group.
@@ -324,17 +347,30 @@ class PartyGroup:
     def _who(self, rank: int) -> str:
         return "dealer" if rank == self.config.world_size else f"party {rank}"
 
-    def _await(self, refs: dict[str, Any], what: str, timeout_s: float | None, watch_dealer: bool = True) -> dict[str, Any]:
-        """Wait for every ref; fail fast on the first error, on the dealer leaving, or at the deadline."""
+    def _await(
+        self, refs: dict[str, Any], what: str, timeout_s: float | None, watch_dealer: bool = True,
+        poll: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Wait for every ref; fail fast on the first error, on the dealer leaving, or at the deadline.
+
+        ``poll`` (progress relay) runs after every wake-up, at least every :data:`_PROGRESS_POLL_S`.
+        """
         pending = {ref: who for who, ref in refs.items()}
         dealer_ref = self._dealer_ref if watch_dealer else None
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         results: dict[str, Any] = {}
         while pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait_s = remaining
+            if poll is not None:
+                wait_s = _PROGRESS_POLL_S if remaining is None else min(_PROGRESS_POLL_S, remaining)
             watched = list(pending) + ([dealer_ref] if dealer_ref is not None else [])
-            ready, _ = ray.wait(watched, num_returns=1, timeout=remaining)
+            ready, _ = ray.wait(watched, num_returns=1, timeout=wait_s)
+            if poll is not None:
+                poll()
             if not ready:
+                if deadline is None or time.monotonic() < deadline:  # only a poll interval passed
+                    continue
                 raise self._fail(", ".join(pending.values()), f"no answer to {what} within {timeout_s:.0f}s", list(pending))
             if dealer_ref is not None and ready[0] == dealer_ref:
                 raise self._fail("dealer", self._dealer_exit_cause(what), list(pending))
@@ -393,11 +429,13 @@ def run_on_party_group(
     kwargs: dict[str, Any] | None = None,
     config: MPCConfig | None = None,
     group_config: PartyGroupConfig | None = None,
+    on_progress: PartyProgress | None = None,
 ) -> list[Any]:
     """Run ``fn(rank, *args, **kwargs)`` on every party of a fresh group; return the results by rank.
 
     The one-shot counterpart of :func:`mpcformer.mpc.launcher.run_local` on Ray actors. Joins the
     running Ray cluster, or starts a local one for the call when none is connected.
+    ``on_progress(rank, event)`` receives the parties' progress events.
     """
     from mpcformer.cluster_connect import connect
 
@@ -407,4 +445,4 @@ def run_on_party_group(
     call = PartyCall(fn, tuple(args), dict(kwargs or {}))
     with connect(num_cpus=max(2, group_config.world_size + 1)):
         with PartyGroup(group_config, name="oneshot") as group:
-            return group.run([call] * group_config.world_size)
+            return group.run([call] * group_config.world_size, on_progress=on_progress)

@@ -191,6 +191,10 @@ class PublicBatch:
     def shape(self) -> tuple[int, int]:
         return tuple(self.attention_mask.shape)  # type: ignore[return-value]
 
+    def to(self, device: torch.device | str) -> "PublicBatch":
+        """The same batch on ``device`` (public tensors must sit where the shares are)."""
+        return PublicBatch(*(t.to(device) for t in (self.attention_mask, self.token_type_ids, self.position_ids)))
+
     def key_mask(self) -> torch.Tensor:
         """(B, 1, 1, T) public 0/1 mask over attention keys, the normalisers' ``mask``."""
         return self.attention_mask[:, None, None, :]
@@ -215,16 +219,20 @@ class OwnerWeights:
 
     Party 0 passes its plaintext ``state_dict``; every other party passes ``None`` and contributes
     zeros of the public shape (``crypten.cryptensor(src=0)`` needs the shape on every party).
-    Sharing is local (pseudo-random zero shares): it costs time, no communication.
+    Sharing is local (pseudo-random zero shares): it costs time, no communication. The shares
+    live on ``device``, and so does everything computed from them.
     """
 
-    def __init__(self, family: str, state_dict: Mapping[str, torch.Tensor] | None = None):
+    def __init__(
+        self, family: str, state_dict: Mapping[str, torch.Tensor] | None = None, device: torch.device | str = "cpu"
+    ):
         self.family = family
         self.state_dict = state_dict
+        self.device = torch.device(device)
 
     def share(self, name: str, shape: tuple[int, ...]) -> CrypTensor:
         if self.state_dict is None:
-            return crypten.cryptensor(torch.zeros(shape), src=0)
+            return crypten.cryptensor(torch.zeros(shape, device=self.device), src=0)
         key = hf_key(self.family, name)
         tensor = self.state_dict.get(key)
         if tensor is None:
@@ -234,7 +242,7 @@ class OwnerWeights:
             )
         if tuple(tensor.shape) != tuple(shape):
             raise UserError(f"weight '{key}' has shape {tuple(tensor.shape)}, the config implies {tuple(shape)}")
-        return crypten.cryptensor(tensor.detach().to(torch.float32), src=0)
+        return crypten.cryptensor(tensor.detach().to(self.device, torch.float32), src=0)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -280,10 +288,10 @@ def encrypted_inv_sqrt(x: CrypTensor, low_exponent: int = -10, high_exponent: in
     exp-based start is only right on about [0.1, 150] (it returns garbage at 1e3).
     Configuration parameters: ``functions.sqrt_nr_iters`` (CrypTen's default 3).
     """
-    exponents = torch.arange(low_exponent, high_exponent + 1, dtype=torch.float64)  # (K,)
+    exponents = torch.arange(low_exponent, high_exponent + 1, dtype=torch.float64, device=x.device)  # (K,)
     starts = 2.0 ** (-(exponents + 0.5) / 2)  # y0 on [2^j, 2^(j+1)), (K,)
     below = 2.0 ** (-(low_exponent - 0.5) / 2)
-    steps = starts - torch.cat([torch.tensor([below], dtype=torch.float64), starts[:-1]])  # (K,)
+    steps = starts - torch.cat([starts.new_tensor([below]), starts[:-1]])  # (K,)
     at_least = _fixed_point_bits(x.unsqueeze(-1).ge((2.0 ** exponents).float()))  # (..., 1) vs (K,) -> (..., K)
     y = (at_least * steps.float()).sum(-1) + below  # (...)
     for _ in range(cfg.functions.sqrt_nr_iters):
@@ -347,14 +355,15 @@ class EncryptedBertEmbeddings(_Module):
 
     def lookup_words(self, client_ids: torch.Tensor | None, shape: tuple[int, int]) -> CrypTensor:
         """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1."""
-        vocab = self.word_embeddings.size(0)
+        vocab, device = self.word_embeddings.size(0), self.word_embeddings.device
         words = None
         for start in range(0, vocab, self.vocab_chunk):
             stop = min(start + self.vocab_chunk, vocab)
             if client_ids is None:
-                one_hot = torch.zeros(*shape, stop - start)  # (B, T, c): party 1 provides the values
+                one_hot = torch.zeros(*shape, stop - start, device=device)  # (B, T, c): party 1 provides the values
             else:
-                one_hot = (client_ids[..., None] == torch.arange(start, stop)).to(torch.float32)  # (B, T, c)
+                ids = client_ids.to(device)[..., None]  # (B, T, 1)
+                one_hot = (ids == torch.arange(start, stop, device=device)).to(torch.float32)  # (B, T, c)
             part = crypten.cryptensor(one_hot, src=1).matmul(self.word_embeddings[start:stop])  # (B,T,c) @ (c,H)
             words = part if words is None else words + part  # (B, T, H)
         return words
@@ -449,6 +458,7 @@ class EncryptedBertForSequenceClassification(_Module):
         """Encrypted logits (B, L). ``client_ids`` (B, T) on the client (party 1), ``None`` elsewhere."""
         ledger = ledger if ledger is not None else CostLedger()  # an inactive ledger: free no-op scopes
         activation, normaliser = combo.activation_fn(encrypted=True), combo.normaliser_fn(encrypted=True)
+        batch = batch.to(self.embeddings.word_embeddings.device)  # public tensors beside the shares
         key_mask = batch.key_mask()  # (B, 1, 1, T)
         hidden = self.embeddings(client_ids, batch, ledger)  # (B, T, H)
         for done, layer in enumerate(self.layers, start=1):

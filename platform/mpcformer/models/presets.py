@@ -22,7 +22,7 @@ from typing import Any
 
 from mpcformer.errors import UserError
 
-__all__ = ["PRESETS", "load_preset", "preset_config", "minilm_path"]
+__all__ = ["PRESETS", "load_preset", "load_preset_model", "preset_config", "minilm_path"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,19 @@ def _check_head(source: str, num_labels: int) -> None:
         )
 
 
+def load_preset_model(name_or_path: str, num_labels: int = 2, seed: int = 0) -> Any:
+    """The model alone: random presets then need no tokenizer (nor the MiniLM package that has it)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    if name_or_path not in _SHAPES:
+        return load_preset(name_or_path, num_labels, seed)[0]
+    if num_labels < 1:
+        raise UserError(f"num_labels must be at least 1 (1 = regression), got {num_labels}")
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(preset_config(name_or_path, num_labels))
+
+
 def load_preset(name_or_path: str, num_labels: int = 2, seed: int = 0) -> tuple[Any, Any]:
     """``(AutoModelForSequenceClassification, tokenizer)`` for a preset name, a folder or a hub name.
 
@@ -107,16 +120,15 @@ def load_preset(name_or_path: str, num_labels: int = 2, seed: int = 0) -> tuple[
     checkpoint saved after :func:`mpcformer.models.surgery.approximate` reloads with its approximation.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from mpcformer.models.surgery import load_approximated
 
+    if name_or_path in _SHAPES:
+        return load_preset_model(name_or_path, num_labels, seed), AutoTokenizer.from_pretrained(minilm_path())
     if num_labels < 1:
         raise UserError(f"num_labels must be at least 1 (1 = regression), got {num_labels}")
     torch.manual_seed(seed)
-    if name_or_path in _SHAPES:
-        model = AutoModelForSequenceClassification.from_config(preset_config(name_or_path, num_labels))
-        return model, AutoTokenizer.from_pretrained(minilm_path())
     source = str(minilm_path()) if name_or_path == "minilm" else _checkpoint(name_or_path)
     _check_head(source, num_labels)
     try:

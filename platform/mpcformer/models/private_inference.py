@@ -126,6 +126,7 @@ def run_private_inference(
     token_type_ids: Any = None,
     combo: Combo | str,
     ledger: CostLedger | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Run the encrypted forward of the owner's classifier on the client's batch; plain data out.
 
@@ -133,13 +134,17 @@ def run_private_inference(
     ``attention_mask`` (B, T, 1 = real token; default all ones) and ``token_type_ids``. ``ledger``
     (inactive; this function activates it) records time, comm time, rounds and bytes per
     operation category and layer of the exchanges and the forward; sharing the weights (local,
-    no communication) is timed apart as ``setup_s``.
+    no communication) is timed apart as ``setup_s``. ``device`` (default: the open session's,
+    :func:`~mpcformer.mpc.session.session_device`) is where the shares live and the arithmetic runs.
 
     Returns on the client ``{"combo", "logits": [[float]], "predictions": [int], "setup_s", "costs"}``,
     on the owner ``{"combo", "setup_s", "costs"}`` (no logits).
     """
+    from mpcformer.mpc.session import session_device
+
     _check_role_inputs(rank, model, input_ids)
     combo = _as_combo(combo)
+    device = device or session_device()
     ledger = ledger if ledger is not None else CostLedger()
     client_ids = torch.as_tensor(input_ids).long() if rank == CLIENT else None
     with ledger.active():
@@ -148,7 +153,7 @@ def run_private_inference(
         _check_same_combo(owner_combo, client_combo)
     tic = time.perf_counter()
     state = model.state_dict() if rank == OWNER else None
-    encrypted = EncryptedBertForSequenceClassification(config, OwnerWeights(config.family, state))
+    encrypted = EncryptedBertForSequenceClassification(config, OwnerWeights(config.family, state, device))
     setup_s = time.perf_counter() - tic
     log.info("party %d: %s weights shared in %.2fs; batch %s", rank, config.family, setup_s, batch.shape)
     with ledger.active():
@@ -157,6 +162,7 @@ def run_private_inference(
             revealed = logits.get_plain_text(dst=CLIENT)  # meaningful on the client only
     result: dict[str, Any] = {"combo": combo.name, "setup_s": setup_s, "costs": ledger.to_dict()}
     if rank == CLIENT:
+        revealed = revealed.cpu()
         result["logits"] = revealed.tolist()
         result["predictions"] = revealed.argmax(-1).tolist()
     return result

@@ -36,7 +36,9 @@ class MPCConfig(StrictModel):
     insecure_dealer: bool = False
     backend: Literal["gloo", "nccl"] = "gloo"
     timeout_s: float = Field(default=120.0, gt=0, description="deadline of every rendezvous and collective")
-    device: str = "cpu"
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="where this party's shares live and its arithmetic runs (cuda: exchanges go through host memory)"
+    )
     fast_matmul: bool = Field(
         default=True, description="mpcformer's matmul path (2-matmul Beaver step, ring kernel choice); False = CrypTen as shipped"
     )

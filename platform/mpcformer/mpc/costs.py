@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
+import torch
+
 from mpcformer.mpc import tap
 
 __all__ = ["CATEGORIES", "OpCost", "CostLedger"]
@@ -105,6 +107,8 @@ class CostLedger:
         return self.entries.setdefault(key, OpCost())
 
     def _flush_time(self) -> None:
+        if torch.cuda.is_initialized():  # GPU kernels run asynchronously: charge them to their scope
+            torch.cuda.synchronize()
         now = time.perf_counter()
         if self._stack:
             self._current().time_s += now - self._mark

@@ -2,8 +2,8 @@
 launched the party.
 
 The local launcher installs a sink that forwards events to its ``on_progress`` callback (a
-``mpcformer bench`` progress bar); without a sink (plain calls, Ray actors) :func:`report` does
-nothing. Events are small plain dicts, e.g. ``{"kind": "layer", "done": 3, "total": 12}``.
+``mpcformer bench`` progress bar); a Ray party actor keeps them until the party group polls it;
+without a sink (plain calls) :func:`report` does nothing. Events are small plain dicts, e.g. ``{"kind": "layer", "done": 3, "total": 12}``.
 """
 
 from __future__ import annotations

@@ -20,13 +20,39 @@ from mpcformer.mpc.config import MPCConfig
 from crypten.config import cfg as crypten_cfg
 import torch.distributed as dist
 
-__all__ = ["MPCSession", "run_dealer", "apply_crypten_config", "SessionError"]
+__all__ = ["MPCSession", "run_dealer", "apply_crypten_config", "session_device", "SessionError"]
 
 log = logging.getLogger(__name__)
 
 
 class SessionError(RuntimeError):
     """An MPC session could not start or a peer failed; the message names the party and the cause."""
+
+
+#: Device of the session open in this process (parties run one session at a time).
+_device = "cpu"
+
+
+def session_device() -> str:
+    """Where the open session's shares live: ``"cuda"`` or ``"cpu"`` (also outside any session)."""
+    return _device
+
+
+def _prepare_device(config: MPCConfig, who: str) -> None:
+    """On CUDA: check the GPU is there and route CrypTen's exchanges through host memory."""
+    if config.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SessionError(
+            f"{who} is configured with device 'cuda' but torch sees no GPU (torch {torch.__version__}, "
+            f"CUDA build: {torch.version.cuda or 'no'}); use device: cpu, or give the party a GPU "
+            "(Ray: use_gpu / gpus_per_party)"
+        )
+    from mpcformer.mpc import host_staging
+
+    host_staging.install()
 
 
 def apply_crypten_config(config: MPCConfig) -> None:
@@ -89,6 +115,8 @@ class MPCSession:
         self._emulator = None
 
     def __enter__(self) -> "MPCSession":
+        global _device
+        _prepare_device(self.config, f"party {self.rank}")
         apply_crypten_config(self.config)
         _set_party_env(self.rank, self.world_size, self.rendezvous, self.config.backend)
         log.info("party %d/%d joining %s", self.rank, self.world_size, self.rendezvous)
@@ -101,6 +129,7 @@ class MPCSession:
                 f"{self.config.timeout_s:.0f}s: {err}"
             ) from err
         self._open = True
+        _device = self.config.device
         crypten.reset_communication_stats()
         if self.config.network is not None and self.config.network.mode == "emulate":
             from mpcformer.mpc.network import NetworkEmulator
@@ -113,9 +142,11 @@ class MPCSession:
 
     def close(self) -> None:
         """Leave the session; on rank 0 this also tells the dealer to exit. Safe to call twice."""
+        global _device
         if not self._open:
             return
         self._open = False
+        _device = "cpu"
         if self._emulator is not None:
             self._emulator.__exit__()
             self._emulator = None
@@ -139,6 +170,7 @@ def run_dealer(world_size: int, rendezvous: str, config: MPCConfig | None = None
     config = config or MPCConfig()
     if config.dealer != "ttp":
         raise SessionError("run_dealer is only for dealer 'ttp'")
+    _prepare_device(config, "the dealer")
     apply_crypten_config(config)
     _set_party_env(world_size, world_size, rendezvous, config.backend)
     from crypten.mpc.provider.ttp_provider import TTPServer
