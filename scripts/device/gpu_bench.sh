@@ -27,7 +27,7 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   say "install"
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >>"$LOG" 2>&1 || { say "FAILED: wheel install"; exit 1; }
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . \
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . \
     >>"$LOG" 2>&1 || { say "FAILED: mpcformer install"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
@@ -42,7 +42,7 @@ PY
 [ $? -eq 0 ] || { say "FAILED: imports (see above)"; tail -20 "$LOG"; exit 1; }
 
 say "CUDA tests"
-timeout 200 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_host_staging.py >>"$LOG" 2>&1
+timeout 150 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_host_staging.py >>"$LOG" 2>&1
 say "CUDA tests exit $?"
 
 bench() {  # bench LEN LAUNCHER TIMEOUT
