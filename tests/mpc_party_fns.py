@@ -99,6 +99,9 @@ def staged_primitives(rank: int, break_copy_back: bool = False) -> dict:
         t = mine.clone()
         sd.broadcast(t, 0, group=group, async_op=True).wait()
         out["broadcast_async"] = t.tolist()
+        strided = torch.stack([mine, mine]).t()  # (4, 2) view with strides (1, 4): not contiguous
+        sd.broadcast(strided, 1, group=group)
+        out["broadcast_strided"] = strided.t()[0].tolist()
         t = mine.clone()
         sd.all_reduce(t, group=group)
         out["all_reduce"] = t.tolist()

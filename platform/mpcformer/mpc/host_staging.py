@@ -34,8 +34,9 @@ def _off_host(tensor: torch.Tensor) -> bool:
 
 
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU copy that never aliases ``tensor`` (``.cpu()`` would return a CPU tensor itself)."""
-    return tensor.detach().to("cpu", copy=True)
+    """A contiguous CPU copy (what gloo's collectives expect) that never aliases ``tensor``
+    (``.cpu()`` would return a CPU tensor itself)."""
+    return tensor.detach().to("cpu", copy=True).contiguous()
 
 
 class _CopyBack:
