@@ -62,6 +62,7 @@ def staged_primitives(rank: int, break_copy_back: bool = False) -> dict:
     With ``break_copy_back`` the staged results are never copied back: the values each party
     received must then be missing (the control that shows the staging path is really taken).
     """
+    import contextlib
     from unittest import mock
 
     from mpcformer.mpc import host_staging
@@ -77,7 +78,7 @@ def staged_primitives(rank: int, break_copy_back: bool = False) -> dict:
     group, other = crypten.comm.get().main_group, 1 - rank
     mine = torch.arange(4, dtype=torch.long) + 10 * (rank + 1)  # party 0: 10..13, party 1: 20..23
     out: dict[str, list] = {}
-    patch = mock.patch.object(host_staging, "_copy_back", lambda pairs: None) if break_copy_back else mock.MagicMock()
+    patch = mock.patch.object(host_staging, "_copy_back", lambda pairs: None) if break_copy_back else contextlib.nullcontext()
     with patch:
         if rank == 0:
             sd.send(mine.clone(), 1, group=group)

@@ -160,11 +160,11 @@ def ray_group_config(cfg: BenchConfig) -> "PartyGroupConfig":
     """
     from mpcformer.cluster.config import PartyGroupConfig
 
-    if cfg.mpc.device != "cuda":
-        return PartyGroupConfig(use_gpu=False, mpc=cfg.mpc)
-    world_size = PartyGroupConfig().world_size
-    share = cfg.gpus_per_actor or round(1.0 / (world_size + 1), 4)
-    return PartyGroupConfig(use_gpu=True, gpus_per_party=share, gpus_for_dealer=share, mpc=cfg.mpc)
+    group = PartyGroupConfig(use_gpu=cfg.mpc.device == "cuda", mpc=cfg.mpc)
+    if not group.use_gpu:
+        return group
+    share = cfg.gpus_per_actor or round(1.0 / (group.world_size + 1), 4)
+    return group.model_copy(update={"gpus_per_party": share, "gpus_for_dealer": share})
 
 
 PartyProgress = Callable[[dict[str, Any]], None]

@@ -356,13 +356,13 @@ class EncryptedBertEmbeddings(_Module):
     def lookup_words(self, client_ids: torch.Tensor | None, shape: tuple[int, int]) -> CrypTensor:
         """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1."""
         vocab, device = self.word_embeddings.size(0), self.word_embeddings.device
+        ids = None if client_ids is None else client_ids.to(device)[..., None]  # (B, T, 1)
         words = None
         for start in range(0, vocab, self.vocab_chunk):
             stop = min(start + self.vocab_chunk, vocab)
-            if client_ids is None:
+            if ids is None:
                 one_hot = torch.zeros(*shape, stop - start, device=device)  # (B, T, c): party 1 provides the values
             else:
-                ids = client_ids.to(device)[..., None]  # (B, T, 1)
                 one_hot = (ids == torch.arange(start, stop, device=device)).to(torch.float32)  # (B, T, c)
             part = crypten.cryptensor(one_hot, src=1).matmul(self.word_embeddings[start:stop])  # (B,T,c) @ (c,H)
             words = part if words is None else words + part  # (B, T, H)

@@ -42,8 +42,9 @@ def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
 class _CopyBack:
     """Work handle of an async op on host copies: ``wait()`` also copies the received values back."""
 
-    def __init__(self, work: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, work: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]], keep: Any = None):
         self._work, self._pairs = work, pairs  # the pairs also keep the host buffers alive
+        self._keep = keep  # a sent host buffer, alive until the send completes
 
     def wait(self, *args: Any, **kwargs: Any) -> Any:
         done = self._work.wait(*args, **kwargs) if self._work is not None else True
@@ -105,7 +106,7 @@ class HostStagedDist(types.ModuleType):
     def isend(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         host = self._host(tensor, [], received=False)
         work = dist.isend(host, *args, **kwargs)
-        return work if host is tensor else _CopyBack(work, [])  # keeps nothing to copy back
+        return work if host is tensor else _CopyBack(work, [], keep=host)  # nothing to copy back
 
     def irecv(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         pairs: list = []
