@@ -46,7 +46,8 @@ def private_inference_jobs(rank: int, jobs: list[dict[str, Any]]) -> list[dict[s
     Beside the inference result, returns CrypTen's own communication counters and the wall time
     around the call, so the test can check that the cost ledger accounts for all of them. A job
     with ``"client_combo"`` makes the client ask for another combo: the ``UserError`` both parties
-    raise is returned as ``{"error": message}``. A job ``{"inv_sqrt": values}`` runs
+    raise is returned as ``{"error": message}``; ``"shift_classifier_bias": v`` adds v to the owner's
+    classifier bias in place for that job only. A job ``{"inv_sqrt": values}`` runs
     :func:`inv_sqrt_values` instead (one session for every encrypted check).
     """
     from mpcformer.errors import UserError
@@ -59,6 +60,10 @@ def private_inference_jobs(rank: int, jobs: list[dict[str, Any]]) -> list[dict[s
             results.append(inv_sqrt_values(job["inv_sqrt"]))
             continue
         model = build_model(job["model"]) if rank == 0 else None
+        shift = job.get("shift_classifier_bias")
+        if shift and model is not None:
+            with torch.no_grad():
+                model.classifier.bias += shift  # in place: the same model object, changed weights
         before = dict(crypten.communicator.get().get_communication_stats())
         tic = time.perf_counter()
         try:
@@ -72,6 +77,10 @@ def private_inference_jobs(rank: int, jobs: list[dict[str, Any]]) -> list[dict[s
         except UserError as err:
             results.append({"error": str(err)})
             continue
+        finally:
+            if shift and model is not None:
+                with torch.no_grad():
+                    model.classifier.bias -= shift
         result["wall_s"] = time.perf_counter() - tic
         after = crypten.communicator.get().get_communication_stats()
         result["crypten_counters"] = {key: float(after[key] - before[key]) for key in ("rounds", "bytes")}

@@ -67,6 +67,8 @@ def session(sst2_dir):
     alone = {key: value[:1, :first_length] for key, value in batches["tiny-bert"].items()}  # unpadded
     jobs.append(_job("tiny-bert", "quad+2quad", alone, tag="alone"))
     jobs.append(_job("tiny-bert", "exact", alone, client_combo="quad+2quad", tag="mismatch"))
+    jobs.append(_job("tiny-bert", "quad+2quad", alone, tag="again"))  # the model built for "alone", served again
+    jobs.append(_job("tiny-bert", "quad+2quad", alone, tag="changed", shift_classifier_bias=1.0))
     jobs.append({"inv_sqrt": INV_SQRT_PROBES.tolist(), "tag": "inv_sqrt"})
     owner, client = run_local(fns.private_inference_jobs, args=(jobs,), timeout_s=600)
     runs = {(job["model"], job["combo"]): (job, o, c) for job, o, c in zip(jobs, owner, client) if "tag" not in job}
@@ -136,8 +138,10 @@ def test_costs_add_up_to_the_total_and_to_cryptens_counters(session):
                 summed = sum(cost[key] for cost in costs["by_category"].values())
                 assert summed == pytest.approx(total[key], rel=1e-9, abs=1e-9)
                 assert sum(cost[key] for cost in costs["by_layer"].values()) <= total[key] + 1e-9
-            for key in ("rounds", "bytes"):  # nothing escaped the ledger
-                assert total[key] + costs["dealer"][key] == pytest.approx(party["crypten_counters"][key])
+            setup = party["setup"]
+            for key in ("rounds", "bytes"):  # nothing escaped the ledgers of the forward and the model's set-up
+                accounted = total[key] + costs["dealer"][key] + setup[key] + setup[f"dealer_{key}"]
+                assert accounted == pytest.approx(party["crypten_counters"][key])
             assert sorted(costs["by_layer"]) == [str(i) for i in range(layers)]
             assert all(costs["by_layer"][str(i)]["rounds"] > 0 for i in range(layers))
             for category in ("embedding", "linear", "attention-matmul", "softmax", "activation", "layernorm", "pooler"):
@@ -217,3 +221,29 @@ def test_public_batch_positions():
     assert PublicBatch.build(bert, mask).position_ids.tolist() == [[0, 1, 2, 3]] * 2
     with pytest.raises(UserError, match="exceed"):
         PublicBatch.build(bert, torch.ones(1, bert.max_position_embeddings + 1))
+
+
+def test_the_encrypted_model_is_built_once_per_session_and_weights(session):
+    """Each model is built by its first job and served to the next ones of the session; a weight
+    changed in place, or another model in between, makes the parties build it again."""
+    jobs = [session["runs"][(model, combo)] for model in BATCHES for combo in COMBOS]
+    for index, (job, owner, client) in enumerate(jobs):
+        built_now = index % len(COMBOS) == 0  # the first combo of each model
+        for party in (owner, client):
+            assert party["setup"]["reused"] is not built_now, (job["model"], job["combo"])
+            if built_now:  # sharing the weights and opening each under its mask: one round per matrix
+                assert party["setup"]["rounds"] > 0 and party["setup"]["bytes"] > 0
+            else:
+                assert party["setup"]["bytes"] == party["setup"]["time_s"] == 0
+    _, _, alone = session["tagged"]["alone"]
+    _, again_owner, again = session["tagged"]["again"]
+    assert not alone["setup"]["reused"]  # minilm ran in between
+    assert again["setup"]["reused"] and again_owner["setup"]["reused"]
+    assert again["costs"]["total"]["rounds"] == alone["costs"]["total"]["rounds"]
+    assert again["costs"]["total"]["bytes"] == alone["costs"]["total"]["bytes"]
+    logits_alone, logits_again = torch.tensor(alone["logits"]), torch.tensor(again["logits"])
+    assert (logits_again - logits_alone).abs().max().item() < TOLERANCE["tiny-bert"]
+    _, changed_owner, changed = session["tagged"]["changed"]
+    assert not changed["setup"]["reused"] and not changed_owner["setup"]["reused"]
+    shift = (torch.tensor(changed["logits"]) - logits_alone - 1.0).abs().max().item()
+    assert shift < TOLERANCE["tiny-bert"], "the rebuilt model must carry the changed classifier bias"

@@ -24,20 +24,26 @@ def _mb(nbytes: float) -> str:
     return f"{nbytes / 1e6:,.1f}"
 
 
+def _setup(combo: dict) -> str:
+    setup = combo.get("setup")
+    return f"{setup['time_s']:.2f} / {_mb(setup['bytes'])}" if setup else "-"
+
+
 def render_markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
         f"# mpcformer bench: {s['model']}, seq len {s['seq_len']}, batch {s['batch_size']}",
         "",
-        "| approx | latency (s) | comm time (s) | rounds | MB sent | speed-up vs exact | LAN (s) | WAN (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| approx | latency (s) | comm time (s) | rounds | MB sent | speed-up vs exact | LAN (s) | WAN (s) "
+        "| model set-up, once (s / MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in report["combinations"]:
         speed = f"{c['speedup_vs_exact']:.2f}x" if c.get("speedup_vs_exact") else "-"
         proj = c["projected_latency_s"]
         lines.append(
             f"| {c['approx']} | {c['latency_s']:.2f} | {c['comm_time_s']:.2f} | {c['rounds']:,.0f} | "
-            f"{_mb(c['bytes'])} | {speed} | {proj['lan']:.2f} | {proj['wan']:.2f} |"
+            f"{_mb(c['bytes'])} | {speed} | {proj['lan']:.2f} | {proj['wan']:.2f} | {_setup(c)} |"
         )
     lines += ["", "## Per operation (time s / rounds / MB)", ""]
     names = [c["approx"] for c in report["combinations"]]
@@ -50,6 +56,11 @@ def render_markdown(report: dict) -> str:
             cells.append(f"{o['time_s']:.2f} / {o['rounds']:,.0f} / {_mb(o['bytes'])}" if o else "-")
         if any(cell != "-" for cell in cells):
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Latency is one forward of a model already built in the session; building it (sharing the "
+        "owner's weights and opening each under its reusable mask) is paid once per session: last column.",
+    ]
     env = report["environment"]
     where = f"GPU: {env['gpu']}" if env.get("gpu") else "CPU only"
     lines += ["", f"Machine: {env['machine']}, {env['cpus']} CPUs, {where}; versions: {env['versions']}", ""]

@@ -35,6 +35,7 @@ from mpcformer.errors import UserError
 from mpcformer.mpc import progress
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
+from mpcformer.mpc.fixed_operand import FixedOperand, release_masks
 from mpcformer.models.surgery import encoder_family
 from crypten.config import cfg
 from crypten.encoder import FixedPointEncoder
@@ -254,17 +255,21 @@ class _Module:
 
 
 class EncryptedLinear(_Module):
-    """y = x W^T + b, with the owner's W (out, in) and b (out,) secret-shared (Beaver matmul)."""
+    """y = x W^T + b, with the owner's W (out, in) and b (out,) secret-shared.
+
+    W^T is a :class:`~mpcformer.mpc.fixed_operand.FixedOperand`: with reusable weight masks it is
+    opened once under its mask when the model is built, and each forward opens only x's mask.
+    """
 
     def __init__(self, weights: OwnerWeights, names: list[str], in_features: int, out_features: int):
         # Several names are concatenated along the output: one matmul opens x once for Q, K and V.
         transposed = [weights.share(f"{n}.weight", (out_features, in_features)).t() for n in names]  # (in, out) each
-        self.weight_t = transposed[0] if len(names) == 1 else crypten.cat(transposed, dim=1)  # (in, k*out)
+        self.weight_t = FixedOperand(transposed[0] if len(names) == 1 else crypten.cat(transposed, dim=1))  # (in, k*out)
         biases = [weights.share(f"{n}.bias", (out_features,)) for n in names]
         self.bias = biases[0] if len(names) == 1 else crypten.cat(biases, dim=0)  # (k*out,)
 
     def forward(self, x: CrypTensor) -> CrypTensor:
-        return x.matmul(self.weight_t) + self.bias  # (..., in) @ (in, k*out) -> (..., k*out)
+        return self.weight_t.rmatmul(x) + self.bias  # (..., in) @ (in, k*out) -> (..., k*out)
 
 
 def _fixed_point_bits(bits: CrypTensor) -> CrypTensor:
@@ -336,13 +341,15 @@ class EncryptedBertEmbeddings(_Module):
 
     def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights):
         H, share = config.hidden_size, weights.share
-        self.word_embeddings = share("embeddings.word_embeddings.weight", (config.vocab_size, H))
+        table = share("embeddings.word_embeddings.weight", (config.vocab_size, H))  # (V, H)
+        starts = range(0, config.vocab_size, config.vocab_chunk)
+        self.word_chunks = [FixedOperand(table[s:s + config.vocab_chunk]) for s in starts]  # (c, H) each
+        self.vocab_size, self.device = config.vocab_size, weights.device
         self.position_embeddings = share("embeddings.position_embeddings.weight", (config.max_position_embeddings, H))
         self.token_type_embeddings = share("embeddings.token_type_embeddings.weight", (config.type_vocab_size, H))
         self.LayerNorm = EncryptedLayerNorm(
             weights, "embeddings.LayerNorm", H, config.layer_norm_eps, config.embeddings_ln_input_scale
         )
-        self.vocab_chunk = config.vocab_chunk
 
     def forward(self, client_ids: torch.Tensor | None, batch: PublicBatch, ledger: CostLedger) -> CrypTensor:
         with ledger.scope("embedding"):
@@ -355,17 +362,18 @@ class EncryptedBertEmbeddings(_Module):
 
     def lookup_words(self, client_ids: torch.Tensor | None, shape: tuple[int, int]) -> CrypTensor:
         """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1."""
-        vocab, device = self.word_embeddings.size(0), self.word_embeddings.device
+        device = self.device
         ids = None if client_ids is None else client_ids.to(device)[..., None]  # (B, T, 1)
-        words = None
-        for start in range(0, vocab, self.vocab_chunk):
-            stop = min(start + self.vocab_chunk, vocab)
+        words, start = None, 0
+        for chunk in self.word_chunks:
+            stop = start + chunk.shape[0]
             if ids is None:
                 one_hot = torch.zeros(*shape, stop - start, device=device)  # (B, T, c): party 1 provides the values
             else:
                 one_hot = (ids == torch.arange(start, stop, device=device)).to(torch.float32)  # (B, T, c)
-            part = crypten.cryptensor(one_hot, src=1).matmul(self.word_embeddings[start:stop])  # (B,T,c) @ (c,H)
+            part = chunk.rmatmul(crypten.cryptensor(one_hot, src=1))  # (B, T, c) @ (c, H)
             words = part if words is None else words + part  # (B, T, H)
+            start = stop
         return words
 
 
@@ -458,7 +466,7 @@ class EncryptedBertForSequenceClassification(_Module):
         """Encrypted logits (B, L). ``client_ids`` (B, T) on the client (party 1), ``None`` elsewhere."""
         ledger = ledger if ledger is not None else CostLedger()  # an inactive ledger: free no-op scopes
         activation, normaliser = combo.activation_fn(encrypted=True), combo.normaliser_fn(encrypted=True)
-        batch = batch.to(self.embeddings.word_embeddings.device)  # public tensors beside the shares
+        batch = batch.to(self.embeddings.device)  # public tensors beside the shares
         key_mask = batch.key_mask()  # (B, 1, 1, T)
         hidden = self.embeddings(client_ids, batch, ledger)  # (B, T, H)
         for done, layer in enumerate(self.layers, start=1):
@@ -468,3 +476,14 @@ class EncryptedBertForSequenceClassification(_Module):
             pooled = self.pooler(hidden[:, 0]).tanh()  # (B, H) @ (H, H) -> (B, H)
         with ledger.scope("classifier"):
             return self.classifier(pooled)  # (B, H) @ (H, L) -> (B, L)
+
+    def fixed_operands(self) -> list[FixedOperand]:
+        """Every weight matrix that enters a matmul, in build order."""
+        linears = [self.pooler, self.classifier]
+        for layer in self.layers:
+            linears += [layer.attention.qkv, layer.attention_output.dense, layer.intermediate, layer.output.dense]
+        return self.embeddings.word_chunks + [linear.weight_t for linear in linears]
+
+    def release(self) -> None:
+        """Free the dealer's copies of this model's weight masks (every party calls this together)."""
+        release_masks(self.fixed_operands())

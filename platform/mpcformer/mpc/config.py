@@ -45,6 +45,11 @@ class MPCConfig(StrictModel):
     matmul_kernel: Literal["auto", "limbs", "stock"] = Field(
         default="auto", description="int64 ring kernel on CPU: float64 limbs over BLAS, torch's int64 GEMM, or the faster one"
     )
+    reuse_weight_masks: bool = Field(
+        default=True,
+        description="open each owner weight once under a mask that later matmuls reuse (TTP dealer, CPU); "
+        "False = a fresh Beaver triple per product, as CrypTen ships",
+    )
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     network: NetworkProfile | None = Field(
         default=None, description="emulate this link between parties (mode 'emulate'); None = this machine"

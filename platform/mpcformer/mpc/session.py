@@ -20,7 +20,9 @@ from mpcformer.mpc.config import MPCConfig
 from crypten.config import cfg as crypten_cfg
 import torch.distributed as dist
 
-__all__ = ["MPCSession", "run_dealer", "apply_crypten_config", "session_device", "SessionError"]
+__all__ = [
+    "MPCSession", "run_dealer", "apply_crypten_config", "session_device", "session_generation", "SessionError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,13 @@ class SessionError(RuntimeError):
 
 #: Device of the session open in this process (parties run one session at a time).
 _device = "cpu"
+#: Sessions opened so far in this process: what was built in one session is void in the next.
+_generation = 0
+
+
+def session_generation() -> int:
+    """Number of the session open in this process (1, 2, ...); objects tied to a session keep it."""
+    return _generation
 
 
 def session_device() -> str:
@@ -65,8 +74,12 @@ def apply_crypten_config(config: MPCConfig) -> None:
             setattr(crypten_cfg.functions, key, value)
     if config.dealer == "tfp":
         log.warning("insecure dealer 'tfp': party 0 generates the Beaver triples and can learn the client's inputs")
-    from mpcformer.mpc import ring_matmul
+    from mpcformer.mpc import fixed_operand, ring_matmul
 
+    if config.reuse_weight_masks and config.dealer == "ttp":
+        fixed_operand.enable()
+    else:
+        fixed_operand.disable()
     if config.fast_matmul:
         ring_matmul.enable(kernel=config.matmul_kernel)
         ring_matmul.active_kernel()  # "auto" measures now, at set-up, not inside the first timed forward
@@ -115,7 +128,7 @@ class MPCSession:
         self._emulator = None
 
     def __enter__(self) -> "MPCSession":
-        global _device
+        global _device, _generation
         _prepare_device(self.config, f"party {self.rank}")
         apply_crypten_config(self.config)
         _set_party_env(self.rank, self.world_size, self.rendezvous, self.config.backend)
@@ -130,6 +143,7 @@ class MPCSession:
             ) from err
         self._open = True
         _device = self.config.device
+        _generation += 1
         crypten.reset_communication_stats()
         if self.config.network is not None and self.config.network.mode == "emulate":
             from mpcformer.mpc.network import NetworkEmulator
