@@ -23,7 +23,8 @@ with that party, as CrypTen's TTP does for every triple):
   (``mpcformer_mask_triple(key, size)``: ``c = a @ b``), the others draw ``c_p``; open
   ``ε = x - a`` (one round); ``z_p = c_p + ε @ (b_p + [p = 0] δ) + a_p @ δ``, then the usual
   fixed-point truncation. Two local matmuls per party and one on the dealer, as in
-  :mod:`mpcformer.mpc.ring_matmul`'s Beaver step.
+  :mod:`mpcformer.mpc.ring_matmul`'s Beaver step; party 0 sends its request first and collects
+  ``c_0`` after its own products, so the dealer's product runs while the parties compute.
 - release: ``mpcformer_mask_release(keys)`` frees ``b`` on the dealer.
 
 Used when ``MPCConfig.reuse_weight_masks`` is on (the default) with the TTP dealer on CPU;
@@ -172,13 +173,16 @@ class FixedOperand:
         out_size = torch.Size(size0[:-1] + self.shape[1:])
         generator = TTPClient.get().get_generator(device=self.device)
         a = generate_random_ring_element(size0, generator=generator, device=self.device)
-        if self.rank == 0:
-            c = TTPClient.get().ttp_request(_TRIPLE, self.device, self.key, size0)
+        if self.rank == 0:  # ask now, collect c_0 after the local products: the dealer's runs meanwhile
+            _ask_dealer(_TRIPLE, self.device, self.key, size0)
         else:
             c = generate_random_ring_element(out_size, generator=generator, device=self.device)
         epsilon = comm.get().all_reduce(x_shares.share - a)  # ε = x - a, uniform
-        c += _dispatch_matmul(epsilon, self._b_share)
-        c += _dispatch_matmul(a, self.delta)
+        products = _dispatch_matmul(epsilon, self._b_share)
+        products += _dispatch_matmul(a, self.delta)
+        if self.rank == 0:
+            c = _dealer_answer(self.device)
+        c += products
         z = ArithmeticSharedTensor.from_shares(c, precision=0)
         # Fixed-point bookkeeping exactly as CrypTen's private matmul (arithmetic._arithmetic_function).
         x_scale, w_scale = x_shares.encoder.scale, self.encoder.scale
@@ -198,6 +202,27 @@ class FixedOperand:
         if not self.masked:
             return self._weight._tensor.share.numel() * 8
         return (self.delta.numel() + self._b_share.numel()) * 8
+
+
+def _ask_dealer(function: str, device: torch.device, *args: Any) -> None:
+    """First half of CrypTen's ``TTPClient.ttp_request`` (party 0 only): send the request."""
+    from crypten import communicator as comm
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    message = {"function": function, "device": str(device), "args": args, "kwargs": {}}
+    comm.get().send_obj(message, comm.get().get_ttp_rank(), TTPClient.get().ttp_group)
+
+
+def _dealer_answer(device: torch.device) -> torch.Tensor:
+    """Second half: receive the answer's size, then the answer (the dealer broadcasts it)."""
+    from crypten import communicator as comm
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    client, ttp_rank = TTPClient.get(), comm.get().get_ttp_rank()
+    size = comm.get().recv_obj(ttp_rank, client.ttp_group)
+    answer = torch.empty(size, dtype=torch.long, device=device)
+    comm.get().broadcast(answer, ttp_rank, client.comm_group)
+    return answer
 
 
 def release_masks(operands: list[FixedOperand]) -> None:

@@ -1,0 +1,56 @@
+"""Party function for the fixed-operand tests (module level: spawned processes import them)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _party_bytes(fn):
+    """Run ``fn()`` under a cost ledger: (result, party-to-party bytes, dealer bytes)."""
+    from mpcformer.mpc.costs import CostLedger
+
+    ledger = CostLedger()
+    with ledger.active():
+        result = fn()
+    return result, ledger.total().bytes, ledger.dealer.bytes
+
+
+def masked_and_stock_products(rank: int, ints: dict[str, list], floats: dict[str, list]) -> dict:
+    """The same products through a masked :class:`FixedOperand`, a plain one and CrypTen's matmul.
+
+    Integers are shared at precision 0 (no truncation): every revealed product is an exact ring
+    element. ``w_t`` enters transposed, as the encrypted model's weights do.
+    """
+    from mpcformer.mpc import fixed_operand
+    from mpcformer.mpc.compat import crypten
+    from mpcformer.mpc.fixed_operand import FixedOperand
+
+    w = crypten.cryptensor(torch.tensor(ints["w_t"]), src=0, precision=0).t()  # (k, n), a transposed view
+    masked, setup_bytes, _ = _party_bytes(lambda: FixedOperand(w))
+    xs = [crypten.cryptensor(torch.tensor(x), src=1, precision=0) for x in ints["xs"]]
+    out: dict = {"masked": masked.masked, "setup_bytes": setup_bytes, "ints": [], "bytes": [], "dealer_bytes": []}
+    for x in xs:  # several products under the one mask
+        y, sent, dealer = _party_bytes(lambda: masked.rmatmul(x))
+        out["ints"].append(y.get_plain_text().long().tolist())
+        out["bytes"].append(sent)
+        out["dealer_bytes"].append(dealer)
+    _, out["stock_bytes"], _ = _party_bytes(lambda: xs[0].matmul(w))
+
+    wf = crypten.cryptensor(torch.tensor(floats["w"]), src=0)
+    xf = crypten.cryptensor(torch.tensor(floats["x"]), src=1)
+    out["float_masked"] = FixedOperand(wf).rmatmul(xf).get_plain_text().tolist()
+    out["float_stock"] = xf.matmul(wf).get_plain_text().tolist()
+
+    fixed_operand.disable()
+    plain = FixedOperand(w)
+    y, out["plain_bytes"], _ = _party_bytes(lambda: plain.rmatmul(xs[0]))
+    out["plain"] = {"masked": plain.masked, "ints": y.get_plain_text().long().tolist()}
+    fixed_operand.enable()
+
+    masked.release()
+    try:
+        masked.rmatmul(xs[0])
+        out["after_release"] = "no error"
+    except RuntimeError as err:
+        out["after_release"] = str(err)
+    return out

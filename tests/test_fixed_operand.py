@@ -1,0 +1,70 @@
+"""Reusable weight masks (:mod:`mpcformer.mpc.fixed_operand`): exact products, the weight opened once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_ring_matmul import ring_values
+
+pytestmark = pytest.mark.timeout(300)
+
+K, N = 40, 5
+X_SHAPES = [(6, K), (2, 3, K), (1, K)]  # batch dimensions broadcast as in torch.matmul
+
+
+@pytest.fixture(scope="module")
+def products():
+    from mpcformer.mpc.launcher import run_local
+
+    import fixed_operand_party_fns as fns
+
+    ints = {
+        "w_t": ring_values((N, K), 20, 0.2),  # extremes included: the ring wraps
+        "xs": [ring_values(shape, 21 + i, 0.2) for i, shape in enumerate(X_SHAPES)],
+    }
+    gen = torch.Generator().manual_seed(22)
+    floats = {"x": torch.randn(2, 7, K, generator=gen), "w": torch.randn(K, N, generator=gen) / K**0.5}
+    plain = {"w_t": ints["w_t"].tolist(), "xs": [x.tolist() for x in ints["xs"]]}
+    results = run_local(
+        fns.masked_and_stock_products, args=(plain, {n: t.tolist() for n, t in floats.items()}), timeout_s=180
+    )
+    return ints, floats, results
+
+
+def test_masked_products_are_the_exact_ring_products(products):
+    ints, _, results = products
+    w = ints["w_t"].t()
+    for party in results:
+        assert party["masked"]
+        for x, got in zip(ints["xs"], party["ints"]):
+            assert torch.equal(torch.tensor(got), x @ w)  # torch's int64 matmul wraps modulo 2^64
+        assert not party["plain"]["masked"]
+        assert torch.equal(torch.tensor(party["plain"]["ints"]), ints["xs"][0] @ w)
+
+
+def test_masked_fixed_point_product_matches_cryptens(products):
+    _, floats, results = products
+    reference = floats["x"] @ floats["w"]
+    for party in results:
+        masked, stock = torch.tensor(party["float_masked"]), torch.tensor(party["float_stock"])
+        assert torch.allclose(masked, reference, atol=2e-3)
+        assert torch.allclose(masked, stock, atol=2e-4)  # the truncation may differ by an LSB
+
+
+def test_the_weight_is_opened_once_and_each_product_opens_only_its_input(products):
+    ints, _, results = products
+    w_numel, x0_numel = ints["w_t"].numel(), ints["xs"][0].numel()
+    for party in results:
+        per_element = party["stock_bytes"] / (x0_numel + w_numel)  # CrypTen opens x - a and W - b
+        assert party["setup_bytes"] == pytest.approx(per_element * w_numel)
+        for x, sent in zip(ints["xs"], party["bytes"]):
+            assert sent == pytest.approx(per_element * x.numel())
+        assert party["plain_bytes"] == party["stock_bytes"]  # masks off: CrypTen's protocol
+    owner, client = results
+    assert all(b > 0 for b in owner["dealer_bytes"]) and all(b == 0 for b in client["dealer_bytes"])
+
+
+def test_a_released_operand_refuses_with_advice(products):
+    for party in products[2]:
+        assert "released" in party["after_release"] and "build it again" in party["after_release"]
