@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--network", default=None, help="emulate a link: lan, wan or custom:<Mbit/s>:<rtt ms>")
     parser.add_argument("--no-fast-matmul", action="store_true", help="CrypTen's stock int64 matmul")
     parser.add_argument(
+        "--no-weight-masks", action="store_true",
+        help="open every weight under a fresh mask in every forward (CrypTen's protocol) instead of once per session",
+    )
+    parser.add_argument(
         "--no-warmup", action="store_true", help="time the process's first forward too (first-call costs included)"
     )
     parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="processes or Ray actors")
@@ -38,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from mpcformer.config import build_config
     from mpcformer.mpc.network import resolve_profile
 
-    mpc: dict = {"fast_matmul": not args.no_fast_matmul, "device": args.device}
+    mpc: dict = {
+        "fast_matmul": not args.no_fast_matmul, "reuse_weight_masks": not args.no_weight_masks, "device": args.device,
+    }
     if args.network:
         mpc["network"] = resolve_profile(args.network).model_copy(update={"mode": "emulate"}).model_dump()
     cfg = build_config(
