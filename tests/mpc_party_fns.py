@@ -146,3 +146,13 @@ def staged_encrypted_ops(rank: int, a: list, b: list) -> dict:
     finally:
         host_staging.uninstall()
     return {"out": out, "installed_after": host_staging.installed()}
+
+
+def hook_on_close(rank: int, path: str) -> int:
+    """Register a close hook that writes this party's rank to ``path``-<rank>; return the session number."""
+    from pathlib import Path
+
+    from mpcformer.mpc.session import on_session_close, session_generation
+
+    on_session_close(lambda: Path(f"{path}-{rank}").write_text(str(rank)))
+    return session_generation()

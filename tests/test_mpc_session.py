@@ -100,3 +100,14 @@ def test_stdlib_platform_is_not_shadowed_from_repo_root():
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
     )
     assert out.stdout.strip() in {"Linux", "Darwin", "Windows"}
+
+
+def test_leaving_a_session_runs_the_close_hooks(tmp_path):
+    """What only one session can use (the encrypted model and its masks) is dropped when it ends."""
+    from mpcformer.models import private_inference
+    from mpcformer.mpc import session
+
+    generations = run_local(fns.hook_on_close, args=(str(tmp_path / "closed"),))
+    assert generations == [1, 1]  # a fresh process: its first session
+    assert [(tmp_path / f"closed-{rank}").read_text() for rank in (0, 1)] == ["0", "1"]
+    assert private_inference._forget_built_model in session._close_hooks

@@ -44,6 +44,7 @@ from mpcformer.approx import Combo
 from mpcformer.errors import UserError
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
+from mpcformer.mpc.session import on_session_close, session_device, session_generation
 from mpcformer.models.encrypted_bert import (
     EncryptedBertConfig,
     EncryptedBertForSequenceClassification,
@@ -101,6 +102,15 @@ class _BuiltModel:
 _built: _BuiltModel | None = None  # this process's (a party runs one session at a time)
 
 
+def _forget_built_model() -> None:
+    """Session closed: its encrypted model (shares, masks: ~2x the weights) is of no further use."""
+    global _built
+    _built = None
+
+
+on_session_close(_forget_built_model)
+
+
 _fingerprint: dict[str, Any] = {}  # the last model hashed: weak reference, tensor identities, hash
 
 
@@ -126,8 +136,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 def _held_key() -> str | None:
     """Key of the model this party built earlier in the open session, if any."""
-    from mpcformer.mpc.session import session_generation
-
     return _built.key if _built is not None and _built.generation == session_generation() else None
 
 
@@ -137,11 +145,10 @@ def _encrypted_model(
     """The session's encrypted model: the one built before (``reuse``, agreed by both parties) or a
     new one, built now; and what this call paid for it (time, rounds, bytes)."""
     global _built
-    from mpcformer.mpc.session import session_generation
-
     if reuse:
-        assert _built is not None  # both parties agreed they hold it
-        free = {key: 0.0 for key in ("time_s", "rounds", "bytes", "dealer_rounds", "dealer_bytes")}
+        if _built is None:  # cannot happen: both parties said they hold the model with this key
+            raise RuntimeError(f"party {rank} agreed to reuse an encrypted model it does not hold")
+        free = {name: 0.0 for name in ("time_s", "rounds", "bytes", "dealer_rounds", "dealer_bytes")}
         return _built.model, {**free, "reused": True}
     ledger = CostLedger()
     with ledger.active():
@@ -231,8 +238,6 @@ def run_private_inference(
     Returns on the client ``{"combo", "logits": [[float]], "predictions": [int], "setup", "setup_s",
     "costs"}``, on the owner the same without logits and predictions.
     """
-    from mpcformer.mpc.session import session_device
-
     _check_role_inputs(rank, model, input_ids)
     combo = _as_combo(combo)
     device = device or session_device()

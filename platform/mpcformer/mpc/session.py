@@ -13,7 +13,7 @@ import contextlib
 import datetime
 import logging
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.config import MPCConfig
@@ -21,7 +21,8 @@ from crypten.config import cfg as crypten_cfg
 import torch.distributed as dist
 
 __all__ = [
-    "MPCSession", "run_dealer", "apply_crypten_config", "session_device", "session_generation", "SessionError",
+    "MPCSession", "run_dealer", "apply_crypten_config", "session_device", "session_generation", "on_session_close",
+    "SessionError",
 ]
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,14 @@ class SessionError(RuntimeError):
 _device = "cpu"
 #: Sessions opened so far in this process: what was built in one session is void in the next.
 _generation = 0
+#: Called when this process leaves a session, to drop what only that session could use.
+_close_hooks: list[Callable[[], None]] = []
+
+
+def on_session_close(hook: Callable[[], None]) -> None:
+    """Run ``hook()`` whenever a party of this process leaves its session (errors are logged)."""
+    if hook not in _close_hooks:
+        _close_hooks.append(hook)
 
 
 def session_generation() -> int:
@@ -161,6 +170,11 @@ class MPCSession:
             return
         self._open = False
         _device = "cpu"
+        for hook in _close_hooks:
+            try:
+                hook()
+            except Exception as err:  # dropping caches must not turn teardown into a failure
+                log.warning("party %d: session close hook %r failed: %s", self.rank, hook, err)
         if self._emulator is not None:
             self._emulator.__exit__()
             self._emulator = None
