@@ -2,7 +2,7 @@
 
 **Why.** Beaver's protocol for ``z = x @ W`` takes a triple ``([a], [b], [c = a @ b])`` from the
 dealer and opens ``ε = x - a`` and ``δ = W - b``. For a weight matrix ``δ`` is as large as the
-weight (bert-base: 110M ring elements per forward, ~80% of `quad+2quad`'s bytes at length 128),
+weight (bert-base: 109M ring elements per forward, 74% of ``quad+2quad``'s bytes at length 128),
 and it is the same matrix in every forward. Keeping ``b`` and ``δ`` from the first opening, each
 later product needs only a fresh ``a`` and ``c = a @ b`` from the dealer and opens only ``ε``, the
 activation-sized half. SecureML (Mohassel & Zhang, 2017, section 4.2) reuses the mask of a matrix
