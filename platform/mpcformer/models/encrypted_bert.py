@@ -344,7 +344,7 @@ class EncryptedBertEmbeddings(_Module):
         table = share("embeddings.word_embeddings.weight", (config.vocab_size, H))  # (V, H)
         starts = range(0, config.vocab_size, config.vocab_chunk)
         self.word_chunks = [FixedOperand(table[s:s + config.vocab_chunk]) for s in starts]  # (c, H) each
-        self.vocab_size, self.device = config.vocab_size, weights.device
+        self.device = weights.device
         self.position_embeddings = share("embeddings.position_embeddings.weight", (config.max_position_embeddings, H))
         self.token_type_embeddings = share("embeddings.token_type_embeddings.weight", (config.type_vocab_size, H))
         self.LayerNorm = EncryptedLayerNorm(

@@ -15,7 +15,6 @@ What becomes public (sent in the clear inside this function, one broadcast each 
 - client -> owner: the batch shape (B, T), the attention mask (each sentence's length), the
   token-type ids (where a second segment starts); position ids follow from these.
 - both: the approximation combo's name and parameters (checked equal on both sides).
-
 - owner -> client: a fingerprint of the owner's weights (a hash: it tells the client whether the
   weights changed since its last call in this session, nothing else); both: whether each still
   holds the model built then.

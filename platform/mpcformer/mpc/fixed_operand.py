@@ -39,7 +39,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["FixedOperand", "release_masks", "enable", "disable", "is_enabled"]
+from mpcformer.mpc.compat import crypten  # import order: compat first
+from crypten import communicator as comm
+from crypten.common.rng import generate_random_ring_element
+from crypten.mpc import MPCTensor, ptype
+from crypten.mpc.primitives import ArithmeticSharedTensor
+from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
+
+from mpcformer.mpc.ring_matmul import _dispatch_matmul
+
+__all__ = ["FixedOperand", "release_masks", "enable", "disable"]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +72,6 @@ def _dealer_register(server: Any, key: int, size: tuple[int, ...]) -> torch.Tens
 
 def _dealer_triple(server: Any, key: int, size0: tuple[int, ...]) -> torch.Tensor:
     """Party 0's share of ``c = a @ b`` for a fresh ``a`` and the kept ``b``."""
-    from mpcformer.mpc.ring_matmul import _dispatch_matmul
-
     b = _dealer_masks(server).get(key)
     if b is None:
         raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
@@ -82,11 +89,6 @@ def _dealer_release(server: Any, keys: list[int]) -> torch.Tensor:
 
 def enable() -> None:
     """Build :class:`FixedOperand` s with reusable masks; teach the dealer its three requests."""
-    from mpcformer.mpc.compat import import_crypten
-
-    import_crypten()
-    from crypten.mpc.provider.ttp_provider import TTPServer
-
     TTPServer.mpcformer_mask_register = _dealer_register
     TTPServer.mpcformer_mask_triple = _dealer_triple
     TTPServer.mpcformer_mask_release = _dealer_release
@@ -98,14 +100,7 @@ def disable() -> None:
     _state["enabled"] = False
 
 
-def is_enabled() -> bool:
-    return _state["enabled"]
-
-
 def _masks_apply(weight: CrypTensor) -> bool:
-    from mpcformer.mpc.compat import crypten
-    from crypten.mpc import MPCTensor, ptype
-
     return (
         _state["enabled"]
         and isinstance(weight, MPCTensor)
@@ -135,10 +130,6 @@ class FixedOperand:
         if not self.masked:
             self._weight = weight
             return
-        from crypten import communicator as comm
-        from crypten.common.rng import generate_random_ring_element
-        from crypten.mpc.provider.ttp_provider import TTPClient
-
         shares = weight._tensor  # ArithmeticSharedTensor
         self.encoder, self.device = shares.encoder, shares.device
         self.rank = comm.get().get_rank()
@@ -155,17 +146,10 @@ class FixedOperand:
         """``x @ W`` for an encrypted ``x`` (..., k); encrypted (..., n)."""
         if not self.masked:
             return x.matmul(self._weight)
-        from crypten import communicator as comm
-        from crypten.common.rng import generate_random_ring_element
-        from crypten.mpc.primitives import ArithmeticSharedTensor
-        from crypten.mpc.provider.ttp_provider import TTPClient
-
-        from mpcformer.mpc.ring_matmul import _dispatch_matmul
-
         if self.key is None:
             raise RuntimeError("this fixed operand was released; build it again in the current MPC session")
         x_shares = x._tensor
-        if x.ptype.name != "arithmetic" or x_shares.device != self.device:
+        if x.ptype != ptype.arithmetic or x_shares.device != self.device:
             raise ValueError(f"x must be arithmetic shares on {self.device}, got {x.ptype.name} on {x_shares.device}")
         size0 = tuple(x_shares.size())
         if size0[-1] != self.shape[0]:
@@ -197,27 +181,15 @@ class FixedOperand:
         """Free the dealer's ``b`` (party 0 sends the request; every party calls this together)."""
         release_masks([self])
 
-    def nbytes(self) -> int:
-        """Memory this party holds for the operand (shares and public mask, or CrypTen's shares)."""
-        if not self.masked:
-            return self._weight._tensor.share.numel() * 8
-        return (self.delta.numel() + self._b_share.numel()) * 8
-
 
 def _ask_dealer(function: str, device: torch.device, *args: Any) -> None:
     """First half of CrypTen's ``TTPClient.ttp_request`` (party 0 only): send the request."""
-    from crypten import communicator as comm
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
     message = {"function": function, "device": str(device), "args": args, "kwargs": {}}
     comm.get().send_obj(message, comm.get().get_ttp_rank(), TTPClient.get().ttp_group)
 
 
 def _dealer_answer(device: torch.device) -> torch.Tensor:
     """Second half: receive the answer's size, then the answer (the dealer broadcasts it)."""
-    from crypten import communicator as comm
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
     client, ttp_rank = TTPClient.get(), comm.get().get_ttp_rank()
     size = comm.get().recv_obj(ttp_rank, client.ttp_group)
     answer = torch.empty(size, dtype=torch.long, device=device)
@@ -230,9 +202,6 @@ def release_masks(operands: list[FixedOperand]) -> None:
     keys = [op.key for op in operands if op.masked and op.key is not None]
     if not keys:
         return
-    from crypten import communicator as comm
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
     if comm.get().get_rank() == 0:
         TTPClient.get().ttp_request(_RELEASE, operands[0].device, keys)
     for op in operands:

@@ -85,7 +85,7 @@ def apply_crypten_config(config: MPCConfig) -> None:
         log.warning("insecure dealer 'tfp': party 0 generates the Beaver triples and can learn the client's inputs")
     from mpcformer.mpc import fixed_operand, ring_matmul
 
-    if config.reuse_weight_masks and config.dealer == "ttp":
+    if config.reuse_weight_masks:  # only ever applies with the TTP dealer (fixed_operand checks the provider)
         fixed_operand.enable()
     else:
         fixed_operand.disable()
