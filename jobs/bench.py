@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open every weight under a fresh mask in every forward (CrypTen's protocol) instead of once per session",
     )
     parser.add_argument(
+        "--no-overlap-dealer", action="store_true",
+        help="party 0 waits for each dealer answer before opening (CrypTen's order) instead of during it",
+    )
+    parser.add_argument(
         "--no-warmup", action="store_true", help="time the process's first forward too (first-call costs included)"
     )
     parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="processes or Ray actors")
@@ -43,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from mpcformer.mpc.network import resolve_profile
 
     mpc: dict = {
-        "fast_matmul": not args.no_fast_matmul, "reuse_weight_masks": not args.no_weight_masks, "device": args.device,
+        "fast_matmul": not args.no_fast_matmul, "reuse_weight_masks": not args.no_weight_masks,
+        "overlap_dealer": not args.no_overlap_dealer, "device": args.device,
     }
     if args.network:
         mpc["network"] = resolve_profile(args.network).model_copy(update={"mode": "emulate"}).model_dump()

@@ -11,6 +11,7 @@ def products_stock_then_fast(rank: int, ints: dict[str, list], floats: dict[str,
     Integer inputs are shared at precision 0 (no fixed-point truncation), so every revealed product
     is an exact ring element; ``ring_calls`` counts the products that took :func:`ring_matmul`.
     """
+    from mpcformer.mpc import beaver
     from mpcformer.mpc import ring_matmul as rm
     from mpcformer.mpc.compat import crypten
 
@@ -25,10 +26,12 @@ def products_stock_then_fast(rank: int, ints: dict[str, list], floats: dict[str,
     rm.ring_matmul = counted  # the dispatcher looks the kernel up at call time
     results = {}
     for mode in ("stock", "fast"):
-        if mode == "fast":
+        if mode == "fast":  # what MPCConfig.fast_matmul turns on
             rm.enable(kernel="limbs")
+            beaver.enable(overlap_dealer=False, fewer_matmuls=True)
         else:
             rm.disable()
+            beaver.disable()
         calls["n"] = 0
         x, w = (crypten.cryptensor(torch.tensor(ints[n]), src=s, precision=0) for n, s in (("x", 0), ("w", 1)))
         q, k = (crypten.cryptensor(torch.tensor(ints[n]), src=0, precision=0) for n in ("q", "k"))
@@ -46,4 +49,5 @@ def products_stock_then_fast(rank: int, ints: dict[str, list], floats: dict[str,
             "ring_calls": ring_calls,
         }
     rm.disable()
+    beaver.disable()
     return results

@@ -73,26 +73,30 @@ def test_batching_bench_shares_rounds_and_weight_sized_traffic_across_the_batch(
     assert "| 2 |" in (out / "batching.md").read_text()
 
 
-def test_matmul_path_bench_compares_crypten_and_mpcformer_matmuls_on_the_same_protocol(tmp_path, capsys):
+def test_protocol_path_bench_adds_one_switch_at_a_time(tmp_path, capsys):
     from mpcformer.bench import matmul_path
 
     out = tmp_path / "matmul_path"
     assert matmul_path.main(["--model", "tiny", "--seq-len", "8", "--rounds", "1", "--out", str(out)]) == 0
     report = json.loads((out / "matmul_path.json").read_text())
     rows = {r["path"]: r for r in report["paths"]}
-    assert set(rows) == {"crypten", "fast-matmul", "mpcformer"}
-    # The fast Beaver step changes only local compute: the parties exchange exactly the same messages.
-    assert rows["crypten"]["rounds"] == rows["fast-matmul"]["rounds"] == rows["mpcformer"]["rounds"] > 0
+    assert list(rows) == ["crypten", "fast-matmul", "weight-masks", "mpcformer"]
+    assert len({r["rounds"] for r in rows.values()}) == 1 and rows["crypten"]["rounds"] > 0
+    # The fast Beaver step and the overlap change only local work and the order of waits: the
+    # parties exchange exactly the same messages as on the path before.
     assert rows["crypten"]["bytes"] == rows["fast-matmul"]["bytes"] > 0
+    assert rows["weight-masks"]["bytes"] == rows["mpcformer"]["bytes"] > 0
     # Reusable masks: the weights were opened once, in the model's set-up, so a forward opens only
     # activation-sized masks (tiny: mostly its 30522 x 64 embedding table, 15.6 MB each way).
-    weights_opened = rows["crypten"]["bytes"] - rows["mpcformer"]["bytes"]
+    weights_opened = rows["fast-matmul"]["bytes"] - rows["weight-masks"]["bytes"]
     assert weights_opened > 0.5 * rows["crypten"]["bytes"]
-    assert rows["mpcformer"]["setup_bytes"] == pytest.approx(weights_opened, rel=1e-3)  # once per session instead
+    for path in ("weight-masks", "mpcformer"):
+        assert rows[path]["setup_bytes"] == pytest.approx(weights_opened, rel=1e-3)  # once per session instead
     assert rows["crypten"]["setup_bytes"] == 0  # sharing alone is local
     for r in rows.values():
         assert 0 < r["matmul_time_s"] < r["latency_s"]
     assert report["speedup_end_to_end"] == rows["crypten"]["latency_s"] / rows["mpcformer"]["latency_s"]
+    assert report["speedup_overlap_alone"] == rows["weight-masks"]["latency_s"] / rows["mpcformer"]["latency_s"]
     assert "| mpcformer |" in (out / "matmul_path.md").read_text()
 
 
@@ -155,10 +159,12 @@ def test_bench_cli_passes_the_device_and_matmul_switches_to_every_party(monkeypa
     with pytest.raises(SystemExit):
         main(["bench", "--device", "cuda", "--launcher", "ray", "--gpus-per-actor", "0.5", "--out", str(tmp_path)])
     assert seen["cfg"].mpc.device == "cuda" and seen["cfg"].gpus_per_actor == 0.5
-    assert seen["cfg"].mpc.reuse_weight_masks and seen["cfg"].mpc.fast_matmul  # the defaults
+    mpc = seen["cfg"].mpc
+    assert mpc.reuse_weight_masks and mpc.fast_matmul and mpc.overlap_dealer  # the defaults
     with pytest.raises(SystemExit):
-        main(["bench", "--no-weight-masks", "--no-fast-matmul", "--out", str(tmp_path)])
-    assert not seen["cfg"].mpc.reuse_weight_masks and not seen["cfg"].mpc.fast_matmul
+        main(["bench", "--no-weight-masks", "--no-fast-matmul", "--no-overlap-dealer", "--out", str(tmp_path)])
+    mpc = seen["cfg"].mpc
+    assert not mpc.reuse_weight_masks and not mpc.fast_matmul and not mpc.overlap_dealer
 
 
 @pytest.mark.timeout(400)

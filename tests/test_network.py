@@ -8,7 +8,7 @@ import torch
 from mpcformer.errors import UserError
 from mpcformer.mpc.config import MPCConfig
 from mpcformer.mpc.launcher import run_local
-from mpcformer.mpc.network import PROFILES, NetworkProfile, project_latency, resolve_profile
+from mpcformer.mpc.network import PROFILES, NetworkProfile, dealer_terms, project_latency, resolve_profile
 
 import mpc_party_fns as fns
 
@@ -36,3 +36,27 @@ def test_emulated_run_matches_analytic_projection():
     measured = emulated["total"]["time_s"]
     assert link.comm_seconds(rounds, nbytes) > 2.0  # the link dominates, so the check means something
     assert abs(measured - projected) / projected < 0.15, (measured, projected)
+
+
+@pytest.mark.timeout(400)
+def test_the_dealer_link_is_emulated_and_overlap_hides_it():
+    """The dealer is online: without overlap every request waits one more rtt, in both forms."""
+    values = torch.randn(4, 16).tolist()
+    link = NetworkProfile(name="latency", bandwidth_bps=10e9, rtt_s=0.05, mode="emulate")
+    measured, projected = {}, {}
+    for overlap in (False, True):
+        base = run_local(fns.timed_softmax, args=(values,), config=MPCConfig(overlap_dealer=overlap))[0]
+        emulated = run_local(
+            fns.timed_softmax, args=(values,), config=MPCConfig(overlap_dealer=overlap, network=link)
+        )[0]
+        total, dealer = base["total"], base["dealer"]
+        assert emulated["dealer"]["requests"] == dealer["requests"] > 20  # party 0 asks for every product
+        projected[overlap] = project_latency(
+            total["time_s"], total["rounds"], total["bytes"], link, **dealer_terms(dealer, overlap)
+        )
+        measured[overlap] = emulated["total"]["time_s"]
+        assert abs(measured[overlap] - projected[overlap]) / projected[overlap] < 0.15, (overlap, measured, projected)
+    # Overlapping hides the dealer's round trips behind the openings. (Not all of each rtt shows
+    # without overlap either: an answer is due rtt after its request, and the real local round
+    # trip, a few ms, is part of that rtt.)
+    assert measured[False] - measured[True] > 0.5 * dealer["requests"] * link.rtt_s, measured

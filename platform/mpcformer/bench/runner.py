@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 from mpcformer.approx import Combo
 from mpcformer.config import StrictModel
 from mpcformer.mpc.config import MPCConfig
-from mpcformer.mpc.network import PROFILES, project_latency
+from mpcformer.mpc.network import PROFILES, dealer_terms, project_latency
 
 if TYPE_CHECKING:
     from mpcformer.cluster.config import PartyGroupConfig
@@ -113,7 +113,7 @@ def _vocab_size(model_name: str) -> int:
     return int(preset_config(model_name).vocab_size)
 
 
-def _combo_result(name: str, costs: dict) -> dict:
+def _combo_result(name: str, costs: dict, overlap_dealer: bool) -> dict:
     total = costs["total"]
     ops = {
         op: {"time_s": c["time_s"], "comm_time_s": c["comm_time_s"], "rounds": c["rounds"], "bytes": c["bytes"]}
@@ -130,7 +130,10 @@ def _combo_result(name: str, costs: dict) -> dict:
         "setup": {k: costs["setup"][k] for k in ("time_s", "rounds", "bytes")},
         "ops": ops,
         "projected_latency_s": {
-            prof: project_latency(compute_s, total["rounds"], total["bytes"], PROFILES[prof]) for prof in PROFILES
+            prof: project_latency(
+                compute_s, total["rounds"], total["bytes"], PROFILES[prof], **dealer_terms(costs["dealer"], overlap_dealer)
+            )
+            for prof in PROFILES
         },
     }
 
@@ -177,7 +180,8 @@ _CLIENT = 1  # the client's view is the user-visible one: its wall time, its pro
 
 def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = None) -> dict:
     """One combination's forward on 2 parties + dealer (``cfg.launcher``): the client's cost ledger,
-    with ``setup``, what building the encrypted model cost it (once per session, not in ``total``).
+    with ``setup``, what building the encrypted model cost it (once per session, not in ``total``),
+    and ``dealer``, the owner's traffic with the dealer (the client has none).
 
     ``on_progress`` receives the client's progress events (forwards started, layers done), relayed
     by the local launcher and by the Ray party group alike.
@@ -194,7 +198,8 @@ def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = N
         from mpcformer.mpc.launcher import run_local
 
         results = run_local(bench_party, args=args, config=cfg.mpc, timeout_s=cfg.deadline_s, on_progress=relay)
-    return {**results[_CLIENT]["costs"], "setup": results[_CLIENT]["setup"]}
+    owner = results[1 - _CLIENT]
+    return {**results[_CLIENT]["costs"], "dealer": owner["costs"]["dealer"], "setup": results[_CLIENT]["setup"]}
 
 
 def _cluster(cfg: BenchConfig) -> contextlib.AbstractContextManager:
@@ -221,7 +226,8 @@ def run_bench(
         for name in cfg.approx:
             start = time.perf_counter()
             relay = None if party_progress is None else (lambda event, name=name: party_progress(name, event))
-            combos.append(_combo_result(Combo.parse(name).name, run_combo(cfg, name, on_progress=relay)))
+            costs = run_combo(cfg, name, on_progress=relay)
+            combos.append(_combo_result(Combo.parse(name).name, costs, cfg.mpc.overlap_dealer))
             log.info("bench %s: %.2fs", name, time.perf_counter() - start)
             if progress:
                 progress(name)  # called after each combination finishes

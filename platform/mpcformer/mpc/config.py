@@ -50,6 +50,11 @@ class MPCConfig(StrictModel):
         description="open each owner weight once under a mask that later matmuls reuse (TTP dealer, CPU); "
         "False = a fresh Beaver triple per product, as CrypTen ships",
     )
+    overlap_dealer: bool = Field(
+        default=True,
+        description="party 0 sends each dealer request before the opening and collects the answer after it "
+        "(TTP dealer, CPU); False = CrypTen's order, the answer before the opening",
+    )
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     network: NetworkProfile | None = Field(
         default=None, description="emulate this link between parties (mode 'emulate'); None = this machine"

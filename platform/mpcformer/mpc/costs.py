@@ -2,7 +2,7 @@
 
 A :class:`CostLedger` attributes every moment and every exchange of a party to exactly one scope,
 the innermost open one, so the categories add up to the total. Traffic with the dealer (party 0's
-requests for Beaver triples) is kept apart from party-to-party traffic.
+requests for Beaver triples) is kept apart from party-to-party traffic, with the number of requests.
 
     ledger = CostLedger()
     with ledger.active():
@@ -56,6 +56,7 @@ class CostLedger:
 
     entries: dict[tuple[str, int | None], OpCost] = field(default_factory=dict)
     dealer: OpCost = field(default_factory=OpCost)
+    dealer_requests: int = 0
     _stack: list[tuple[str, int | None]] = field(default_factory=list)
     _mark: float = 0.0
 
@@ -67,6 +68,7 @@ class CostLedger:
         if event.with_dealer:
             # Dealer exchanges are counted apart; their time is still the current scope's wall time.
             self.dealer.add(OpCost(event.seconds, event.seconds, event.rounds, event.bytes))
+            self.dealer_requests += event.op == "send_obj"  # each request is one pickled message
             return
         self._current().add(OpCost(0.0, event.seconds, event.rounds, event.bytes))
 
@@ -138,7 +140,7 @@ class CostLedger:
         """Plain data (safe to return across processes and actors)."""
         return {
             "total": self.total().to_dict(),
-            "dealer": self.dealer.to_dict(),
+            "dealer": {**self.dealer.to_dict(), "requests": self.dealer_requests},
             "by_category": {k: v.to_dict() for k, v in self.by_category().items()},
             "by_layer": {str(k): v.to_dict() for k, v in sorted(self.by_layer().items())},
         }

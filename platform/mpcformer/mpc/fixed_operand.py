@@ -46,6 +46,7 @@ from crypten.mpc import MPCTensor, ptype
 from crypten.mpc.primitives import ArithmeticSharedTensor
 from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
+from mpcformer.mpc.beaver import ask_dealer, dealer_answer
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 
 __all__ = ["FixedOperand", "release_masks", "enable", "disable"]
@@ -158,14 +159,14 @@ class FixedOperand:
         generator = TTPClient.get().get_generator(device=self.device)
         a = generate_random_ring_element(size0, generator=generator, device=self.device)
         if self.rank == 0:  # ask now, collect c_0 after the local products: the dealer's runs meanwhile
-            _ask_dealer(_TRIPLE, self.device, self.key, size0)
+            ask_dealer(_TRIPLE, self.device, self.key, size0)
         else:
             c = generate_random_ring_element(out_size, generator=generator, device=self.device)
         epsilon = comm.get().all_reduce(x_shares.share - a)  # ε = x - a, uniform
         products = _dispatch_matmul(epsilon, self._b_share)
         products += _dispatch_matmul(a, self.delta)
         if self.rank == 0:
-            c = _dealer_answer(self.device)
+            c = dealer_answer(self.device)
         c += products
         z = ArithmeticSharedTensor.from_shares(c, precision=0)
         # Fixed-point bookkeeping exactly as CrypTen's private matmul (arithmetic._arithmetic_function).
@@ -180,21 +181,6 @@ class FixedOperand:
     def release(self) -> None:
         """Free the dealer's ``b`` (party 0 sends the request; every party calls this together)."""
         release_masks([self])
-
-
-def _ask_dealer(function: str, device: torch.device, *args: Any) -> None:
-    """First half of CrypTen's ``TTPClient.ttp_request`` (party 0 only): send the request."""
-    message = {"function": function, "device": str(device), "args": args, "kwargs": {}}
-    comm.get().send_obj(message, comm.get().get_ttp_rank(), TTPClient.get().ttp_group)
-
-
-def _dealer_answer(device: torch.device) -> torch.Tensor:
-    """Second half: receive the answer's size, then the answer (the dealer broadcasts it)."""
-    client, ttp_rank = TTPClient.get(), comm.get().get_ttp_rank()
-    size = comm.get().recv_obj(ttp_rank, client.ttp_group)
-    answer = torch.empty(size, dtype=torch.long, device=device)
-    comm.get().broadcast(answer, ttp_rank, client.comm_group)
-    return answer
 
 
 def release_masks(operands: list[FixedOperand]) -> None:

@@ -4,12 +4,19 @@
 - **emulation**: a communicator tap that makes each party really wait ``rtt + bytes * 8 / bandwidth``
   after every party-to-party exchange.
 
-Only party-to-party traffic is charged: the dealer's Beaver triples do not depend on the inputs and
-are produced in an offline phase in a deployment, so neither form charges them.
+**The dealer is online.** CrypTen's TTP answers party 0's requests during the forward, over a
+link of its own; both forms give it the profile's link too. With ``MPCConfig.overlap_dealer`` (the
+default, :mod:`mpcformer.mpc.beaver`) party 0 sends each request before the opening and reads the
+answer after it, so the answer travels while the parties exchange: the projection charges the
+dealer nothing (it assumes each answer arrives within the opening it overlaps), and the emulation
+delays an answer only until ``request time + rtt + answer bytes * 8 / bandwidth``, which the
+opening's own wait has usually passed. Without overlap each request waits its answer before the
+opening: ``requests * rtt + dealer bytes * 8 / bandwidth`` more, in both forms.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -20,7 +27,7 @@ from mpcformer.errors import UserError
 if TYPE_CHECKING:  # the tap imports crypten (and torch): keep this module light for the CLI
     from mpcformer.mpc import tap
 
-__all__ = ["NetworkProfile", "PROFILES", "resolve_profile", "project_latency", "NetworkEmulator"]
+__all__ = ["NetworkProfile", "PROFILES", "resolve_profile", "project_latency", "dealer_terms", "NetworkEmulator"]
 
 
 class NetworkProfile(StrictModel):
@@ -55,27 +62,57 @@ def resolve_profile(spec: str) -> NetworkProfile:
     raise UserError(f"unknown network profile {spec!r}; use lan, wan or custom:<Mbit/s>:<rtt ms> (e.g. custom:1000:5)")
 
 
-def project_latency(compute_s: float, rounds: float, nbytes: float, profile: NetworkProfile) -> float:
-    """Analytic latency of a run whose local compute took ``compute_s`` on ``profile``."""
-    return compute_s + profile.comm_seconds(rounds, nbytes)
+def project_latency(
+    compute_s: float, rounds: float, nbytes: float, profile: NetworkProfile,
+    dealer_waits: float = 0, dealer_bytes: float = 0.0,
+) -> float:
+    """Analytic latency of a run whose local compute took ``compute_s`` on ``profile``.
+
+    ``dealer_waits``: dealer requests whose answer the run waited for before going on (all of
+    them without ``overlap_dealer``, none with it); ``dealer_bytes``: what those answers carried.
+    """
+    return compute_s + profile.comm_seconds(rounds + dealer_waits, nbytes + dealer_bytes)
+
+
+def dealer_terms(dealer: dict, overlap_dealer: bool) -> dict[str, float]:
+    """``project_latency``'s dealer arguments from a ledger's ``dealer`` entry (party 0's)."""
+    if overlap_dealer:
+        return {"dealer_waits": 0, "dealer_bytes": 0.0}
+    return {"dealer_waits": dealer.get("requests", 0), "dealer_bytes": dealer.get("bytes", 0.0)}
 
 
 class NetworkEmulator:
-    """Tap listener: sleep after each party-to-party exchange as the profile's link would take."""
+    """Tap listener: sleep after each exchange as the profile's link would take (module doc)."""
 
     def __init__(self, profile: NetworkProfile):
         self.profile = profile
         self.slept_s = 0.0
+        self._op = ""
+        self._asked_at: float | None = None  # when party 0 sent the dealer request not yet answered
 
     def before(self, op: str, with_dealer: bool, args: tuple, kwargs: dict) -> None:
-        pass
+        self._op = op
+        if with_dealer and op == "send_obj":
+            self._asked_at = time.perf_counter()
 
     def delay(self, with_dealer: bool, rounds: float, nbytes: float) -> float:
-        if with_dealer or rounds == 0:
+        if with_dealer:
+            seconds = self._dealer_answer_delay(nbytes)
+        elif rounds == 0:
             return 0.0
-        seconds = self.profile.comm_seconds(rounds, nbytes)
+        else:
+            seconds = self.profile.comm_seconds(rounds, nbytes)
         self.slept_s += seconds
         return seconds
+
+    def _dealer_answer_delay(self, nbytes: float) -> float:
+        # The answer (CrypTen's TTP broadcasts it after its size) cannot arrive before the request
+        # has crossed the link and the answer has come back.
+        if self._op != "broadcast" or self._asked_at is None:
+            return 0.0
+        arrives = self._asked_at + self.profile.comm_seconds(1, nbytes)
+        self._asked_at = None
+        return max(0.0, arrives - time.perf_counter())
 
     def after(self, event: tap.CommEvent) -> None:
         pass

@@ -18,17 +18,12 @@ into chunks of at most 2048 whose int64 results are added with wrap-around. The 
 vectorised int64 GEMM, only ~3-4x slower than MKL's float64 one on an AVX-512 CPU. The CrypTen hook
 therefore picks the kernel by a one-time measurement (``kernel="auto"``, see :func:`enable`).
 
-**Hook.** :func:`enable` makes every encrypted matmul on CPU take the chosen kernel and does less
-work around it; all results stay bit-identical to CrypTen's:
-
-1. ``torch`` inside CrypTen's MPC modules (arithmetic, beaver, replicated, TTP and TFP providers)
-   is replaced by a stand-in whose ``matmul`` routes CPU int64 tensors to the chosen kernel; every
-   other attribute is torch's own, and CUDA tensors (``CUDALongTensor``) go to ``torch.matmul``.
-2. Beaver step 4 for matmul, ``z = c + ε·b + a·δ + ε·δ`` (ε·δ public, added by party 0), is
-   computed as ``c + ε·(b + δ) + a·δ`` on party 0 and ``c + ε·b + a·δ`` elsewhere: 2 local matmuls
-   instead of 3, the same ring element.
-3. The TTP client on parties other than 0 learns the size of ``c`` from a matmul on meta tensors
-   instead of multiplying its random ``a`` and ``b`` only to read the result's shape.
+**Hook.** :func:`enable` makes every encrypted matmul on CPU take the chosen kernel: ``torch``
+inside CrypTen's MPC modules (arithmetic, beaver, replicated, TTP and TFP providers) is replaced by
+a stand-in whose ``matmul`` routes CPU int64 tensors to the chosen kernel; every other attribute is
+torch's own, and CUDA tensors (``CUDALongTensor``) go to ``torch.matmul``. Results stay
+bit-identical to CrypTen's. The Beaver step around the matmul (2 local matmuls instead of 3) is
+:mod:`mpcformer.mpc.beaver`'s.
 
 Configuration: ``kernel`` of :func:`enable` (``auto`` | ``limbs`` | ``stock``); the session layer
 calls ``enable()`` when ``MPCConfig.fast_matmul`` is true, in the parties and the dealer.
@@ -252,66 +247,6 @@ class _TorchWithRingMatmul(types.ModuleType):
         return getattr(torch, name)
 
 
-def _is_cpu(device: Any) -> bool:
-    return device is None or torch.device(device).type == "cpu"
-
-
-def _beaver_fewer_matmuls(op: str, x, y, *args, **kwargs):
-    """CrypTen's Beaver protocol (``beaver.__beaver_protocol``) with 2 local matmuls instead of 3.
-
-    1. Obtain random sharings [a], [b] and [c] = [a @ b] from the provider
-    2. Open epsilon = [x] - [a] and delta = [y] - [b] in one round
-    3. Return [z] = [c] + epsilon @ ([b] + delta) + [a] @ delta, where party 0 alone adds delta
-       to its share of b: the same ring element as CrypTen's c + ε·b + a·δ + ε·δ.
-
-    Other ops, active security and non-CPU tensors go to CrypTen's own protocol unchanged.
-    """
-    if op != "matmul" or args or kwargs or _crypten_cfg().mpc.active_security or not _is_cpu(x.device):
-        return _STATE.originals["beaver_protocol"](op, x, y, *args, **kwargs)
-    if x.device != y.device:
-        raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
-    from mpcformer.mpc.compat import crypten
-    from crypten.mpc.primitives import beaver
-    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-
-    provider = crypten.mpc.get_default_provider()
-    a, b, c = provider.generate_additive_triple(x.size(), y.size(), op, device=x.device)
-    with beaver.IgnoreEncodings([a, b, x, y]):
-        epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
-    b_share = b.share + delta if c.rank == 0 else b.share  # party 0 carries the public ε·δ
-    c.share += _dispatch_matmul(epsilon, b_share)
-    c.share += _dispatch_matmul(a.share, delta)
-    return c
-
-
-def _ttp_triple_sized_on_meta(self, size0, size1, op, device=None, *args, **kwargs):
-    """CrypTen's ``TrustedThirdParty.generate_additive_triple``; parties other than 0 take the
-    size of ``c`` from a meta-tensor ``op`` instead of computing ``a op b`` for nothing."""
-    if not _is_cpu(device):
-        return _STATE.originals["ttp_triple"](self, size0, size1, op, device, *args, **kwargs)
-    from crypten import communicator as comm
-    from crypten.common.rng import generate_random_ring_element
-    from crypten.mpc.primitives import ArithmeticSharedTensor
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
-    generator = TTPClient.get().get_generator(device=device)
-    a = generate_random_ring_element(size0, generator=generator, device=device)
-    b = generate_random_ring_element(size1, generator=generator, device=device)
-    if comm.get().get_rank() == 0:
-        c = TTPClient.get().ttp_request("additive", device, size0, size1, op, *args, **kwargs)
-    else:
-        meta0, meta1 = torch.empty(size0, device="meta"), torch.empty(size1, device="meta")
-        c_size = getattr(torch, op)(meta0, meta1, *args, **kwargs).size()
-        c = generate_random_ring_element(c_size, generator=generator, device=device)
-    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
-
-
-def _crypten_cfg():
-    from mpcformer.mpc.compat import crypten
-
-    return crypten.cfg
-
-
 def enable(kernel: RingKernel = "auto") -> None:
     """Route CrypTen's encrypted CPU matmuls through the ring kernel (idempotent; see module doc).
 
@@ -331,35 +266,23 @@ def enable(kernel: RingKernel = "auto") -> None:
     from mpcformer.mpc.compat import import_crypten
 
     import_crypten()
-    from crypten.mpc.primitives import beaver
-    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
-
     stand_in = _TorchWithRingMatmul()
     for name in _PATCHED_MODULES:
         module = importlib.import_module(name)
         _STATE.originals[name] = module.torch
         module.torch = stand_in
-    _STATE.originals["beaver_protocol"] = getattr(beaver, "__beaver_protocol")
-    setattr(beaver, "__beaver_protocol", _beaver_fewer_matmuls)
-    _STATE.originals["ttp_triple"] = TrustedThirdParty.generate_additive_triple
-    TrustedThirdParty.generate_additive_triple = _ttp_triple_sized_on_meta
     log.debug("ring matmul hook on (kernel %s)", kernel)
 
 
 def disable() -> None:
-    """Give CrypTen back its own matmul, Beaver protocol and triple generation (idempotent)."""
+    """Give CrypTen back its own matmul (idempotent)."""
     if not _STATE.enabled:
         return
     import importlib
 
-    from crypten.mpc.primitives import beaver
-    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
-
     originals = _STATE.originals
     for name in _PATCHED_MODULES:
         importlib.import_module(name).torch = originals[name]
-    setattr(beaver, "__beaver_protocol", originals["beaver_protocol"])
-    TrustedThirdParty.generate_additive_triple = originals["ttp_triple"]
     _STATE.originals = {}
     log.debug("ring matmul hook off")
 

@@ -1,0 +1,239 @@
+"""mpcformer's Beaver steps with CrypTen's TTP dealer: the dealer's round trip off the critical
+path, and fewer local matmuls.
+
+CrypTen's protocols (``crypten/mpc/primitives/beaver.py``) first take a triple from the provider,
+then open the masked inputs. With the TTP dealer, party 0 gets its share of the triple's product
+from the dealer (a request, then an answer) *before* the opening starts, so every product waits
+for two exchanges in a row, although the opening never uses that share. Here:
+
+1. **Overlap** (``MPCConfig.overlap_dealer``): party 0 draws its masks (the generator it shares
+   with the dealer), *sends* the request, opens the masked inputs with the other parties, and only
+   then receives its share; the dealer computes while the parties exchange. The same messages, the
+   same bytes and rounds, the same values: only the order in which party 0 waits changes. For
+   ``mul``, ``matmul`` (Beaver), ``square``, ``AND`` (the binary triples of every comparison) and
+   ``B2A_single_bit``.
+2. **Fewer matmuls** (``MPCConfig.fast_matmul``): step 4 for matmul, ``z = c + ε·b + a·δ + ε·δ``
+   (``ε·δ`` public, added by party 0), is computed as ``c + ε·(b + δ) + a·δ`` on party 0 and
+   ``c + ε·b + a·δ`` elsewhere: 2 local matmuls instead of 3, the same ring element. The parties
+   other than 0 take the size of ``c`` from a meta tensor instead of computing ``a @ b`` for it.
+
+Everything else (the TFP dealer, active security, CUDA tensors, convolutions) runs CrypTen's own
+protocol. The session layer (:func:`mpcformer.mpc.session.apply_crypten_config`) enables this
+module; with both switches off CrypTen runs exactly as shipped (the benchmarks' baseline).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from mpcformer.mpc.compat import crypten  # import order: compat first
+from crypten import communicator as comm
+from crypten.common.rng import generate_kbit_random_tensor, generate_random_ring_element
+from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
+from crypten.mpc.primitives import beaver as crypten_beaver
+from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient
+
+from mpcformer.mpc.ring_matmul import _dispatch_matmul
+
+__all__ = ["enable", "disable", "is_enabled", "ask_dealer", "dealer_answer"]
+
+log = logging.getLogger(__name__)
+
+Shares = Any  # ArithmeticSharedTensor | BinarySharedTensor (CrypTen has no type stubs)
+
+#: CrypTen's protocol functions this module stands in for (names in ``crypten_beaver``).
+_PROTOCOLS = ("__beaver_protocol", "square", "AND", "B2A_single_bit")
+
+
+@dataclass
+class _State:
+    overlap: bool = False
+    fewer_matmuls: bool = False
+    originals: dict[str, Callable] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.originals)
+
+
+_STATE = _State()
+
+
+# -- talking to the dealer (party 0) -------------------------------------------------------------
+def ask_dealer(function: str, device: Any, *args: Any) -> None:
+    """First half of CrypTen's ``TTPClient.ttp_request`` (party 0 only): send the request."""
+    message = {"function": function, "device": str(device), "args": args, "kwargs": {}}
+    comm.get().send_obj(message, comm.get().get_ttp_rank(), TTPClient.get().ttp_group)
+
+
+def dealer_answer(device: Any) -> torch.Tensor:
+    """Second half: receive the answer's size, then the answer (the dealer broadcasts it)."""
+    client, ttp_rank = TTPClient.get(), comm.get().get_ttp_rank()
+    size = comm.get().recv_obj(ttp_rank, client.ttp_group)
+    answer = torch.empty(size, dtype=torch.long, device=device)
+    comm.get().broadcast(answer, ttp_rank, client.comm_group)
+    return answer
+
+
+class _Pending:
+    """Party 0's share of a triple's product, asked for and not yet received."""
+
+    def __init__(self, device: Any):
+        self.device = device
+
+
+def _ask_or_draw(function: str, args: tuple, size: torch.Size, draw: Callable[[torch.Size], torch.Tensor], device: Any):
+    """Party 0 asks the dealer (a :class:`_Pending`, collected by :func:`_collect`); the others draw."""
+    if comm.get().get_rank() == 0:
+        ask_dealer(function, device, *args)
+        pending = _Pending(device)
+        return pending if _STATE.overlap else _collect(pending)  # no overlap: wait now, as CrypTen
+    return draw(size)
+
+
+def _collect(share: torch.Tensor | _Pending) -> torch.Tensor:
+    return dealer_answer(share.device) if isinstance(share, _Pending) else share
+
+
+def _applies(device: Any) -> bool:
+    """Our steps run with CrypTen's TTP on CPU without active security; CrypTen's own otherwise."""
+    return (
+        isinstance(crypten.mpc.get_default_provider(), TrustedThirdParty)
+        and not crypten.cfg.mpc.active_security
+        and torch.device(device).type == "cpu"
+    )
+
+
+def _ring(generator: torch.Generator, device: Any) -> Callable[[torch.Size], torch.Tensor]:
+    return lambda size: generate_random_ring_element(size, generator=generator, device=device)
+
+
+def _bits(generator: torch.Generator, device: Any, bitlength: int | None = None) -> Callable[[torch.Size], torch.Tensor]:
+    return lambda size: generate_kbit_random_tensor(size, bitlength=bitlength, generator=generator, device=device)
+
+
+# -- the protocols -------------------------------------------------------------------------------
+# Every party draws from its generator in CrypTen's order (the dealer mirrors those draws).
+def _beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -> Shares:
+    """CrypTen's ``__beaver_protocol`` for ``mul`` and ``matmul`` (module doc, points 1 and 2)."""
+    ours = _STATE.overlap and op in ("mul", "matmul") or _STATE.fewer_matmuls and op == "matmul"
+    if not ours or args or kwargs or not _applies(x.device):
+        return _STATE.originals["__beaver_protocol"](op, x, y, *args, **kwargs)
+    if x.device != y.device:
+        raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
+    device, rank = x.device, comm.get().get_rank()
+    ring = _ring(TTPClient.get().get_generator(device=device), device)
+    a, b = ring(x.size()), ring(y.size())
+    meta0, meta1 = torch.empty(x.size(), device="meta"), torch.empty(y.size(), device="meta")
+    c_size = getattr(torch, op)(meta0, meta1).size()
+    c = _ask_or_draw("additive", (x.size(), y.size(), op), c_size, ring, device)
+    a, b = ArithmeticSharedTensor.from_shares(a, precision=0), ArithmeticSharedTensor.from_shares(b, precision=0)
+    with crypten_beaver.IgnoreEncodings([a, b, x, y]):
+        epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
+    product = _dispatch_matmul if op == "matmul" else torch.mul
+    if op == "matmul" and not _STATE.fewer_matmuls:  # CrypTen's three products
+        z = product(epsilon, b.share) + product(a.share, delta)
+        if rank == 0:
+            z += product(epsilon, delta)
+    else:
+        b_share = b.share + delta if rank == 0 else b.share  # party 0 carries the public ε·δ
+        z = product(epsilon, b_share)
+        z += product(a.share, delta)
+    z += _collect(c)
+    return ArithmeticSharedTensor.from_shares(z, precision=0)
+
+
+def _square(x: Shares) -> Shares:
+    """CrypTen's ``square``: ``[r]``, ``[r²]`` from the dealer, open ``x - r``."""
+    if not _STATE.overlap or not _applies(x.device):
+        return _STATE.originals["square"](x)
+    ring = _ring(TTPClient.get().get_generator(device=x.device), x.device)
+    r = ring(x.size())
+    r2 = _ask_or_draw("square", (x.size(),), x.size(), ring, x.device)
+    r = ArithmeticSharedTensor.from_shares(r, precision=0)
+    with crypten_beaver.IgnoreEncodings([x, r]):
+        epsilon = (x - r).reveal()
+    r2 = ArithmeticSharedTensor.from_shares(_collect(r2), precision=0)
+    return r2 + 2 * r * epsilon + epsilon * epsilon
+
+
+def _and(x: Shares, y: Shares) -> Shares:
+    """CrypTen's ``AND`` (binary Beaver triple), the step of every comparison's adder circuit."""
+    if not _STATE.overlap or not _applies(x.device):
+        return _STATE.originals["AND"](x, y)
+    bits = _bits(TTPClient.get().get_generator(device=x.device), x.device)
+    a, b = bits(x.size()), bits(y.size())
+    c = _ask_or_draw("binary", (x.size(), y.size()), torch.broadcast_shapes(x.size(), y.size()), bits, x.device)
+    a, b = BinarySharedTensor.from_shares(a), BinarySharedTensor.from_shares(b)
+    epsilon, delta = BinarySharedTensor.reveal_batch([x ^ a, y ^ b])
+    c = BinarySharedTensor.from_shares(_collect(c))
+    return (b & epsilon) ^ (a & delta) ^ (epsilon & delta) ^ c
+
+
+def _b2a_single_bit(x_bits: Shares) -> Shares:
+    """CrypTen's ``B2A_single_bit``: a shared random bit in both forms, open ``x ^ r``."""
+    if not _STATE.overlap or not _applies(x_bits.device) or comm.get().get_world_size() < 2:
+        return _STATE.originals["B2A_single_bit"](x_bits)
+    generator = TTPClient.get().get_generator(device=x_bits.device)
+    r_bits = _bits(generator, x_bits.device, bitlength=1)(x_bits.size())
+    r_arith = _ask_or_draw("B2A", (x_bits.size(),), x_bits.size(), _ring(generator, x_bits.device), x_bits.device)
+    z = (x_bits ^ BinarySharedTensor.from_shares(r_bits)).reveal()
+    r_arith = ArithmeticSharedTensor.from_shares(_collect(r_arith), precision=0)
+    return r_arith * (1 - 2 * z) + z
+
+
+_REPLACEMENTS = {
+    "__beaver_protocol": _beaver_protocol, "square": _square, "AND": _and, "B2A_single_bit": _b2a_single_bit,
+}
+
+
+# -- switching -----------------------------------------------------------------------------------
+def _ttp_triple_sized_on_meta(self, size0, size1, op, device=None, *args, **kwargs):
+    """CrypTen's ``TrustedThirdParty.generate_additive_triple`` (for the products that still take
+    CrypTen's protocol, e.g. convolutions); parties other than 0 size ``c`` on meta tensors."""
+    if device is not None and torch.device(device).type != "cpu":
+        return _STATE.originals["ttp_triple"](self, size0, size1, op, device, *args, **kwargs)
+    ring = _ring(TTPClient.get().get_generator(device=device), device)
+    a, b = ring(size0), ring(size1)
+    if comm.get().get_rank() == 0:
+        c = TTPClient.get().ttp_request("additive", device, size0, size1, op, *args, **kwargs)
+    else:
+        meta0, meta1 = torch.empty(size0, device="meta"), torch.empty(size1, device="meta")
+        c = ring(getattr(torch, op)(meta0, meta1, *args, **kwargs).size())
+    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
+
+
+def enable(*, overlap_dealer: bool = True, fewer_matmuls: bool = True) -> None:
+    """Run CrypTen's Beaver steps as the module doc says, with these switches (both off: CrypTen's)."""
+    disable()
+    if not (overlap_dealer or fewer_matmuls):
+        return
+    _STATE.overlap, _STATE.fewer_matmuls = overlap_dealer, fewer_matmuls
+    for name in _PROTOCOLS:
+        _STATE.originals[name] = getattr(crypten_beaver, name)
+        setattr(crypten_beaver, name, _REPLACEMENTS[name])
+    if fewer_matmuls:
+        _STATE.originals["ttp_triple"] = TrustedThirdParty.generate_additive_triple
+        TrustedThirdParty.generate_additive_triple = _ttp_triple_sized_on_meta
+    log.debug("beaver steps on (overlap %s, fewer matmuls %s)", overlap_dealer, fewer_matmuls)
+
+
+def disable() -> None:
+    """Give CrypTen back its own protocols (idempotent)."""
+    originals = _STATE.originals
+    for name in _PROTOCOLS:
+        if name in originals:
+            setattr(crypten_beaver, name, originals[name])
+    if "ttp_triple" in originals:
+        TrustedThirdParty.generate_additive_triple = originals["ttp_triple"]
+    _STATE.originals = {}
+    _STATE.overlap = _STATE.fewer_matmuls = False
+
+
+def is_enabled() -> bool:
+    """Whether :func:`enable` is in effect in this process."""
+    return _STATE.enabled

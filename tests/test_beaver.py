@@ -1,0 +1,90 @@
+"""mpcformer's Beaver steps (mpcformer.mpc.beaver): CrypTen's values, rounds and bytes in every
+mode; the dealer's answer collected after the opening when overlapping; switches that restore."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from test_ring_matmul import ring_values
+
+PROTOCOLS = ("__beaver_protocol", "square", "AND", "B2A_single_bit")
+
+
+def test_enable_switches_and_disable_restores_cryptens_protocols():
+    from mpcformer.mpc import beaver
+    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
+
+    crypten_beaver = importlib.import_module("crypten.mpc.primitives.beaver")
+    originals = {name: getattr(crypten_beaver, name) for name in PROTOCOLS}
+    triple = TrustedThirdParty.generate_additive_triple
+    try:
+        beaver.enable(overlap_dealer=True, fewer_matmuls=False)
+        assert beaver.is_enabled()
+        assert all(getattr(crypten_beaver, name) is not originals[name] for name in PROTOCOLS)
+        assert TrustedThirdParty.generate_additive_triple is triple  # meta sizing is fewer_matmuls'
+        beaver.enable(overlap_dealer=True, fewer_matmuls=True)  # switch again: still one layer deep
+        assert TrustedThirdParty.generate_additive_triple is not triple
+        beaver.disable()
+        assert all(getattr(crypten_beaver, name) is originals[name] for name in PROTOCOLS)
+        assert TrustedThirdParty.generate_additive_triple is triple
+        beaver.enable(overlap_dealer=False, fewer_matmuls=False)  # both off: CrypTen as shipped
+        assert not beaver.is_enabled() and all(getattr(crypten_beaver, n) is originals[n] for n in PROTOCOLS)
+    finally:
+        beaver.disable()
+
+
+@pytest.fixture(scope="module")
+def runs():
+    from mpcformer.mpc.launcher import run_local
+
+    import beaver_party_fns as fns
+
+    ints = {"x": ring_values((3, 5), 21, 0.3), "y": ring_values((5,), 22, 0.3), "w": ring_values((5, 4), 23, 0.3)}
+    floats = {"f": [-2.5, -0.01, 0.0, 0.02, 1.5, 3.0]}
+    results = run_local(
+        fns.products_in_every_mode,
+        args=({n: t.tolist() for n, t in ints.items()}, floats),
+        timeout_s=240,
+    )
+    return ints, floats, results
+
+
+def test_every_mode_gives_the_exact_ring_values(runs):
+    ints, floats, results = runs
+    x, y, w = ints["x"], ints["y"], ints["w"]
+    f = torch.tensor(floats["f"])
+    for party in results:
+        for mode, got in party.items():
+            values = got["values"]
+            assert torch.equal(torch.tensor(values["mul"]), x * y), mode
+            assert torch.equal(torch.tensor(values["matmul"]), x @ w), mode
+            assert torch.equal(torch.tensor(values["square"]), x * x), mode
+            assert torch.equal(torch.tensor(values["positive"]), (f > 0).float()), mode
+            assert torch.allclose(torch.tensor(values["relu"]), f.clamp(min=0), atol=1e-3), mode
+
+
+def test_every_mode_exchanges_the_same_rounds_and_bytes(runs):
+    _, _, results = runs
+    for party in results:
+        reference = party["crypten"]
+        assert reference["rounds"] > 0 and reference["bytes"] > 0
+        for mode, got in party.items():
+            assert (got["rounds"], got["bytes"], got["dealer_bytes"]) == (
+                reference["rounds"], reference["bytes"], reference["dealer_bytes"]
+            ), mode
+
+
+def test_overlap_collects_the_dealers_answer_after_the_opening(runs):
+    _, _, results = runs
+    owner, client = results
+    asked_first = ["dealer:send_obj", "dealer:recv_obj", "dealer:broadcast", "party:all_reduce"]
+    opened_first = ["dealer:send_obj", "party:all_reduce", "dealer:recv_obj", "dealer:broadcast"]
+    for mode in ("crypten", "fewer"):
+        assert owner[mode]["mul_order"] == asked_first, mode
+    for mode in ("overlap", "both"):
+        assert owner[mode]["mul_order"] == opened_first, mode
+    for mode, got in client.items():  # party 1 never talks to the dealer during a product
+        assert got["mul_order"] == ["party:all_reduce"], mode
