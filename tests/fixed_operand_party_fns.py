@@ -19,14 +19,15 @@ def masked_and_stock_products(rank: int, ints: dict[str, list], floats: dict[str
     """The same products through a masked :class:`FixedOperand`, a plain one and CrypTen's matmul.
 
     Integers are shared at precision 0 (no truncation): every revealed product is an exact ring
-    element. ``w_t`` enters transposed, as the encrypted model's weights do.
+    element. ``w_t`` enters transposed, as the encrypted model's weights do; party 0 holds it.
     """
     from mpcformer.mpc import fixed_operand
     from mpcformer.mpc.compat import crypten
     from mpcformer.mpc.fixed_operand import FixedOperand
 
-    w = crypten.cryptensor(torch.tensor(ints["w_t"]), src=0, precision=0).t()  # (k, n), a transposed view
-    masked, setup_bytes, _ = _party_bytes(lambda: FixedOperand(w))
+    w_plain = torch.tensor(ints["w_t"]).t()  # (k, n), a transposed view
+    owned = w_plain if rank == 0 else None  # only the owner holds the weight
+    masked, setup_bytes, _ = _party_bytes(lambda: FixedOperand(owned, tuple(w_plain.shape), precision=0))
     xs = [crypten.cryptensor(torch.tensor(x), src=1, precision=0) for x in ints["xs"]]
     out: dict = {"masked": masked.masked, "setup_bytes": setup_bytes, "ints": [], "bytes": [], "dealer_bytes": []}
     for x in xs:  # several products under the one mask
@@ -34,18 +35,26 @@ def masked_and_stock_products(rank: int, ints: dict[str, list], floats: dict[str
         out["ints"].append(y.get_plain_text().long().tolist())
         out["bytes"].append(sent)
         out["dealer_bytes"].append(dealer)
+    w = crypten.cryptensor(w_plain, src=0, precision=0)
     _, out["stock_bytes"], _ = _party_bytes(lambda: xs[0].matmul(w))
 
-    wf = crypten.cryptensor(torch.tensor(floats["w"]), src=0)
+    wf_plain = torch.tensor(floats["w"])
     xf = crypten.cryptensor(torch.tensor(floats["x"]), src=1)
-    out["float_masked"] = FixedOperand(wf).rmatmul(xf).get_plain_text().tolist()
-    out["float_stock"] = xf.matmul(wf).get_plain_text().tolist()
+    wf_owned = wf_plain if rank == 0 else None
+    out["float_masked"] = FixedOperand(wf_owned, tuple(wf_plain.shape)).rmatmul(xf).get_plain_text().tolist()
+    out["float_stock"] = xf.matmul(crypten.cryptensor(wf_plain, src=0)).get_plain_text().tolist()
 
     fixed_operand.disable()
-    plain = FixedOperand(w)
+    plain = FixedOperand(owned, tuple(w_plain.shape), precision=0)
     y, out["plain_bytes"], _ = _party_bytes(lambda: plain.rmatmul(xs[0]))
     out["plain"] = {"masked": plain.masked, "ints": y.get_plain_text().long().tolist()}
     fixed_operand.enable()
+
+    try:
+        FixedOperand(w_plain, tuple(w_plain.shape)) if rank == 1 else FixedOperand(None, tuple(w_plain.shape))
+        out["wrong_owner"] = "no error"
+    except ValueError as err:
+        out["wrong_owner"] = str(err)
 
     masked.release()
     try:

@@ -1,4 +1,4 @@
-"""Reusable weight masks (:mod:`mpcformer.mpc.fixed_operand`): exact products, the weight opened once."""
+"""Owner operands with reusable masks (:mod:`mpcformer.mpc.fixed_operand`): exact products, the weight sent once."""
 
 from __future__ import annotations
 
@@ -52,14 +52,15 @@ def test_masked_fixed_point_product_matches_cryptens(products):
         assert torch.allclose(masked, stock, atol=2e-4)  # the truncation may differ by an LSB
 
 
-def test_the_weight_is_opened_once_and_each_product_opens_only_its_input(products):
+def test_the_weight_is_sent_once_and_each_product_sends_only_its_input_one_way(products):
     ints, _, results = products
     w_numel, x0_numel = ints["w_t"].numel(), ints["xs"][0].numel()
     for party in results:
-        per_element = party["stock_bytes"] / (x0_numel + w_numel)  # CrypTen opens x - a and W - b
-        assert party["setup_bytes"] == pytest.approx(per_element * w_numel)
+        # CrypTen opens x - a and W - b, each both ways; here W - b once and x_1 - a, one way each.
+        both_ways = party["stock_bytes"] / (x0_numel + w_numel)
+        assert party["setup_bytes"] == pytest.approx(both_ways / 2 * w_numel)
         for x, sent in zip(ints["xs"], party["bytes"]):
-            assert sent == pytest.approx(per_element * x.numel())
+            assert sent == pytest.approx(both_ways / 2 * x.numel())
         assert party["plain_bytes"] == party["stock_bytes"]  # masks off: CrypTen's protocol
     owner, client = results
     assert all(b > 0 for b in owner["dealer_bytes"]) and all(b == 0 for b in client["dealer_bytes"])
@@ -68,3 +69,8 @@ def test_the_weight_is_opened_once_and_each_product_opens_only_its_input(product
 def test_a_released_operand_refuses_with_advice(products):
     for party in products[2]:
         assert "released" in party["after_release"] and "build it again" in party["after_release"]
+
+
+def test_only_the_owner_passes_the_value(products):
+    for party in products[2]:
+        assert "party 0 (the owner) passes the operand's value" in party["wrong_owner"]

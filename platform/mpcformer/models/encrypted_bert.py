@@ -231,9 +231,10 @@ class OwnerWeights:
         self.state_dict = state_dict
         self.device = torch.device(device)
 
-    def share(self, name: str, shape: tuple[int, ...]) -> CrypTensor:
+    def value(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The plaintext weight (float32, on ``device``) on party 0; ``None`` on the other parties."""
         if self.state_dict is None:
-            return crypten.cryptensor(torch.zeros(shape, device=self.device), src=0)
+            return None
         key = hf_key(self.family, name)
         tensor = self.state_dict.get(key)
         if tensor is None:
@@ -243,7 +244,12 @@ class OwnerWeights:
             )
         if tuple(tensor.shape) != tuple(shape):
             raise UserError(f"weight '{key}' has shape {tuple(tensor.shape)}, the config implies {tuple(shape)}")
-        return crypten.cryptensor(tensor.detach().to(self.device, torch.float32), src=0)
+        return tensor.detach().to(self.device, torch.float32)
+
+    def share(self, name: str, shape: tuple[int, ...]) -> CrypTensor:
+        """The weight secret-shared by party 0."""
+        value = self.value(name, shape)
+        return crypten.cryptensor(torch.zeros(shape, device=self.device) if value is None else value, src=0)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -255,16 +261,19 @@ class _Module:
 
 
 class EncryptedLinear(_Module):
-    """y = x W^T + b, with the owner's W (out, in) and b (out,) secret-shared.
+    """y = x W^T + b, with the owner's W (out, in) and b (out,); b secret-shared.
 
-    W^T is a :class:`~mpcformer.mpc.fixed_operand.FixedOperand`: with reusable weight masks it is
-    opened once under its mask when the model is built, and each forward opens only x's mask.
+    W^T is a :class:`~mpcformer.mpc.fixed_operand.FixedOperand` (party 0 holds it): with reusable
+    weight masks it is sent once under its mask when the model is built, and each forward sends
+    only x's masked share.
     """
 
     def __init__(self, weights: OwnerWeights, names: list[str], in_features: int, out_features: int):
-        # Several names are concatenated along the output: one matmul opens x once for Q, K and V.
-        transposed = [weights.share(f"{n}.weight", (out_features, in_features)).t() for n in names]  # (in, out) each
-        self.weight_t = FixedOperand(transposed[0] if len(names) == 1 else crypten.cat(transposed, dim=1))  # (in, k*out)
+        # Several names are concatenated along the output: one matmul sends x once for Q, K and V.
+        shape = (in_features, len(names) * out_features)
+        values = [weights.value(f"{n}.weight", (out_features, in_features)) for n in names]  # (out, in) each
+        value = None if values[0] is None else torch.cat([v.t() for v in values], dim=1)  # (in, k*out)
+        self.weight_t = FixedOperand(value, shape, weights.device)
         biases = [weights.share(f"{n}.bias", (out_features,)) for n in names]
         self.bias = biases[0] if len(names) == 1 else crypten.cat(biases, dim=0)  # (k*out,)
 
@@ -341,9 +350,12 @@ class EncryptedBertEmbeddings(_Module):
 
     def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights):
         H, share = config.hidden_size, weights.share
-        table = share("embeddings.word_embeddings.weight", (config.vocab_size, H))  # (V, H)
-        starts = range(0, config.vocab_size, config.vocab_chunk)
-        self.word_chunks = [FixedOperand(table[s:s + config.vocab_chunk]) for s in starts]  # (c, H) each
+        table = weights.value("embeddings.word_embeddings.weight", (config.vocab_size, H))  # (V, H) on party 0
+        self.word_chunks = [  # (c, H) each
+            FixedOperand(None if table is None else table[s:stop], (stop - s, H), weights.device)
+            for s in range(0, config.vocab_size, config.vocab_chunk)
+            for stop in [min(s + config.vocab_chunk, config.vocab_size)]
+        ]
         self.device = weights.device
         self.position_embeddings = share("embeddings.position_embeddings.weight", (config.max_position_embeddings, H))
         self.token_type_embeddings = share("embeddings.token_type_embeddings.weight", (config.type_vocab_size, H))

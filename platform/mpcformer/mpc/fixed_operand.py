@@ -1,34 +1,36 @@
-"""Fixed right operands (the owner's weights) opened once under a mask that later products reuse.
+"""The owner's weights as right operands of many products ``x @ W``, opened once under a mask.
 
-**Why.** Beaver's protocol for ``z = x @ W`` takes a triple ``([a], [b], [c = a @ b])`` from the
-dealer and opens ``ε = x - a`` and ``δ = W - b``. For a weight matrix ``δ`` is as large as the
-weight (bert-base: 109M ring elements per forward, 74% of ``quad+2quad``'s bytes at length 128),
-and it is the same matrix in every forward. Keeping ``b`` and ``δ`` from the first opening, each
-later product needs only a fresh ``a`` and ``c = a @ b`` from the dealer and opens only ``ε``, the
-activation-sized half. SecureML (Mohassel & Zhang, 2017, section 4.2) reuses the mask of a matrix
-that enters several products in the same way.
+**Setting.** ``W`` is party 0's own input (the model owner's weight, in plaintext on party 0);
+``x`` is secret-shared (``x = x_0 + x_1``). CrypTen's generic Beaver matmul treats ``W`` as
+shared too: each product opens ``x - a`` and ``W - b`` both ways, and every party does two or
+three local matmuls. Knowing who holds ``W`` and that it never changes, we do less:
 
-**Security.** ``δ = W - b`` with ``b`` uniform in the ring and used to mask ``W`` alone reveals
-nothing about ``W``; every ``ε`` is masked by a fresh ``a``. The dealer (CrypTen's TTP) knows
-``a``, ``b`` and ``c`` as for any triple, and never sees ``δ`` or ``ε``. What changes is that ``b``
-is drawn once per weight instead of once per product; ``W`` must then never change under the same
-mask (a :class:`FixedOperand` is built from a weight and keeps no handle to modify it).
+**Protocol** (2 parties + CrypTen's TTP dealer; ``g_p`` is the generator party ``p`` shares with
+the dealer, which mirrors every draw):
 
-**Protocol** (party ``p``; the dealer mirrors each party's draws from the generator it shares
-with that party, as CrypTen's TTP does for every triple):
-
-- register: ``b_p`` from the generator; party 0 asks the dealer ``mpcformer_mask_register(key,
-  size)``, which draws every ``b_p`` and keeps ``b = Σ b_p``; open ``δ = W - b`` (one round, once).
-- ``x @ W``: ``a_p`` from the generator; party 0 gets ``c_0`` from the dealer
-  (``mpcformer_mask_triple(key, size)``: ``c = a @ b``), the others draw ``c_p``; open
-  ``ε = x - a`` (one round); ``z_p = c_p + ε @ (b_p + [p = 0] δ) + a_p @ δ``, then the usual
-  fixed-point truncation. Two local matmuls per party and one on the dealer, as in
-  :mod:`mpcformer.mpc.ring_matmul`'s Beaver step; party 0 sends its request first and collects
-  ``c_0`` after its own products, so the dealer's product runs while the parties compute.
+- register, once per weight: party 0 draws ``b`` from ``g_0`` and asks the dealer
+  ``mpcformer_mask_register(key, size)`` (the dealer draws the same ``b``); party 0 sends
+  ``δ = W - b`` to party 1 (one message, weight-sized, one way).
+- ``x @ W``: party 1 draws a fresh ``a`` and ``c_1`` from ``g_1`` and sends ``e = x_1 - a`` to
+  party 0; its share is ``z_1 = a @ δ + c_1``. Party 0 asks the dealer
+  ``mpcformer_mask_triple(key, size)`` for ``c_0 = a @ b - c_1`` (the dealer draws the same ``a``
+  and ``c_1``); its share is ``z_0 = (x_0 + e) @ W + c_0``. Then ``z_0 + z_1 = (x - a) @ W +
+  a @ (W - b) + a @ b = x @ W``; the usual fixed-point truncation follows.
+  One activation-sized message, one way; one local matmul per party and one on the dealer
+  (CrypTen: the weight and the activation opened both ways, 2 or 3 matmuls per party).
 - release: ``mpcformer_mask_release(keys)`` frees ``b`` on the dealer.
 
-Used when ``MPCConfig.reuse_weight_masks`` is on (the default) with the TTP dealer on CPU;
-otherwise a :class:`FixedOperand` is plain CrypTen (``x.matmul(W)``, a fresh triple per product).
+**Security** (semi-honest, no collusion with the dealer, as CrypTen's TTP). Party 1 sees ``δ``,
+masked by ``b``, uniform and known only to party 0 and the dealer; reusing ``b`` for many products
+reveals nothing more, as ``δ`` is sent once (SecureML, Mohassel & Zhang 2017, section 4.2, reuses a
+matrix's mask the same way) and ``W`` never changes under it (an operand keeps no handle to modify
+it). Party 0 sees each ``e``, masked by a fresh ``a`` known only to party 1 and the dealer, and
+``c_0``, masked by ``c_1``. The dealer sees only sizes. Party 0 learns nothing it did not know:
+``W`` is its own.
+
+Used when ``MPCConfig.reuse_weight_masks`` is on (the default) with the TTP dealer, 2 parties, on
+CPU; otherwise a :class:`FixedOperand` is plain CrypTen: ``W`` shared by party 0 and
+``x.matmul(W)``, a fresh triple per product.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ import torch
 from mpcformer.mpc.compat import crypten  # import order: compat first
 from crypten import communicator as comm
 from crypten.common.rng import generate_random_ring_element
-from crypten.mpc import MPCTensor, ptype
+from crypten.encoder import FixedPointEncoder
+from crypten.mpc import ptype
 from crypten.mpc.primitives import ArithmeticSharedTensor
 from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
@@ -66,19 +69,21 @@ def _dealer_masks(server: Any) -> dict[int, torch.Tensor]:
 
 
 def _dealer_register(server: Any, key: int, size: tuple[int, ...]) -> torch.Tensor:
-    """Draw every party's ``b_p`` (mirroring their generators) and keep ``b = Σ b_p``."""
-    _dealer_masks(server)[key] = server._get_additive_PRSS(torch.Size(size))
+    """Draw party 0's ``b`` (mirroring its generator) and keep it."""
+    generator = server._get_generators(device=server.device)[0]
+    _dealer_masks(server)[key] = generate_random_ring_element(torch.Size(size), generator=generator, device=server.device)
     return torch.zeros(1, dtype=torch.long, device=server.device)  # the TTP loop always answers a tensor
 
 
 def _dealer_triple(server: Any, key: int, size0: tuple[int, ...]) -> torch.Tensor:
-    """Party 0's share of ``c = a @ b`` for a fresh ``a`` and the kept ``b``."""
+    """Party 0's ``c_0 = a @ b - c_1`` for party 1's fresh ``a`` and ``c_1`` (mirroring its generator)."""
     b = _dealer_masks(server).get(key)
     if b is None:
         raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
-    a = server._get_additive_PRSS(torch.Size(size0))
+    generator = server._get_generators(device=server.device)[1]
+    a = generate_random_ring_element(torch.Size(size0), generator=generator, device=server.device)
     c = _dispatch_matmul(a, b)
-    return c - server._get_additive_PRSS(c.size(), remove_rank=True)
+    return c - generate_random_ring_element(c.size(), generator=generator, device=server.device)
 
 
 def _dealer_release(server: Any, keys: list[int]) -> torch.Tensor:
@@ -101,12 +106,11 @@ def disable() -> None:
     _state["enabled"] = False
 
 
-def _masks_apply(weight: CrypTensor) -> bool:
+def _masks_apply(device: torch.device) -> bool:
     return (
         _state["enabled"]
-        and isinstance(weight, MPCTensor)
-        and weight.ptype == ptype.arithmetic
-        and weight.device.type == "cpu"
+        and device.type == "cpu"
+        and comm.get().get_world_size() == 2
         and crypten.cfg.mpc.provider == "TTP"
         and not crypten.cfg.mpc.active_security
     )
@@ -114,34 +118,44 @@ def _masks_apply(weight: CrypTensor) -> bool:
 
 # -- the parties' side ------------------------------------------------------------------------------
 class FixedOperand:
-    """A secret-shared matrix ``W`` (k, n) that is the right operand of many products ``x @ W``.
+    """A matrix ``W`` (k, n) that party 0 holds in plaintext, right operand of many ``x @ W``.
 
-    Building one opens ``δ = W - b`` once (when masks apply: one round, ``W``'s size in bytes);
-    :meth:`rmatmul` then costs one activation-sized opening. Every party builds its operands in
-    the same order (as every CrypTen computation). :meth:`release` frees the dealer's copy of
-    ``b``; an operand is only valid in the MPC session it was built in.
+    Party 0 passes ``value`` (float, or integers with ``precision=0``); the other party passes
+    ``None`` and the same ``shape``. Building one sends ``δ = W - b`` once (when masks apply: one
+    message, ``W``'s size); :meth:`rmatmul` then costs one activation-sized message. Every party
+    builds its operands in the same order (as every CrypTen computation). :meth:`release` frees
+    the dealer's copy of ``b``; an operand is only valid in the MPC session it was built in.
+    ``precision`` (fractional bits) defaults to the session's.
     """
 
-    def __init__(self, weight: CrypTensor):
-        if weight.dim() != 2:
-            raise ValueError(f"a fixed operand is a matrix (k, n), got shape {tuple(weight.size())}")
-        self.shape = tuple(weight.size())
-        self.masked = _masks_apply(weight)
+    def __init__(
+        self, value: torch.Tensor | None, shape: tuple[int, int], device: torch.device | str = "cpu",
+        precision: int | None = None,
+    ):
+        self.shape, self.device = tuple(shape), torch.device(device)
+        self.rank = comm.get().get_rank()
+        if len(self.shape) != 2:
+            raise ValueError(f"a fixed operand is a matrix (k, n), got shape {self.shape}")
+        if (value is not None) != (self.rank == 0):
+            raise ValueError("party 0 (the owner) passes the operand's value, the other party None")
+        if value is not None and tuple(value.shape) != self.shape:
+            raise ValueError(f"value has shape {tuple(value.shape)}, expected {self.shape}")
+        self.masked = _masks_apply(self.device)
         self.key: int | None = None
         if not self.masked:
-            self._weight = weight
+            plain = value if value is not None else torch.zeros(self.shape)
+            self._weight = crypten.cryptensor(plain.to(self.device), src=0, precision=precision)
             return
-        shares = weight._tensor  # ArithmeticSharedTensor
-        self.encoder, self.device = shares.encoder, shares.device
-        self.rank = comm.get().get_rank()
+        self.encoder = FixedPointEncoder(precision)
         self.key = next(_keys)
-        generator = TTPClient.get().get_generator(device=self.device)
-        b = generate_random_ring_element(self.shape, generator=generator, device=self.device)
         if self.rank == 0:
+            self._weight = self.encoder.encode(value.to(self.device))  # W, int64 (k, n)
+            generator = TTPClient.get().get_generator(device=self.device)
+            b = generate_random_ring_element(self.shape, generator=generator, device=self.device)
             TTPClient.get().ttp_request(_REGISTER, self.device, self.key, self.shape)
-        self.delta = comm.get().all_reduce(shares.share - b)  # δ = W - b, public from now on
-        # Party 0 carries the public ε·δ term: z_0 = c_0 + ε (b_0 + δ) + a_0 δ.
-        self._b_share = b + self.delta if self.rank == 0 else b
+            comm.get().send((self._weight - b).contiguous(), dst=1)  # δ = W - b
+        else:
+            self.delta = comm.get().recv(torch.empty(self.shape, dtype=torch.long, device=self.device), src=0)
 
     def rmatmul(self, x: CrypTensor) -> CrypTensor:
         """``x @ W`` for an encrypted ``x`` (..., k); encrypted (..., n)."""
@@ -155,20 +169,19 @@ class FixedOperand:
         size0 = tuple(x_shares.size())
         if size0[-1] != self.shape[0]:
             raise ValueError(f"x @ W: x is {size0}, W is {self.shape}")
-        out_size = torch.Size(size0[:-1] + self.shape[1:])
-        generator = TTPClient.get().get_generator(device=self.device)
-        a = generate_random_ring_element(size0, generator=generator, device=self.device)
-        if self.rank == 0:  # ask now, collect c_0 after the local products: the dealer's runs meanwhile
+        if self.rank == 0:  # ask first: the dealer computes c_0 while party 1's e travels
             ask_dealer(_TRIPLE, self.device, self.key, size0)
+            e = comm.get().recv(torch.empty(size0, dtype=torch.long, device=self.device), src=1)
+            z = _dispatch_matmul(x_shares.share + e, self._weight)  # (x_0 + e) @ W
+            z += dealer_answer(self.device)
         else:
-            c = generate_random_ring_element(out_size, generator=generator, device=self.device)
-        epsilon = comm.get().all_reduce(x_shares.share - a)  # ε = x - a, uniform
-        products = _dispatch_matmul(epsilon, self._b_share)
-        products += _dispatch_matmul(a, self.delta)
-        if self.rank == 0:
-            c = dealer_answer(self.device)
-        c += products
-        z = ArithmeticSharedTensor.from_shares(c, precision=0)
+            generator = TTPClient.get().get_generator(device=self.device)
+            a = generate_random_ring_element(size0, generator=generator, device=self.device)
+            c_1 = generate_random_ring_element(size0[:-1] + self.shape[1:], generator=generator, device=self.device)
+            comm.get().send((x_shares.share - a).contiguous(), dst=0)  # e = x_1 - a, uniform
+            z = _dispatch_matmul(a, self.delta)
+            z += c_1
+        z = ArithmeticSharedTensor.from_shares(z, precision=0)
         # Fixed-point bookkeeping exactly as CrypTen's private matmul (arithmetic._arithmetic_function).
         x_scale, w_scale = x_shares.encoder.scale, self.encoder.scale
         z.encoder = x_shares.encoder if x_scale > 1 else self.encoder
