@@ -59,7 +59,7 @@ def render_markdown(report: dict) -> str:
     lines += [
         "",
         "Latency is one forward of a model already built in the session; building it (sharing the "
-        "owner's weights and opening each under its reusable mask) is paid once per session: last column.",
+        "owner's weights and sending each under its reusable mask) is paid once per session: last column.",
     ]
     env = report["environment"]
     where = f"GPU: {env['gpu']}" if env.get("gpu") else "CPU only"
