@@ -231,7 +231,7 @@ def test_the_encrypted_model_is_built_once_per_session_and_weights(session):
         built_now = index % len(COMBOS) == 0  # the first combo of each model
         for party in (owner, client):
             assert party["setup"]["reused"] is not built_now, (job["model"], job["combo"])
-            if built_now:  # sharing the weights and opening each under its mask: one round per matrix
+            if built_now:  # sharing the small weights and sending each matrix under its mask: one round per matrix
                 assert party["setup"]["rounds"] > 0 and party["setup"]["bytes"] > 0
             else:
                 assert party["setup"]["bytes"] == party["setup"]["time_s"] == 0

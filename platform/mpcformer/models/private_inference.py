@@ -22,8 +22,8 @@ What becomes public (sent in the clear inside this function, one broadcast each 
 Private: the owner's weights (only ever party 0's shares), the client's token ids (party 1's
 shares of one-hot rows), every intermediate activation. Only the client learns the logits.
 
-**One build per session.** Building the encrypted model (sharing the weights and, with reusable
-weight masks, opening each weight once under its mask: :mod:`mpcformer.mpc.fixed_operand`) is kept
+**One build per session.** Building the encrypted model (sharing the small weights and, with
+reusable weight masks, sending each weight matrix once under its mask: :mod:`mpcformer.mpc.fixed_operand`) is kept
 for the next call in the same MPC session when the owner's weights are unchanged, so a party
 group serving many batches pays it once. The result's ``setup`` says what the call paid for it.
 """
@@ -102,7 +102,7 @@ _built: _BuiltModel | None = None  # this process's (a party runs one session at
 
 
 def _forget_built_model() -> None:
-    """Session closed: its encrypted model (shares, masks: ~2x the weights) is of no further use."""
+    """Session closed: its encrypted model (the owner's weights or their masked copy) is of no further use."""
     global _built
     _built = None
 
@@ -242,7 +242,7 @@ def run_private_inference(
     ``attention_mask`` (B, T, 1 = real token; default all ones) and ``token_type_ids``. ``ledger``
     (inactive; this function activates it) records time, comm time, rounds and bytes per
     operation category and layer of the exchanges and the forward. Building the encrypted model
-    (sharing the weights, opening their masks) is accounted apart as ``setup`` (time, rounds and
+    (sharing the small weights, sending the matrices under their masks) is accounted apart as ``setup`` (time, rounds and
     bytes with the other party and with the dealer, and ``reused``: the model built by an earlier
     call of this session served again, at no cost); ``setup_s`` is its time. ``device`` (default: the open session's,
     :func:`~mpcformer.mpc.session.session_device`) is where the shares live and the arithmetic runs.

@@ -1,4 +1,4 @@
-"""The owner's weights as right operands of many products ``x @ W``, opened once under a mask.
+"""The owner's weights as right operands of many products ``x @ W``, sent once under a mask.
 
 **Setting.** ``W`` is party 0's own input (the model owner's weight, in plaintext on party 0);
 ``x`` is secret-shared (``x = x_0 + x_1``). CrypTen's generic Beaver matmul treats ``W`` as
