@@ -42,7 +42,7 @@ def test_emulated_run_matches_analytic_projection():
 def test_the_dealer_link_is_emulated_and_overlap_hides_it():
     """The dealer is online: without overlap every request waits one more rtt, in both forms."""
     values = torch.randn(4, 16).tolist()
-    link = NetworkProfile(name="latency", bandwidth_bps=10e9, rtt_s=0.05, mode="emulate")
+    link = NetworkProfile(name="latency", bandwidth_bps=10e9, rtt_s=0.1, mode="emulate")  # the link dominates
     measured, projected = {}, {}
     for overlap in (False, True):
         base = run_local(fns.timed_softmax, args=(values,), config=MPCConfig(overlap_dealer=overlap))[0]
