@@ -9,8 +9,8 @@ Writes ``matmul_path.json`` and ``matmul_path.md`` into ``--out``. Each call run
 TTP dealer through the local launcher; a call's latency is the client's fastest of ``repeats``
 forwards, and a path's figure the fastest of its ``rounds`` calls. The fast Beaver step and the
 overlap change only local work and the order of waits, so their rounds and bytes must match the
-path before them. Reusable masks open each weight once per session (the model's set-up, reported
-apart) instead of once per forward: the same rounds, fewer bytes.
+path before them. Reusable masks send each weight once per session (the model's set-up, reported
+apart) instead of opening it in every forward: the same rounds, fewer bytes.
 """
 
 from __future__ import annotations

@@ -23,9 +23,10 @@ Private: the owner's weights (only ever party 0's shares), the client's token id
 shares of one-hot rows), every intermediate activation. Only the client learns the logits.
 
 **One build per session.** Building the encrypted model (sharing the small weights and, with
-reusable weight masks, sending each weight matrix once under its mask: :mod:`mpcformer.mpc.fixed_operand`) is kept
-for the next call in the same MPC session when the owner's weights are unchanged, so a party
-group serving many batches pays it once. The result's ``setup`` says what the call paid for it.
+reusable weight masks, sending each weight matrix once under its mask:
+:mod:`mpcformer.mpc.fixed_operand`) is kept for the next call in the same MPC session when the
+owner's weights are unchanged, so a party group serving many batches pays it once. The result's
+``setup`` says what the call paid for it.
 """
 
 from __future__ import annotations
@@ -136,10 +137,11 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 _architectures: dict[str, EncryptedBertConfig] = {}  # the last model's, by weights and HF config
 
 
-def _architecture(model: torch.nn.Module) -> EncryptedBertConfig:
-    """``EncryptedBertConfig.from_hf(model)``, kept while the weights and the HF config stay the
-    same (it scans the embedding tables: ~0.6 s on bert-base, on the client's critical path)."""
-    key = f"{weights_fingerprint(model)}|{model.config.to_json_string()}"
+def _architecture(model: torch.nn.Module, fingerprint: str) -> EncryptedBertConfig:
+    """``EncryptedBertConfig.from_hf(model)``, kept while the weights (``fingerprint``) and the HF
+    config stay the same (it scans the embedding tables: ~0.6 s on bert-base, on the client's
+    critical path)."""
+    key = f"{fingerprint}|{model.config.to_json_string()}"
     if key not in _architectures:
         _architectures.clear()
         _architectures[key] = EncryptedBertConfig.from_hf(model)
@@ -183,10 +185,10 @@ def _exchange_architecture(
     """Owner broadcasts the public architecture, its combo (checked in :func:`_check_same_combo`),
     the key of the encrypted model to use and the key of the one it holds."""
     def build() -> dict[str, Any]:
-        config = _architecture(model)
-        key = hashlib.blake2b(
-            f"{weights_fingerprint(model)}|{config.model_dump_json()}|{device}".encode(), digest_size=16
-        ).hexdigest()
+        fingerprint = weights_fingerprint(model)
+        config = _architecture(model, fingerprint)
+        key = f"{fingerprint}|{config.model_dump_json()}|{device}"
+        key = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
         return {"config": config.model_dump(), "combo": combo.to_dict(), "key": key, "held": _held_key()}
 
     received = _broadcast(rank, OWNER, build, "model architecture")
@@ -242,9 +244,10 @@ def run_private_inference(
     ``attention_mask`` (B, T, 1 = real token; default all ones) and ``token_type_ids``. ``ledger``
     (inactive; this function activates it) records time, comm time, rounds and bytes per
     operation category and layer of the exchanges and the forward. Building the encrypted model
-    (sharing the small weights, sending the matrices under their masks) is accounted apart as ``setup`` (time, rounds and
-    bytes with the other party and with the dealer, and ``reused``: the model built by an earlier
-    call of this session served again, at no cost); ``setup_s`` is its time. ``device`` (default: the open session's,
+    (sharing the small weights, sending the matrices under their masks) is accounted apart as
+    ``setup`` (time, rounds and bytes with the other party and with the dealer, and ``reused``:
+    the model built by an earlier call of this session served again, at no cost); ``setup_s`` is
+    its time. ``device`` (default: the open session's,
     :func:`~mpcformer.mpc.session.session_device`) is where the shares live and the arithmetic runs.
 
     Returns on the client ``{"combo", "logits": [[float]], "predictions": [int], "setup", "setup_s",

@@ -39,7 +39,7 @@ from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient
 
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 
-__all__ = ["enable", "disable", "is_enabled", "ask_dealer", "dealer_answer"]
+__all__ = ["enable", "disable", "is_enabled", "ask_dealer", "dealer_answer", "ttp_on_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,20 @@ def _collect(share: torch.Tensor | _Pending) -> torch.Tensor:
     return dealer_answer(share.device) if isinstance(share, _Pending) else share
 
 
-def _applies(device: Any) -> bool:
-    """Our steps run with CrypTen's TTP on CPU without active security; CrypTen's own otherwise."""
+def ttp_on_cpu(device: Any) -> bool:
+    """Whether mpcformer's own steps may run: CrypTen's TTP dealer, CPU tensors, no active security
+    (CrypTen's own protocols run otherwise)."""
     return (
         isinstance(crypten.mpc.get_default_provider(), TrustedThirdParty)
         and not crypten.cfg.mpc.active_security
         and torch.device(device).type == "cpu"
     )
+
+
+def _product_size(op: str, size0: torch.Size, size1: torch.Size, *args: Any, **kwargs: Any) -> torch.Size:
+    """Size of ``op(a, b)`` for operands of these sizes, from meta tensors (no arithmetic)."""
+    meta0, meta1 = torch.empty(size0, device="meta"), torch.empty(size1, device="meta")
+    return getattr(torch, op)(meta0, meta1, *args, **kwargs).size()
 
 
 def _ring(generator: torch.Generator, device: Any) -> Callable[[torch.Size], torch.Tensor]:
@@ -121,16 +128,14 @@ def _bits(generator: torch.Generator, device: Any, bitlength: int | None = None)
 def _beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -> Shares:
     """CrypTen's ``__beaver_protocol`` for ``mul`` and ``matmul`` (module doc, points 1 and 2)."""
     ours = _STATE.overlap and op in ("mul", "matmul") or _STATE.fewer_matmuls and op == "matmul"
-    if not ours or args or kwargs or not _applies(x.device):
+    if not ours or args or kwargs or not ttp_on_cpu(x.device):
         return _STATE.originals["__beaver_protocol"](op, x, y, *args, **kwargs)
     if x.device != y.device:
         raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
     device, rank = x.device, comm.get().get_rank()
     ring = _ring(TTPClient.get().get_generator(device=device), device)
     a, b = ring(x.size()), ring(y.size())
-    meta0, meta1 = torch.empty(x.size(), device="meta"), torch.empty(y.size(), device="meta")
-    c_size = getattr(torch, op)(meta0, meta1).size()
-    c = _ask_or_draw("additive", (x.size(), y.size(), op), c_size, ring, device)
+    c = _ask_or_draw("additive", (x.size(), y.size(), op), _product_size(op, x.size(), y.size()), ring, device)
     a, b = ArithmeticSharedTensor.from_shares(a, precision=0), ArithmeticSharedTensor.from_shares(b, precision=0)
     with crypten_beaver.IgnoreEncodings([a, b, x, y]):
         epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
@@ -149,7 +154,7 @@ def _beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -
 
 def _square(x: Shares) -> Shares:
     """CrypTen's ``square``: ``[r]``, ``[r²]`` from the dealer, open ``x - r``."""
-    if not _STATE.overlap or not _applies(x.device):
+    if not _STATE.overlap or not ttp_on_cpu(x.device):
         return _STATE.originals["square"](x)
     ring = _ring(TTPClient.get().get_generator(device=x.device), x.device)
     r = ring(x.size())
@@ -163,7 +168,7 @@ def _square(x: Shares) -> Shares:
 
 def _and(x: Shares, y: Shares) -> Shares:
     """CrypTen's ``AND`` (binary Beaver triple), the step of every comparison's adder circuit."""
-    if not _STATE.overlap or not _applies(x.device):
+    if not _STATE.overlap or not ttp_on_cpu(x.device):
         return _STATE.originals["AND"](x, y)
     bits = _bits(TTPClient.get().get_generator(device=x.device), x.device)
     a, b = bits(x.size()), bits(y.size())
@@ -176,7 +181,7 @@ def _and(x: Shares, y: Shares) -> Shares:
 
 def _b2a_single_bit(x_bits: Shares) -> Shares:
     """CrypTen's ``B2A_single_bit``: a shared random bit in both forms, open ``x ^ r``."""
-    if not _STATE.overlap or not _applies(x_bits.device) or comm.get().get_world_size() < 2:
+    if not _STATE.overlap or not ttp_on_cpu(x_bits.device) or comm.get().get_world_size() < 2:
         return _STATE.originals["B2A_single_bit"](x_bits)
     generator = TTPClient.get().get_generator(device=x_bits.device)
     r_bits = _bits(generator, x_bits.device, bitlength=1)(x_bits.size())
@@ -202,8 +207,7 @@ def _ttp_triple_sized_on_meta(self, size0, size1, op, device=None, *args, **kwar
     if comm.get().get_rank() == 0:
         c = TTPClient.get().ttp_request("additive", device, size0, size1, op, *args, **kwargs)
     else:
-        meta0, meta1 = torch.empty(size0, device="meta"), torch.empty(size1, device="meta")
-        c = ring(getattr(torch, op)(meta0, meta1, *args, **kwargs).size())
+        c = ring(_product_size(op, size0, size1, *args, **kwargs))
     return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
 
 

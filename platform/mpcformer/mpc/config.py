@@ -47,7 +47,8 @@ class MPCConfig(StrictModel):
     )
     reuse_weight_masks: bool = Field(
         default=True,
-        description="open each owner weight once under a mask that later matmuls reuse (TTP dealer, CPU); "
+        description="send each owner weight matrix once, one way, under a mask that later products reuse; "
+        "one local matmul per party per product (TTP dealer, 2 parties, CPU); "
         "False = a fresh Beaver triple per product, as CrypTen ships",
     )
     overlap_dealer: bool = Field(

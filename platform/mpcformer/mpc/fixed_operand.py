@@ -49,7 +49,7 @@ from crypten.mpc import ptype
 from crypten.mpc.primitives import ArithmeticSharedTensor
 from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
 
-from mpcformer.mpc.beaver import ask_dealer, dealer_answer
+from mpcformer.mpc.beaver import ask_dealer, dealer_answer, ttp_on_cpu
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 
 __all__ = ["FixedOperand", "release_masks", "enable", "disable"]
@@ -107,13 +107,7 @@ def disable() -> None:
 
 
 def _masks_apply(device: torch.device) -> bool:
-    return (
-        _state["enabled"]
-        and device.type == "cpu"
-        and comm.get().get_world_size() == 2
-        and crypten.cfg.mpc.provider == "TTP"
-        and not crypten.cfg.mpc.active_security
-    )
+    return _state["enabled"] and comm.get().get_world_size() == 2 and ttp_on_cpu(device)
 
 
 # -- the parties' side ------------------------------------------------------------------------------
