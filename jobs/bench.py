@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="party 0 waits for each dealer answer before opening (CrypTen's order) instead of during it",
     )
     parser.add_argument(
+        "--no-fast-prg", action="store_true", help="CrypTen's torch.randint draws instead of AES-CTR"
+    )
+    parser.add_argument(
+        "--no-fast-exchange", action="store_true", help="gloo's all-reduce for openings instead of one all-gather"
+    )
+    parser.add_argument(
         "--no-warmup", action="store_true", help="time the process's first forward too (first-call costs included)"
     )
     parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="processes or Ray actors")
@@ -48,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     mpc: dict = {
         "fast_matmul": not args.no_fast_matmul, "reuse_weight_masks": not args.no_weight_masks,
-        "overlap_dealer": not args.no_overlap_dealer, "device": args.device,
+        "overlap_dealer": not args.no_overlap_dealer, "fast_prg": not args.no_fast_prg,
+        "fast_exchange": not args.no_fast_exchange, "device": args.device,
     }
     if args.network:
         mpc["network"] = resolve_profile(args.network).model_copy(update={"mode": "emulate"}).model_dump()

@@ -156,3 +156,24 @@ def hook_on_close(rank: int, path: str) -> int:
 
     on_session_close(lambda: Path(f"{path}-{rank}").write_text(str(rank)))
     return session_generation()
+
+
+def prg_product(rank: int) -> dict:
+    """A product, a matrix product and a comparison through the dealer, with whatever PRG the
+    session installed: the parties' and the dealer's draws must line up for exact results."""
+    import importlib
+
+    from mpcformer.mpc import prg
+    from mpcformer.mpc.compat import crypten
+
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(4, 6, generator=gen), torch.randn(6, 3, generator=gen)
+    x, y = crypten.cryptensor(a, src=0), crypten.cryptensor(b, src=1)
+    product = (x.matmul(y) * x.matmul(y)).get_plain_text()
+    signs = (x > 0).get_plain_text()
+    rng = importlib.import_module("crypten.common.rng")
+    return {
+        "aes_draws": rng.generate_random_ring_element is prg.generate_random_ring_element,
+        "product": product.flatten().tolist() + signs.flatten().tolist(),
+        "expected": ((a @ b) ** 2).flatten().tolist() + (a > 0).float().flatten().tolist(),
+    }

@@ -24,22 +24,30 @@ module; with both switches off CrypTen runs exactly as shipped (the benchmarks' 
 
 from __future__ import annotations
 
+import collections
 import logging
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy
 import torch
+import torch.distributed as dist
 
 from mpcformer.mpc.compat import crypten  # import order: compat first
 from crypten import communicator as comm
-from crypten.common.rng import generate_kbit_random_tensor, generate_random_ring_element
+from crypten.communicator.communicator import _logging
+from crypten.common import rng as crypten_rng  # via the module: mpcformer.mpc.prg may replace the draws
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 from crypten.mpc.primitives import beaver as crypten_beaver
 from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient
 
+from mpcformer.mpc import tap
+from mpcformer.mpc.dealer import BROADCAST_REPLY, REPLY_KEY
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
+from mpcformer.mpc.session import on_session_close
 
-__all__ = ["enable", "disable", "is_enabled", "ask_dealer", "dealer_answer", "ttp_on_cpu"]
+__all__ = ["enable", "disable", "is_enabled", "ask_dealer", "dealer_answer", "drain", "DealerTicket", "ttp_on_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -61,42 +69,85 @@ class _State:
 
 
 _STATE = _State()
+_CLIENT = TTPClient._TTPClient__TTPClient  # CrypTen's per-process client class (name-mangled)
 
 
 # -- talking to the dealer (party 0) -------------------------------------------------------------
-def ask_dealer(function: str, device: Any, *args: Any) -> None:
-    """First half of CrypTen's ``TTPClient.ttp_request`` (party 0 only): send the request."""
-    message = {"function": function, "device": str(device), "args": args, "kwargs": {}}
-    comm.get().send_obj(message, comm.get().get_ttp_rank(), TTPClient.get().ttp_group)
+class DealerTicket:
+    """An answer party 0 asked the dealer for and has not received yet (``size``: its shape)."""
+
+    def __init__(self, device: Any, size: torch.Size, sending: list[Any]):
+        self.device, self.size = device, torch.Size(size)
+        self.sending = sending  # the request's sends (and their tensors) until they complete
+        self.answer: torch.Tensor | None = None
 
 
-def dealer_answer(device: Any) -> torch.Tensor:
-    """Second half: receive the answer's size, then the answer (the dealer broadcasts it)."""
-    client, ttp_rank = TTPClient.get(), comm.get().get_ttp_rank()
-    size = comm.get().recv_obj(ttp_rank, client.ttp_group)
-    answer = torch.empty(size, dtype=torch.long, device=device)
-    comm.get().broadcast(answer, ttp_rank, client.comm_group)
-    return answer
+def send_obj(self: Any, obj: Any, dst: int, group: Any = None) -> list[Any]:
+    """CrypTen's ``send_obj`` that does not wait: gloo completes a send only once the receiver
+    has posted its receive, and the dealer may still be busy. Returns the sends to wait on."""
+    buf = pickle.dumps(obj)
+    size = torch.tensor(len(buf), dtype=torch.int32)
+    data = torch.from_numpy(numpy.frombuffer(buf, dtype=numpy.int8).copy())
+    return [(dist.isend(size, dst=dst, group=group), size), (dist.isend(data, dst=dst, group=group), data)]
 
 
-class _Pending:
-    """Party 0's share of a triple's product, asked for and not yet received."""
+# Counted by CrypTen and reported to the tap as the send_obj it stands for (bytes, dealer requests).
+_send_obj_without_waiting = tap.tapped(_logging(send_obj))
 
-    def __init__(self, device: Any):
-        self.device = device
+
+#: Party 0's tickets in the order it asked; the dealer answers in that order.
+_unanswered: collections.deque[DealerTicket] = collections.deque()
+# A session left mid-product (a peer failed) must not hand its tickets to the next one.
+on_session_close(_unanswered.clear)
+
+
+def ask_dealer(function: str, device: Any, *args: Any, size: torch.Size) -> DealerTicket:
+    """First half of CrypTen's ``TTPClient.ttp_request`` (party 0 only): send the request, saying
+    that party 0 knows the answer's ``size``, so the dealer answers without waiting for it."""
+    message = {"function": function, "device": str(device), "args": args, "kwargs": {}, REPLY_KEY: BROADCAST_REPLY}
+    sending = _send_obj_without_waiting(comm.get(), message, comm.get().get_ttp_rank(), TTPClient.get().ttp_group)
+    ticket = DealerTicket(device, size, sending)
+    _unanswered.append(ticket)
+    return ticket
+
+
+def dealer_answer(ticket: DealerTicket) -> torch.Tensor:
+    """Second half: receive the answers up to this ticket's, in the order they were asked."""
+    while ticket.answer is None:
+        _receive(_unanswered.popleft())
+    return ticket.answer
+
+
+def drain() -> None:
+    """Receive every answer still on its way (before a CrypTen-style request, or leaving)."""
+    while _unanswered:
+        _receive(_unanswered.popleft())
+
+
+def _receive(ticket: DealerTicket) -> None:
+    for work, _ in ticket.sending:
+        work.wait()
+    answer = torch.empty(ticket.size, dtype=torch.long, device=ticket.device)
+    comm.get().broadcast(answer, comm.get().get_ttp_rank(), TTPClient.get().comm_group)
+    ticket.answer = answer
+
+
+def _ttp_request_after_drain(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """CrypTen's ``ttp_request``, once the answers already asked for are in (they come first)."""
+    drain()
+    return _STATE.originals["ttp_request"](self, *args, **kwargs)
 
 
 def _ask_or_draw(function: str, args: tuple, size: torch.Size, draw: Callable[[torch.Size], torch.Tensor], device: Any):
-    """Party 0 asks the dealer (a :class:`_Pending`, collected by :func:`_collect`); the others draw."""
+    """Party 0 asks the dealer (a :class:`DealerTicket`, collected by :func:`_collect`); the others draw."""
     if comm.get().get_rank() == 0:
-        ask_dealer(function, device, *args)
-        pending = _Pending(device)
-        return pending if _STATE.overlap else _collect(pending)  # no overlap: wait now, as CrypTen
+        ticket = ask_dealer(function, device, *args, size=size)
+        return ticket if _STATE.overlap else dealer_answer(ticket)  # no overlap: wait now, as CrypTen
     return draw(size)
 
 
-def _collect(share: torch.Tensor | _Pending) -> torch.Tensor:
-    return dealer_answer(share.device) if isinstance(share, _Pending) else share
+def _collect(share: torch.Tensor | DealerTicket) -> torch.Tensor:
+    return dealer_answer(share) if isinstance(share, DealerTicket) else share
 
 
 def ttp_on_cpu(device: Any) -> bool:
@@ -116,11 +167,11 @@ def _product_size(op: str, size0: torch.Size, size1: torch.Size, *args: Any, **k
 
 
 def _ring(generator: torch.Generator, device: Any) -> Callable[[torch.Size], torch.Tensor]:
-    return lambda size: generate_random_ring_element(size, generator=generator, device=device)
+    return lambda size: crypten_rng.generate_random_ring_element(size, generator=generator, device=device)
 
 
 def _bits(generator: torch.Generator, device: Any, bitlength: int | None = None) -> Callable[[torch.Size], torch.Tensor]:
-    return lambda size: generate_kbit_random_tensor(size, bitlength=bitlength, generator=generator, device=device)
+    return lambda size: crypten_rng.generate_kbit_random_tensor(size, bitlength=bitlength, generator=generator, device=device)
 
 
 # -- the protocols -------------------------------------------------------------------------------
@@ -223,6 +274,8 @@ def enable(*, overlap_dealer: bool = True, fewer_matmuls: bool = True) -> None:
     if fewer_matmuls:
         _STATE.originals["ttp_triple"] = TrustedThirdParty.generate_additive_triple
         TrustedThirdParty.generate_additive_triple = _ttp_triple_sized_on_meta
+    _STATE.originals["ttp_request"] = _CLIENT.ttp_request
+    _CLIENT.ttp_request = _ttp_request_after_drain
     log.debug("beaver steps on (overlap %s, fewer matmuls %s)", overlap_dealer, fewer_matmuls)
 
 
@@ -234,6 +287,9 @@ def disable() -> None:
             setattr(crypten_beaver, name, originals[name])
     if "ttp_triple" in originals:
         TrustedThirdParty.generate_additive_triple = originals["ttp_triple"]
+    if "ttp_request" in originals:
+        drain()  # nothing asked our way may stay unreceived
+        _CLIENT.ttp_request = originals["ttp_request"]
     _STATE.originals = {}
     _STATE.overlap = _STATE.fewer_matmuls = False
 

@@ -43,7 +43,7 @@ import torch
 
 from mpcformer.mpc.compat import crypten  # import order: compat first
 from crypten import communicator as comm
-from crypten.common.rng import generate_random_ring_element
+from crypten.common import rng as crypten_rng  # via the module: mpcformer.mpc.prg may replace the draws
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import ptype
 from crypten.mpc.primitives import ArithmeticSharedTensor
@@ -71,7 +71,7 @@ def _dealer_masks(server: Any) -> dict[int, torch.Tensor]:
 def _dealer_register(server: Any, key: int, size: tuple[int, ...]) -> torch.Tensor:
     """Draw party 0's ``b`` (mirroring its generator) and keep it."""
     generator = server._get_generators(device=server.device)[0]
-    _dealer_masks(server)[key] = generate_random_ring_element(torch.Size(size), generator=generator, device=server.device)
+    _dealer_masks(server)[key] = crypten_rng.generate_random_ring_element(torch.Size(size), generator=generator, device=server.device)
     return torch.zeros(1, dtype=torch.long, device=server.device)  # the TTP loop always answers a tensor
 
 
@@ -81,9 +81,9 @@ def _dealer_triple(server: Any, key: int, size0: tuple[int, ...]) -> torch.Tenso
     if b is None:
         raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
     generator = server._get_generators(device=server.device)[1]
-    a = generate_random_ring_element(torch.Size(size0), generator=generator, device=server.device)
+    a = crypten_rng.generate_random_ring_element(torch.Size(size0), generator=generator, device=server.device)
     c = _dispatch_matmul(a, b)
-    return c - generate_random_ring_element(c.size(), generator=generator, device=server.device)
+    return c - crypten_rng.generate_random_ring_element(c.size(), generator=generator, device=server.device)
 
 
 def _dealer_release(server: Any, keys: list[int]) -> torch.Tensor:
@@ -145,7 +145,7 @@ class FixedOperand:
         if self.rank == 0:
             self._weight = self.encoder.encode(value.to(self.device))  # W, int64 (k, n)
             generator = TTPClient.get().get_generator(device=self.device)
-            b = generate_random_ring_element(self.shape, generator=generator, device=self.device)
+            b = crypten_rng.generate_random_ring_element(self.shape, generator=generator, device=self.device)
             TTPClient.get().ttp_request(_REGISTER, self.device, self.key, self.shape)
             comm.get().send((self._weight - b).contiguous(), dst=1)  # δ = W - b
         else:
@@ -164,14 +164,14 @@ class FixedOperand:
         if size0[-1] != self.shape[0]:
             raise ValueError(f"x @ W: x is {size0}, W is {self.shape}")
         if self.rank == 0:  # ask first: the dealer computes c_0 while party 1's e travels
-            ask_dealer(_TRIPLE, self.device, self.key, size0)
+            ticket = ask_dealer(_TRIPLE, self.device, self.key, size0, size=size0[:-1] + self.shape[1:])
             e = comm.get().recv(torch.empty(size0, dtype=torch.long, device=self.device), src=1)
             z = _dispatch_matmul(x_shares.share + e, self._weight)  # (x_0 + e) @ W
-            z += dealer_answer(self.device)
+            z += dealer_answer(ticket)
         else:
             generator = TTPClient.get().get_generator(device=self.device)
-            a = generate_random_ring_element(size0, generator=generator, device=self.device)
-            c_1 = generate_random_ring_element(size0[:-1] + self.shape[1:], generator=generator, device=self.device)
+            a = crypten_rng.generate_random_ring_element(size0, generator=generator, device=self.device)
+            c_1 = crypten_rng.generate_random_ring_element(size0[:-1] + self.shape[1:], generator=generator, device=self.device)
             comm.get().send((x_shares.share - a).contiguous(), dst=0)  # e = x_1 - a, uniform
             z = _dispatch_matmul(a, self.delta)
             z += c_1

@@ -59,7 +59,12 @@ def _party_main(fn, rank, world_size, rendezvous, config, args, kwargs, results,
     results.put((rank, "ok", value))
 
 
-def _dealer_main(world_size, rendezvous, config, results) -> None:
+def _dealer_main(world_size, rendezvous, config, results, threads) -> None:
+    import torch
+
+    # As many threads as a party: torch's default (every core) would spin OpenMP workers on the
+    # cores the parties compute on.
+    torch.set_num_threads(threads)
     from mpcformer.mpc.session import run_dealer
 
     try:
@@ -108,7 +113,7 @@ def run_local(
     }
     if config.dealer == "ttp":
         procs[world_size] = ctx.Process(
-            target=_dealer_main, args=(world_size, rendezvous, config, results),
+            target=_dealer_main, args=(world_size, rendezvous, config, results, threads),
             name="mpcformer-dealer", daemon=True,
         )
     try:

@@ -16,6 +16,7 @@ opening: ``requests * rtt + dealer bytes * 8 / bandwidth`` more, in both forms.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import TYPE_CHECKING, Literal
 
@@ -88,12 +89,12 @@ class NetworkEmulator:
         self.profile = profile
         self.slept_s = 0.0
         self._op = ""
-        self._asked_at: float | None = None  # when party 0 sent the dealer request not yet answered
+        self._asked_at: collections.deque[float] = collections.deque()  # party 0's unanswered requests
 
     def before(self, op: str, with_dealer: bool, args: tuple, kwargs: dict) -> None:
         self._op = op
         if with_dealer and op == "send_obj":
-            self._asked_at = time.perf_counter()
+            self._asked_at.append(time.perf_counter())
 
     def delay(self, with_dealer: bool, rounds: float, nbytes: float) -> float:
         if with_dealer:
@@ -106,12 +107,11 @@ class NetworkEmulator:
         return seconds
 
     def _dealer_answer_delay(self, nbytes: float) -> float:
-        # The answer (CrypTen's TTP broadcasts it after its size) cannot arrive before the request
-        # has crossed the link and the answer has come back.
-        if self._op != "broadcast" or self._asked_at is None:
+        # An answer (the dealer broadcasts it) cannot arrive before its request has crossed the
+        # link and the answer has come back.
+        if self._op != "broadcast" or not self._asked_at:
             return 0.0
-        arrives = self._asked_at + self.profile.comm_seconds(1, nbytes)
-        self._asked_at = None
+        arrives = self._asked_at.popleft() + self.profile.comm_seconds(1, nbytes)  # answers come in order
         return max(0.0, arrives - time.perf_counter())
 
     def after(self, event: tap.CommEvent) -> None:

@@ -85,7 +85,17 @@ def apply_crypten_config(config: MPCConfig) -> None:
             setattr(crypten_cfg.functions, key, value)
     if config.dealer == "tfp":
         log.warning("insecure dealer 'tfp': party 0 generates the Beaver triples and can learn the client's inputs")
-    from mpcformer.mpc import beaver, fixed_operand, ring_matmul
+    from mpcformer.mpc import beaver, exchange, fixed_operand, prg, ring_matmul
+
+    if config.fast_exchange:
+        exchange.install()
+    else:
+        exchange.uninstall()
+
+    if config.fast_prg:  # every process of the session applies the same config, so all draw alike
+        prg.install()
+    else:
+        prg.uninstall()
 
     if config.reuse_weight_masks:  # only ever applies with the TTP dealer (fixed_operand checks the provider)
         fixed_operand.enable()
@@ -205,12 +215,12 @@ def run_dealer(world_size: int, rendezvous: str, config: MPCConfig | None = None
     _prepare_device(config, "the dealer")
     apply_crypten_config(config)
     _set_party_env(world_size, world_size, rendezvous, config.backend)
-    from crypten.mpc.provider.ttp_provider import TTPServer
+    from mpcformer.mpc.dealer import Dealer
 
     log.info("dealer (rank %d) joining %s", world_size, rendezvous)
     try:
         with _distributed_deadline(config.timeout_s):
-            TTPServer()  # blocks until terminated; returns on a peer's RuntimeError too
+            Dealer()  # blocks until terminated; returns on a peer's RuntimeError too
     finally:
         with contextlib.suppress(Exception):
             if dist.is_initialized():

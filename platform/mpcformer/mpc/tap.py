@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol
 from mpcformer.mpc.compat import crypten  # noqa: F401  (import order: compat first)
 from crypten.communicator import DistributedCommunicator
 
-__all__ = ["CommEvent", "CommListener", "add_listener", "remove_listener", "install"]
+__all__ = ["CommEvent", "CommListener", "add_listener", "remove_listener", "install", "rewrap", "tapped"]
 
 _METHODS = (
     "send", "recv", "isend", "irecv", "scatter", "reduce", "all_reduce", "gather",
@@ -107,14 +107,30 @@ def _wrap(method: Callable) -> Callable:
     return tapped
 
 
+def tapped(method: Callable) -> Callable:
+    """``method`` (a communicator function, named like the CrypTen method it stands for) reported
+    to the listeners like the communicator's own methods."""
+    return _wrap(method)
+
+
+def _wrap_all() -> None:
+    for name in _METHODS:
+        method = getattr(DistributedCommunicator, name)
+        if not getattr(method, "__mpcformer_tap__", False):
+            setattr(DistributedCommunicator, name, _wrap(method))
+
+
 def install() -> None:
     """Wrap the communicator methods (idempotent, process-wide)."""
     global _installed
     with _lock:
+        if not _installed:
+            _wrap_all()
+            _installed = True
+
+
+def rewrap() -> None:
+    """After a communicator method was replaced: wrap the newcomer too, if the tap is installed."""
+    with _lock:
         if _installed:
-            return
-        for name in _METHODS:
-            method = getattr(DistributedCommunicator, name)
-            if not getattr(method, "__mpcformer_tap__", False):
-                setattr(DistributedCommunicator, name, _wrap(method))
-        _installed = True
+            _wrap_all()
