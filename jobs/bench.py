@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-fast-prg", action="store_true", help="CrypTen's torch.randint draws instead of AES-CTR"
     )
     parser.add_argument(
+        "--no-stream-triples", action="store_true",
+        help="ask the dealer for every elementwise triple instead of streaming them ahead",
+    )
+    parser.add_argument(
         "--no-fast-exchange", action="store_true", help="gloo's all-reduce for openings instead of one all-gather"
     )
     parser.add_argument(
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     mpc: dict = {
         "fast_matmul": not args.no_fast_matmul, "reuse_weight_masks": not args.no_weight_masks,
         "overlap_dealer": not args.no_overlap_dealer, "fast_prg": not args.no_fast_prg,
-        "fast_exchange": not args.no_fast_exchange, "device": args.device,
+        "stream_triples": not args.no_stream_triples, "fast_exchange": not args.no_fast_exchange,
+        "device": args.device,
     }
     if args.network:
         mpc["network"] = resolve_profile(args.network).model_copy(update={"mode": "emulate"}).model_dump()

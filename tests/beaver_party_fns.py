@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 
-#: name -> (overlap_dealer, fewer_matmuls); None: CrypTen's own protocols.
-MODES = {"crypten": None, "overlap": (True, False), "fewer": (False, True), "both": (True, True)}
+#: name -> (overlap_dealer, fewer_matmuls, stream_triples); None: CrypTen's own protocols.
+MODES = {
+    "crypten": None, "overlap": (True, False, False), "fewer": (False, True, False), "both": (True, True, False),
+    "streams": (True, True, True),
+}
 
 
 class _OpOrder:
@@ -37,7 +40,7 @@ def products_in_every_mode(rank: int, ints: dict[str, list], floats: dict[str, l
         if switches is None:
             beaver.disable()
         else:
-            beaver.enable(overlap_dealer=switches[0], fewer_matmuls=switches[1])
+            beaver.enable(overlap_dealer=switches[0], fewer_matmuls=switches[1], stream_triples=switches[2])
         x, y, w = (crypten.cryptensor(torch.tensor(ints[n]), src=s, precision=0) for n, s in (("x", 0), ("y", 1), ("w", 1)))
         f = crypten.cryptensor(torch.tensor(floats["f"]), src=1)
         ledger = CostLedger()
@@ -48,15 +51,21 @@ def products_in_every_mode(rank: int, ints: dict[str, list], floats: dict[str, l
                 "square": x.square().get_plain_text().long().tolist(),
                 "positive": (f > 0).get_plain_text().tolist(),  # AND triples and B2A
                 "relu": f.relu().get_plain_text().tolist(),
+                "mul_same_shape": (x * x).get_plain_text().long().tolist(),  # streamed with stream_triples
             }
         order = _OpOrder()
         tap.add_listener(order)
         x * y
         tap.remove_listener(order)
         total = ledger.total()
+        order_same_shape = _OpOrder()
+        tap.add_listener(order_same_shape)
+        x * x
+        tap.remove_listener(order_same_shape)
         out[mode] = {
             "values": values, "rounds": total.rounds, "bytes": total.bytes,
-            "dealer_bytes": ledger.dealer.bytes, "mul_order": order.ops,
+            "dealer_bytes": ledger.dealer.bytes, "dealer_requests": ledger.dealer_requests,
+            "mul_order": order.ops, "same_shape_mul_order": order_same_shape.ops,
         }
     beaver.disable()
     return out

@@ -62,6 +62,7 @@ def test_every_mode_gives_the_exact_ring_values(runs):
             assert torch.equal(torch.tensor(values["mul"]), x * y), mode
             assert torch.equal(torch.tensor(values["matmul"]), x @ w), mode
             assert torch.equal(torch.tensor(values["square"]), x * x), mode
+            assert torch.equal(torch.tensor(values["mul_same_shape"]), x * x), mode
             assert torch.equal(torch.tensor(values["positive"]), (f > 0).float()), mode
             assert torch.allclose(torch.tensor(values["relu"]), f.clamp(min=0), atol=1e-3), mode
 
@@ -80,6 +81,11 @@ def test_every_mode_exchanges_the_same_rounds_and_bytes(runs):
     assert 0 < owner["both"]["dealer_bytes"] == owner["overlap"]["dealer_bytes"] < owner["fewer"]["dealer_bytes"]
     assert owner["fewer"]["dealer_bytes"] < crypten_dealer
     assert all(got["dealer_bytes"] == 0 for got in client.values())
+    # Streams: the elementwise triples come in ranges of 65,536 elements, one request per kind used
+    # here (mul, square, and, b2a; each asked once and the next range prefetched), instead of one
+    # request per product; the matmul and the broadcasting product still ask one each.
+    assert owner["streams"]["dealer_requests"] < owner["both"]["dealer_requests"]
+    assert owner["streams"]["dealer_requests"] <= 2 * 4 + 2
 
 
 def test_overlap_collects_the_dealers_answer_after_the_opening(runs):
@@ -91,5 +97,12 @@ def test_overlap_collects_the_dealers_answer_after_the_opening(runs):
         assert owner[mode]["mul_order"] == asked_first, mode
     for mode in ("overlap", "both"):
         assert owner[mode]["mul_order"] == opened_first, mode
+    # x * y broadcasts, so it is not streamed: asked, opened, then the answers in the order asked
+    # (first any stream range party 0 had asked for ahead, then this product's).
+    streamed = owner["streams"]["mul_order"]
+    assert streamed[:2] == opened_first[:2] and set(streamed[2:]) == {"dealer:broadcast"}, streamed
     for mode, got in client.items():  # party 1 never talks to the dealer during a product
         assert got["mul_order"] == ["party:all_reduce"], mode
+    # A streamed product is only the opening for party 0 too: its triple came ahead of time.
+    assert owner["streams"]["same_shape_mul_order"] == ["party:all_reduce"]
+    assert owner["both"]["same_shape_mul_order"] == opened_first

@@ -80,13 +80,15 @@ def test_protocol_path_bench_adds_one_switch_at_a_time(tmp_path, capsys):
     assert matmul_path.main(["--model", "tiny", "--seq-len", "8", "--rounds", "1", "--out", str(out)]) == 0
     report = json.loads((out / "matmul_path.json").read_text())
     rows = {r["path"]: r for r in report["paths"]}
-    assert list(rows) == ["crypten", "fast-matmul", "weight-masks", "overlap-dealer", "aes-prg", "mpcformer"]
+    assert list(rows) == [
+        "crypten", "fast-matmul", "weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "mpcformer"
+    ]
     assert len({r["rounds"] for r in rows.values()}) == 1 and rows["crypten"]["rounds"] > 0
     # The fast Beaver step, the overlap, the PRG and the exchange change only local work and the
     # order of waits: the parties exchange exactly the same messages as on the path before.
     assert rows["crypten"]["bytes"] == rows["fast-matmul"]["bytes"] > 0
     assert rows["weight-masks"]["bytes"] == rows["overlap-dealer"]["bytes"] == rows["aes-prg"]["bytes"]
-    assert rows["aes-prg"]["bytes"] == rows["mpcformer"]["bytes"] > 0
+    assert rows["aes-prg"]["bytes"] == rows["triple-streams"]["bytes"] == rows["mpcformer"]["bytes"] > 0
     # Owner operands: each weight matrix is sent once, one way, in the model's set-up (8 bytes per
     # ring element), so a forward sends only activation-sized data (tiny: its weights are mostly
     # the 30522 x 64 embedding table, which CrypTen's path opens both ways in every forward).
@@ -96,14 +98,14 @@ def test_protocol_path_bench_adds_one_switch_at_a_time(tmp_path, capsys):
     H, I = c.hidden_size, c.intermediate_size
     weight_elements = c.vocab_size * H + c.num_hidden_layers * (4 * H * H + 2 * H * I) + H * H + H * 2
     assert rows["fast-matmul"]["bytes"] - rows["weight-masks"]["bytes"] > 0.5 * rows["crypten"]["bytes"]
-    for path in ("weight-masks", "overlap-dealer", "aes-prg", "mpcformer"):
+    for path in ("weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "mpcformer"):
         assert rows[path]["setup_bytes"] == 8 * weight_elements  # once per session instead
     assert rows["crypten"]["setup_bytes"] == 0  # sharing alone is local
     for r in rows.values():
         assert 0 < r["matmul_time_s"] < r["latency_s"]
     assert report["speedup_end_to_end"] == rows["crypten"]["latency_s"] / rows["mpcformer"]["latency_s"]
     assert report["speedup_overlap_alone"] == rows["weight-masks"]["latency_s"] / rows["overlap-dealer"]["latency_s"]
-    assert report["speedup_exchange_alone"] == rows["aes-prg"]["latency_s"] / rows["mpcformer"]["latency_s"]
+    assert report["speedup_exchange_alone"] == rows["triple-streams"]["latency_s"] / rows["mpcformer"]["latency_s"]
     assert "| mpcformer |" in (out / "matmul_path.md").read_text()
 
 
@@ -168,13 +170,16 @@ def test_bench_cli_passes_the_device_and_matmul_switches_to_every_party(monkeypa
     assert seen["cfg"].mpc.device == "cuda" and seen["cfg"].gpus_per_actor == 0.5
     mpc = seen["cfg"].mpc
     assert mpc.reuse_weight_masks and mpc.fast_matmul and mpc.overlap_dealer  # the defaults
-    assert mpc.fast_prg and mpc.fast_exchange
-    stock = ["--no-weight-masks", "--no-fast-matmul", "--no-overlap-dealer", "--no-fast-prg", "--no-fast-exchange"]
+    assert mpc.fast_prg and mpc.fast_exchange and mpc.stream_triples
+    stock = [
+        "--no-weight-masks", "--no-fast-matmul", "--no-overlap-dealer", "--no-fast-prg", "--no-stream-triples",
+        "--no-fast-exchange",
+    ]
     with pytest.raises(SystemExit):
         main(["bench", *stock, "--out", str(tmp_path)])
     mpc = seen["cfg"].mpc
     assert not mpc.reuse_weight_masks and not mpc.fast_matmul and not mpc.overlap_dealer
-    assert not mpc.fast_prg and not mpc.fast_exchange
+    assert not mpc.fast_prg and not mpc.fast_exchange and not mpc.stream_triples
 
 
 @pytest.mark.timeout(400)

@@ -1,16 +1,17 @@
 """End-to-end effect of mpcformer's protocol path, one step at a time: the same encrypted forward
 with CrypTen as shipped, with ``MPCConfig.fast_matmul`` (2-matmul Beaver step, ring kernel choice),
 with reusable weight masks too (``MPCConfig.reuse_weight_masks``), with the dealer's round trip
-overlapped too (``MPCConfig.overlap_dealer``), with AES-CTR draws too (``MPCConfig.fast_prg``) and
-with all-gather openings too (``MPCConfig.fast_exchange``: all on, the default), alternating, in one run.
+overlapped too (``MPCConfig.overlap_dealer``), with AES-CTR draws too (``MPCConfig.fast_prg``), with
+elementwise triples streamed ahead too (``MPCConfig.stream_triples``) and with all-gather openings
+too (``MPCConfig.fast_exchange``: all on, the default), alternating, in one run.
 
     python -m mpcformer.bench.matmul_path --model bert-base --seq-len 128 --approx quad+2quad --rounds 2
 
 Writes ``matmul_path.json`` and ``matmul_path.md`` into ``--out``. Each call runs 2 parties + the
 TTP dealer through the local launcher; a call's latency is the client's fastest of ``repeats``
 forwards, and a path's figure the fastest of its ``rounds`` calls. The fast Beaver step and the
-overlap, the PRG and the exchange change only local work and the order of waits, so their rounds
-and bytes must match the path before them. Reusable masks send each weight once per session (the model's set-up, reported
+overlap, the PRG, the streams and the exchange change only local work and the order of waits, so
+the parties' rounds and bytes must match the path before them. Reusable masks send each weight once per session (the model's set-up, reported
 apart) instead of opening it in every forward: the same rounds, fewer bytes.
 """
 
@@ -30,8 +31,8 @@ __all__ = ["PATHS", "measure_matmul_path", "render_markdown"]
 # The categories whose work is matrix products; the rest of the forward is the same code either way.
 MATMUL_CATEGORIES = ("embedding", "linear", "attention-matmul", "pooler", "classifier")
 #: Each path adds one switch to the one before; the last is the default configuration.
-_SWITCHES = ("fast_matmul", "reuse_weight_masks", "overlap_dealer", "fast_prg", "fast_exchange")
-_NAMES = ("crypten", "fast-matmul", "weight-masks", "overlap-dealer", "aes-prg", "mpcformer")
+_SWITCHES = ("fast_matmul", "reuse_weight_masks", "overlap_dealer", "fast_prg", "stream_triples", "fast_exchange")
+_NAMES = ("crypten", "fast-matmul", "weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "mpcformer")
 PATHS = {name: MPCConfig(**{s: i < on for i, s in enumerate(_SWITCHES)}) for on, name in enumerate(_NAMES)}
 
 
@@ -79,7 +80,8 @@ def measure_matmul_path(
         "speedup_fast_matmul_alone": stock.latency_s / best["fast-matmul"].latency_s,
         "speedup_overlap_alone": best["weight-masks"].latency_s / best["overlap-dealer"].latency_s,
         "speedup_prg_alone": best["overlap-dealer"].latency_s / best["aes-prg"].latency_s,
-        "speedup_exchange_alone": best["aes-prg"].latency_s / ours.latency_s,
+        "speedup_streams_alone": best["aes-prg"].latency_s / best["triple-streams"].latency_s,
+        "speedup_exchange_alone": best["triple-streams"].latency_s / ours.latency_s,
         "samples": paired.as_plain(samples),
     }
 
@@ -105,6 +107,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"the fast Beaver step alone: {report['speedup_fast_matmul_alone']:.2f}x; "
         f"overlapping the dealer on top of the weight masks: {report['speedup_overlap_alone']:.2f}x; "
         f"AES-CTR draws on top: {report['speedup_prg_alone']:.2f}x; "
+        f"triple streams on top: {report['speedup_streams_alone']:.2f}x; "
         f"all-gather openings on top: {report['speedup_exchange_alone']:.2f}x.",
     ]
     return "\n".join(lines) + "\n"
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--approx", default="quad+2quad", help="one approximation combination")
     parser.add_argument("--repeats", type=int, default=1, help="forwards per call (fastest kept)")
-    parser.add_argument("--rounds", type=int, default=2, help="round-robin passes over the six paths")
+    parser.add_argument("--rounds", type=int, default=2, help="round-robin passes over the seven paths")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/matmul_path"))
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.repeats < 1:

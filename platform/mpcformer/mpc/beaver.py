@@ -40,12 +40,13 @@ from crypten.communicator.communicator import _logging
 from crypten.common import rng as crypten_rng  # via the module: mpcformer.mpc.prg may replace the draws
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 from crypten.mpc.primitives import beaver as crypten_beaver
-from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient
+from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient, TTPServer
 
 from mpcformer.mpc import tap
 from mpcformer.mpc.dealer import BROADCAST_REPLY, REPLY_KEY
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
-from mpcformer.mpc.session import on_session_close
+from mpcformer.mpc.session import on_session_close, session_generation
+from mpcformer.mpc.triple_stream import PartyStreams, dealer_chunk
 
 __all__ = ["enable", "disable", "is_enabled", "ask_dealer", "dealer_answer", "drain", "DealerTicket", "ttp_on_cpu"]
 
@@ -61,7 +62,10 @@ _PROTOCOLS = ("__beaver_protocol", "square", "AND", "B2A_single_bit")
 class _State:
     overlap: bool = False
     fewer_matmuls: bool = False
+    streams: bool = False
     originals: dict[str, Callable] = field(default_factory=dict)
+    party_streams: PartyStreams | None = None
+    party_streams_of: tuple = ()  # (session, device) the streams belong to
 
     @property
     def enabled(self) -> bool:
@@ -150,6 +154,29 @@ def _collect(share: torch.Tensor | DealerTicket) -> torch.Tensor:
     return dealer_answer(share) if isinstance(share, DealerTicket) else share
 
 
+_STREAM_RANGE = "mpcformer_stream_range"
+
+
+def _dealer_stream_range(server: Any, kind: str, start: int, count: int) -> torch.Tensor:
+    """The dealer's side of :mod:`mpcformer.mpc.triple_stream` (a method of CrypTen's TTPServer)."""
+    return dealer_chunk([g.initial_seed() for g in server._get_generators(device="cpu")], kind, start, count)
+
+
+def _streams(device: Any) -> PartyStreams | None:
+    """This party's triple streams for the open session, when they apply (2 parties, TTP, CPU)."""
+    if not _STATE.streams or not ttp_on_cpu(device) or comm.get().get_world_size() != 2:
+        return None
+    of = (session_generation(), str(device))
+    if _STATE.party_streams is None or _STATE.party_streams_of != of:
+        def ask(kind: str, start: int, count: int) -> DealerTicket:
+            return ask_dealer(_STREAM_RANGE, device, kind, start, count, size=torch.Size([count]))
+
+        seed = TTPClient.get().get_generator(device=device).initial_seed()
+        _STATE.party_streams = PartyStreams(comm.get().get_rank(), seed, device, ask, dealer_answer)
+        _STATE.party_streams_of = of
+    return _STATE.party_streams
+
+
 def ttp_on_cpu(device: Any) -> bool:
     """Whether mpcformer's own steps may run: CrypTen's TTP dealer, CPU tensors, no active security
     (CrypTen's own protocols run otherwise)."""
@@ -178,15 +205,20 @@ def _bits(generator: torch.Generator, device: Any, bitlength: int | None = None)
 # Every party draws from its generator in CrypTen's order (the dealer mirrors those draws).
 def _beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -> Shares:
     """CrypTen's ``__beaver_protocol`` for ``mul`` and ``matmul`` (module doc, points 1 and 2)."""
-    ours = _STATE.overlap and op in ("mul", "matmul") or _STATE.fewer_matmuls and op == "matmul"
+    streams = _streams(x.device) if op == "mul" and x.size() == y.size() else None
+    ours = streams or _STATE.overlap and op in ("mul", "matmul") or _STATE.fewer_matmuls and op == "matmul"
     if not ours or args or kwargs or not ttp_on_cpu(x.device):
         return _STATE.originals["__beaver_protocol"](op, x, y, *args, **kwargs)
     if x.device != y.device:
         raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
     device, rank = x.device, comm.get().get_rank()
-    ring = _ring(TTPClient.get().get_generator(device=device), device)
-    a, b = ring(x.size()), ring(y.size())
-    c = _ask_or_draw("additive", (x.size(), y.size(), op), _product_size(op, x.size(), y.size()), ring, device)
+    if streams is not None:
+        triple = streams.take("mul", x.size())
+        a, b, c = triple["a"], triple["b"], triple["c"]
+    else:
+        ring = _ring(TTPClient.get().get_generator(device=device), device)
+        a, b = ring(x.size()), ring(y.size())
+        c = _ask_or_draw("additive", (x.size(), y.size(), op), _product_size(op, x.size(), y.size()), ring, device)
     a, b = ArithmeticSharedTensor.from_shares(a, precision=0), ArithmeticSharedTensor.from_shares(b, precision=0)
     with crypten_beaver.IgnoreEncodings([a, b, x, y]):
         epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
@@ -205,11 +237,16 @@ def _beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -
 
 def _square(x: Shares) -> Shares:
     """CrypTen's ``square``: ``[r]``, ``[r²]`` from the dealer, open ``x - r``."""
-    if not _STATE.overlap or not ttp_on_cpu(x.device):
+    streams = _streams(x.device)
+    if not (_STATE.overlap or streams) or not ttp_on_cpu(x.device):
         return _STATE.originals["square"](x)
-    ring = _ring(TTPClient.get().get_generator(device=x.device), x.device)
-    r = ring(x.size())
-    r2 = _ask_or_draw("square", (x.size(),), x.size(), ring, x.device)
+    if streams is not None:
+        pair = streams.take("square", x.size())
+        r, r2 = pair["r"], pair["c"]
+    else:
+        ring = _ring(TTPClient.get().get_generator(device=x.device), x.device)
+        r = ring(x.size())
+        r2 = _ask_or_draw("square", (x.size(),), x.size(), ring, x.device)
     r = ArithmeticSharedTensor.from_shares(r, precision=0)
     with crypten_beaver.IgnoreEncodings([x, r]):
         epsilon = (x - r).reveal()
@@ -219,11 +256,16 @@ def _square(x: Shares) -> Shares:
 
 def _and(x: Shares, y: Shares) -> Shares:
     """CrypTen's ``AND`` (binary Beaver triple), the step of every comparison's adder circuit."""
-    if not _STATE.overlap or not ttp_on_cpu(x.device):
+    streams = _streams(x.device) if x.size() == y.size() else None
+    if not (_STATE.overlap or streams) or not ttp_on_cpu(x.device):
         return _STATE.originals["AND"](x, y)
-    bits = _bits(TTPClient.get().get_generator(device=x.device), x.device)
-    a, b = bits(x.size()), bits(y.size())
-    c = _ask_or_draw("binary", (x.size(), y.size()), torch.broadcast_shapes(x.size(), y.size()), bits, x.device)
+    if streams is not None:
+        triple = streams.take("and", x.size())
+        a, b, c = triple["a"], triple["b"], triple["c"]
+    else:
+        bits = _bits(TTPClient.get().get_generator(device=x.device), x.device)
+        a, b = bits(x.size()), bits(y.size())
+        c = _ask_or_draw("binary", (x.size(), y.size()), torch.broadcast_shapes(x.size(), y.size()), bits, x.device)
     a, b = BinarySharedTensor.from_shares(a), BinarySharedTensor.from_shares(b)
     epsilon, delta = BinarySharedTensor.reveal_batch([x ^ a, y ^ b])
     c = BinarySharedTensor.from_shares(_collect(c))
@@ -232,11 +274,18 @@ def _and(x: Shares, y: Shares) -> Shares:
 
 def _b2a_single_bit(x_bits: Shares) -> Shares:
     """CrypTen's ``B2A_single_bit``: a shared random bit in both forms, open ``x ^ r``."""
-    if not _STATE.overlap or not ttp_on_cpu(x_bits.device) or comm.get().get_world_size() < 2:
+    if comm.get().get_world_size() < 2 or not ttp_on_cpu(x_bits.device):
         return _STATE.originals["B2A_single_bit"](x_bits)
-    generator = TTPClient.get().get_generator(device=x_bits.device)
-    r_bits = _bits(generator, x_bits.device, bitlength=1)(x_bits.size())
-    r_arith = _ask_or_draw("B2A", (x_bits.size(),), x_bits.size(), _ring(generator, x_bits.device), x_bits.device)
+    streams = _streams(x_bits.device)
+    if streams is not None:
+        pair = streams.take("b2a", x_bits.size())
+        r_bits, r_arith = pair["r"], pair["c"]
+    elif _STATE.overlap:
+        generator = TTPClient.get().get_generator(device=x_bits.device)
+        r_bits = _bits(generator, x_bits.device, bitlength=1)(x_bits.size())
+        r_arith = _ask_or_draw("B2A", (x_bits.size(),), x_bits.size(), _ring(generator, x_bits.device), x_bits.device)
+    else:
+        return _STATE.originals["B2A_single_bit"](x_bits)
     z = (x_bits ^ BinarySharedTensor.from_shares(r_bits)).reveal()
     r_arith = ArithmeticSharedTensor.from_shares(_collect(r_arith), precision=0)
     return r_arith * (1 - 2 * z) + z
@@ -262,12 +311,13 @@ def _ttp_triple_sized_on_meta(self, size0, size1, op, device=None, *args, **kwar
     return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
 
 
-def enable(*, overlap_dealer: bool = True, fewer_matmuls: bool = True) -> None:
-    """Run CrypTen's Beaver steps as the module doc says, with these switches (both off: CrypTen's)."""
+def enable(*, overlap_dealer: bool = True, fewer_matmuls: bool = True, stream_triples: bool = False) -> None:
+    """Run CrypTen's Beaver steps as the module doc says, with these switches (all off: CrypTen's)."""
     disable()
-    if not (overlap_dealer or fewer_matmuls):
+    if not (overlap_dealer or fewer_matmuls or stream_triples):
         return
-    _STATE.overlap, _STATE.fewer_matmuls = overlap_dealer, fewer_matmuls
+    _STATE.overlap, _STATE.fewer_matmuls, _STATE.streams = overlap_dealer, fewer_matmuls, stream_triples
+    TTPServer.mpcformer_stream_range = _dealer_stream_range  # the dealer's side (harmless on parties)
     for name in _PROTOCOLS:
         _STATE.originals[name] = getattr(crypten_beaver, name)
         setattr(crypten_beaver, name, _REPLACEMENTS[name])
@@ -291,7 +341,8 @@ def disable() -> None:
         drain()  # nothing asked our way may stay unreceived
         _CLIENT.ttp_request = originals["ttp_request"]
     _STATE.originals = {}
-    _STATE.overlap = _STATE.fewer_matmuls = False
+    _STATE.overlap = _STATE.fewer_matmuls = _STATE.streams = False
+    _STATE.party_streams = None
 
 
 def is_enabled() -> bool:

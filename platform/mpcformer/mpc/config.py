@@ -56,6 +56,12 @@ class MPCConfig(StrictModel):
         description="party 0 sends each dealer request before the opening and collects the answer after it "
         "(TTP dealer, CPU); False = CrypTen's order, the answer before the opening",
     )
+    stream_triples: bool = Field(
+        default=True,
+        description="elementwise triples (products, squares, comparisons, bit conversions) from AES streams the "
+        "dealer fills ahead: party 0 never waits for the dealer in them (TTP dealer, 2 parties, CPU); "
+        "False = a request per product",
+    )
     fast_exchange: bool = Field(
         default=True,
         description="open 2-party secrets with one all-gather (gloo, CPU) instead of gloo's all-reduce, "

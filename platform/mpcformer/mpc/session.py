@@ -107,7 +107,9 @@ def apply_crypten_config(config: MPCConfig) -> None:
     else:
         ring_matmul.disable()
     # Both off (and reuse_weight_masks off): CrypTen exactly as shipped, the benchmarks' baseline.
-    beaver.enable(overlap_dealer=config.overlap_dealer, fewer_matmuls=config.fast_matmul)
+    beaver.enable(
+        overlap_dealer=config.overlap_dealer, fewer_matmuls=config.fast_matmul, stream_triples=config.stream_triples
+    )
 
 
 @contextlib.contextmanager
