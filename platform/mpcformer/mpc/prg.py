@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from typing import Any
 
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -25,7 +26,7 @@ from mpcformer.mpc.compat import crypten
 
 import crypten.common.rng as crypten_rng
 
-__all__ = ["install", "uninstall", "is_installed", "random_ring_elements"]
+__all__ = ["install", "uninstall", "is_installed", "random_ring_elements", "keystream_int64"]
 
 _BLOCK = 16  # AES block size: update_into needs this much slack in its output buffer
 _ORIGINAL = {
@@ -68,18 +69,22 @@ def _is_cpu(generator: torch.Generator | None, kwargs: dict) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def random_ring_elements(size, generator: torch.Generator) -> torch.Tensor:
-    """``size`` uniform int64 values (all 2^64 of them) from ``generator``'s AES-CTR stream."""
+def keystream_int64(encryptor: Any, count: int) -> torch.Tensor:
+    """The next ``count`` int64 values (8 bytes each) of an AES-CTR ``encryptor``'s keystream."""
     global _zeros
-    size = torch.Size((size,)) if isinstance(size, int) else torch.Size(size)
-    count = size.numel()
     nbytes = 8 * count
     if len(_zeros) < nbytes:
         _zeros = bytes(max(nbytes, 2 * len(_zeros)))
     out = torch.empty(count + _BLOCK // 8, dtype=torch.int64)  # update_into wants a block of slack
     if count:
-        _stream(generator).update_into(memoryview(_zeros)[:nbytes], out.numpy().view("u1"))
-    return out[:count].view(size)
+        encryptor.update_into(memoryview(_zeros)[:nbytes], out.numpy().view("u1"))
+    return out[:count]
+
+
+def random_ring_elements(size, generator: torch.Generator) -> torch.Tensor:
+    """``size`` uniform int64 values (all 2^64 of them) from ``generator``'s AES-CTR stream."""
+    size = torch.Size((size,)) if isinstance(size, int) else torch.Size(size)
+    return keystream_int64(_stream(generator), size.numel()).view(size)
 
 
 def _size(args: tuple):

@@ -26,14 +26,14 @@ from typing import Any, Callable
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from mpcformer.mpc.prg import keystream_int64
+
 __all__ = ["KINDS", "PartyStreams", "segment", "dealer_chunk", "CHUNK_ELEMENTS"]
 
 #: Each kind's roles: the masks every party draws, then ``c``, which party 0 gets from the dealer.
 KINDS: dict[str, tuple[str, ...]] = {"mul": ("a", "b"), "square": ("r",), "and": ("a", "b"), "b2a": ("r",)}
 #: Smallest range party 0 asks for at once (a LayerNorm's products are ~128 elements).
 CHUNK_ELEMENTS = 1 << 16
-_BLOCK = 16
-_zeros = bytes(0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -44,17 +44,10 @@ def _key(seed: int, kind: str, role: str) -> bytes:
 
 def segment(seed: int, kind: str, role: str, start: int, count: int, device: Any = "cpu") -> torch.Tensor:
     """Elements ``start .. start + count`` (int64) of the keystream for ``seed``, ``kind``, ``role``."""
-    global _zeros
     skip = start % 2  # two int64 per AES block: start at the block holding element `start`
-    nbytes = 8 * (count + skip)
-    if len(_zeros) < nbytes:
-        _zeros = bytes(max(nbytes, 2 * len(_zeros)))
-    counter = (start // 2).to_bytes(_BLOCK, "big")
-    out = torch.empty(count + skip + _BLOCK // 8, dtype=torch.int64)
-    if count:
-        encryptor = Cipher(algorithms.AES(_key(seed, kind, role)), modes.CTR(counter)).encryptor()
-        encryptor.update_into(memoryview(_zeros)[:nbytes], out.numpy().view("u1"))
-    return out[skip:skip + count].to(device)
+    counter = (start // 2).to_bytes(16, "big")
+    encryptor = Cipher(algorithms.AES(_key(seed, kind, role)), modes.CTR(counter)).encryptor()
+    return keystream_int64(encryptor, count + skip)[skip:].to(device)
 
 
 def _combine(kind: str, masks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
