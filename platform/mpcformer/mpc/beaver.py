@@ -17,8 +17,16 @@ for two exchanges in a row, although the opening never uses that share. Here:
    ``c + ε·b + a·δ`` elsewhere: 2 local matmuls instead of 3, the same ring element. The parties
    other than 0 take the size of ``c`` from a meta tensor instead of computing ``a @ b`` for it.
 
-Everything else (the TFP dealer, active security, CUDA tensors, convolutions) runs CrypTen's own
-protocol. The session layer (:func:`mpcformer.mpc.session.apply_crypten_config`) enables this
+3. **Triple streams** (``MPCConfig.stream_triples``): a same-shape ``mul``, a ``square``, an ``AND``
+   of equal shapes and ``B2A_single_bit`` take their triple from :mod:`mpcformer.mpc.triple_stream`
+   (keystreams the parties derive themselves; party 0's ``c_0`` in ranges asked for ahead), so
+   they do not talk to the dealer at all.
+
+Party 0's requests (:func:`ask_dealer`) carry the size of their answer, which the dealer
+(:mod:`mpcformer.mpc.dealer`) then broadcasts at once; they are sent without waiting and their
+answers received in the order asked (:class:`DealerTicket`), CrypTen's own ``ttp_request`` after
+every earlier answer. Everything else (the TFP dealer, active security, CUDA tensors,
+convolutions) runs CrypTen's own protocol. The session layer (:func:`mpcformer.mpc.session.apply_crypten_config`) enables this
 module; with both switches off CrypTen runs exactly as shipped (the benchmarks' baseline).
 """
 
