@@ -26,8 +26,9 @@ Party 0's requests (:func:`ask_dealer`) carry the size of their answer, which th
 (:mod:`mpcformer.mpc.dealer`) then broadcasts at once; they are sent without waiting and their
 answers received in the order asked (:class:`DealerTicket`), CrypTen's own ``ttp_request`` after
 every earlier answer. Everything else (the TFP dealer, active security, CUDA tensors,
-convolutions) runs CrypTen's own protocol. The session layer (:func:`mpcformer.mpc.session.apply_crypten_config`) enables this
-module; with both switches off CrypTen runs exactly as shipped (the benchmarks' baseline).
+convolutions) runs CrypTen's own protocol. The session layer
+(:func:`mpcformer.mpc.session.apply_crypten_config`) enables this module; with all three switches
+off CrypTen runs exactly as shipped (the benchmarks' baseline).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from mpcformer.mpc.compat import crypten
 
 import crypten.common.rng as crypten_rng
 
-__all__ = ["install", "uninstall", "is_installed", "random_ring_elements", "keystream_int64"]
+__all__ = ["install", "uninstall", "is_installed", "random_ring_elements", "keystream_int64", "aes_key"]
 
 _BLOCK = 16  # AES block size: update_into needs this much slack in its output buffer
 _ORIGINAL = {
@@ -49,11 +49,16 @@ _zeros = bytes(0)
 _installed = False
 
 
+def aes_key(seed: int, person: bytes, label: bytes = b"") -> bytes:
+    """An AES-128 key from a 64-bit generator seed (and a label), by BLAKE2b personalised ``person``."""
+    return hashlib.blake2b((seed % 2**64).to_bytes(8, "little") + label, digest_size=16, person=person).digest()
+
+
 def _stream(generator: torch.Generator):
     seed = generator.initial_seed()
     entry = _streams.get(generator)
     if entry is None or entry[0] != seed:
-        key = hashlib.blake2b(seed.to_bytes(8, "little"), digest_size=16, person=b"mpcformer-prg").digest()
+        key = aes_key(seed, b"mpcformer-prg")
         entry = (seed, Cipher(algorithms.AES(key), modes.CTR(bytes(_BLOCK))).encryptor())
         _streams[generator] = entry
     return entry[1]
@@ -85,10 +90,6 @@ def random_ring_elements(size, generator: torch.Generator) -> torch.Tensor:
     """``size`` uniform int64 values (all 2^64 of them) from ``generator``'s AES-CTR stream."""
     size = torch.Size((size,)) if isinstance(size, int) else torch.Size(size)
     return keystream_int64(_stream(generator), size.numel()).view(size)
-
-
-def _size(args: tuple):
-    return args[0] if len(args) == 1 else torch.Size(args)
 
 
 def generate_random_ring_element(size, ring_size=(2**64), generator=None, **kwargs):

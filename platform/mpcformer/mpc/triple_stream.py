@@ -20,13 +20,12 @@ requests tell it; party 1 never sees party 0's masks or ``c_0``; ``c_0`` is mask
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any, Callable
 
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from mpcformer.mpc.prg import keystream_int64
+from mpcformer.mpc.prg import aes_key, keystream_int64
 
 __all__ = ["KINDS", "PartyStreams", "segment", "dealer_chunk", "CHUNK_ELEMENTS"]
 
@@ -38,8 +37,7 @@ CHUNK_ELEMENTS = 1 << 16
 
 @functools.lru_cache(maxsize=256)
 def _key(seed: int, kind: str, role: str) -> bytes:
-    material = (seed % 2**64).to_bytes(8, "little") + f"{kind}/{role}".encode()
-    return hashlib.blake2b(material, digest_size=16, person=b"mpcformer-trip").digest()
+    return aes_key(seed, b"mpcformer-trip", f"{kind}/{role}".encode())
 
 
 def segment(seed: int, kind: str, role: str, start: int, count: int, device: Any = "cpu") -> torch.Tensor:
