@@ -106,7 +106,7 @@ def apply_crypten_config(config: MPCConfig) -> None:
         ring_matmul.active_kernel()  # "auto" measures now, at set-up, not inside the first timed forward
     else:
         ring_matmul.disable()
-    # Both off (and reuse_weight_masks off): CrypTen exactly as shipped, the benchmarks' baseline.
+    # With every switch above and these off: CrypTen exactly as shipped, the benchmarks' baseline.
     beaver.enable(
         overlap_dealer=config.overlap_dealer, fewer_matmuls=config.fast_matmul, stream_triples=config.stream_triples
     )
