@@ -14,9 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-from mpcformer.observability.prometheus import free_port, ray_sd_file
+from mpcformer.observability.prometheus import free_ports, ray_sd_file
 
 __all__ = ["LocalRayHead"]
 
@@ -28,17 +29,20 @@ class LocalRayHead:
 
     def __init__(self, num_cpus: int = 2, report_interval_ms: int = 1000):
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mpcf-ray-", dir="/tmp"))  # short: Ray's socket paths
-        self.gcs_port = free_port()
-        self.metrics_port = free_port()
+        # every port this head uses, chosen at once so that no two coincide
+        (self.gcs_port, self.metrics_port, dashboard_metric_port, autoscaler_metric_port,
+         *self._component_ports) = free_ports(11)
         self.num_cpus = num_cpus
         self.report_interval_ms = report_interval_ms
         self.env = {
             **os.environ,
             "RAY_metrics_report_interval_ms": str(report_interval_ms),  # export custom metrics every second
-            "DASHBOARD_METRIC_PORT": str(free_port()),  # defaults are fixed ports shared by every local cluster
-            "AUTOSCALER_METRIC_PORT": str(free_port()),
+            "DASHBOARD_METRIC_PORT": str(dashboard_metric_port),  # defaults are fixed ports shared by every local cluster
+            "AUTOSCALER_METRIC_PORT": str(autoscaler_metric_port),
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_AUTH_MODE": "token",  # drivers of a token-auth cluster (the default) must say so
+            # its own token: ~/.ray/auth_token exists only once some earlier `ray.init` wrote it
+            "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
         }
         self.process: subprocess.Popen | None = None
 
@@ -55,12 +59,11 @@ class LocalRayHead:
         return self.temp_dir.with_suffix(".log")
 
     def start(self, timeout_s: float = 90.0) -> "LocalRayHead":
-        ports = {
-            "--port": self.gcs_port, "--dashboard-port": free_port(), "--metrics-export-port": self.metrics_port,
-            "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-            "--runtime-env-agent-port": free_port(), "--ray-client-server-port": free_port(),
-            "--node-manager-port": free_port(), "--object-manager-port": free_port(),
-        }
+        component_flags = ["--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                           "--runtime-env-agent-port", "--ray-client-server-port", "--node-manager-port",
+                           "--object-manager-port"]
+        ports = {"--port": self.gcs_port, "--metrics-export-port": self.metrics_port,
+                 **dict(zip(component_flags, self._component_ports, strict=True))}
         command = [str(RAY_BIN), "start", "--head", "--block", f"--temp-dir={self.temp_dir}",
                    f"--num-cpus={self.num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                    "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items()),

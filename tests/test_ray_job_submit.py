@@ -24,6 +24,7 @@ import pytest
 pytest.importorskip("ray")
 
 from mpcformer.data import write_synthetic_sentiment  # noqa: E402
+from mpcformer.observability.prometheus import free_ports  # noqa: E402
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -31,20 +32,11 @@ VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def free_port_range(size: int) -> int:
-    """First port of ``size`` consecutive ports that are free now (for Ray's worker ports)."""
+def free_port_range(size: int, avoid: set[int]) -> int:
+    """First port of ``size`` consecutive ports that are free now and not in ``avoid`` (for Ray's worker ports)."""
     for base in range(21000, 60000, 997):
+        if avoid & set(range(base, base + size)):
+            continue
         try:
             probes = []
             for port in range(base, base + size):
@@ -78,7 +70,8 @@ def ray_head():
     """A token-authenticated head on private ports; yields (dashboard URL, env with the token)."""
     temp_dir = tempfile.mkdtemp(prefix="mpcf-rj-", dir="/tmp")  # short: Ray's socket paths must fit
     gcs, node_manager, object_manager, client, dashboard, agent_grpc, agent_http, metrics, runtime_env = free_ports(9)
-    workers = free_port_range(64)
+    workers = free_port_range(64, avoid={gcs, node_manager, object_manager, client, dashboard, agent_grpc,
+                                         agent_http, metrics, runtime_env})
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -50,9 +50,22 @@ def find_prometheus() -> str:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that are free right now.
+
+    All sockets stay bound until every port is chosen: separate ``free_port()`` calls can return
+    the same port twice (nothing holds the first), which Ray rejects when given both."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def ray_sd_file(ray_temp_dir: str | Path = "/tmp/ray") -> Path:
