@@ -22,6 +22,10 @@ from mpcformer.observability.prometheus import free_ports, ray_sd_file
 __all__ = ["LocalRayHead"]
 
 RAY_BIN = Path(sys.executable).with_name("ray")
+# every port `ray start --head` would otherwise pick itself or take from fixed defaults
+RAY_PORT_FLAGS = ("--port", "--metrics-export-port", "--dashboard-port", "--dashboard-agent-listen-port",
+                  "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--ray-client-server-port",
+                  "--node-manager-port", "--object-manager-port")
 
 
 class LocalRayHead:
@@ -30,8 +34,8 @@ class LocalRayHead:
     def __init__(self, num_cpus: int = 2, report_interval_ms: int = 1000):
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mpcf-ray-", dir="/tmp"))  # short: Ray's socket paths
         # every port this head uses, chosen at once so that no two coincide
-        (self.gcs_port, self.metrics_port, dashboard_metric_port, autoscaler_metric_port,
-         *self._component_ports) = free_ports(11)
+        *ray_ports, dashboard_metric_port, autoscaler_metric_port = free_ports(len(RAY_PORT_FLAGS) + 2)
+        self.ports = dict(zip(RAY_PORT_FLAGS, ray_ports, strict=True))
         self.num_cpus = num_cpus
         self.report_interval_ms = report_interval_ms
         self.env = {
@@ -47,6 +51,14 @@ class LocalRayHead:
         self.process: subprocess.Popen | None = None
 
     @property
+    def gcs_port(self) -> int:
+        return self.ports["--port"]
+
+    @property
+    def metrics_port(self) -> int:
+        return self.ports["--metrics-export-port"]
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"
 
@@ -59,14 +71,9 @@ class LocalRayHead:
         return self.temp_dir.with_suffix(".log")
 
     def start(self, timeout_s: float = 90.0) -> "LocalRayHead":
-        component_flags = ["--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                           "--runtime-env-agent-port", "--ray-client-server-port", "--node-manager-port",
-                           "--object-manager-port"]
-        ports = {"--port": self.gcs_port, "--metrics-export-port": self.metrics_port,
-                 **dict(zip(component_flags, self._component_ports, strict=True))}
         command = [str(RAY_BIN), "start", "--head", "--block", f"--temp-dir={self.temp_dir}",
                    f"--num-cpus={self.num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                   "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items()),
+                   "--disable-usage-stats", *(f"{flag}={port}" for flag, port in self.ports.items()),
                    # every process of the cluster (drivers included) exports every report interval; the
                    # agent drops gauges not refreshed within two intervals
                    "--system-config", json.dumps({"metrics_report_interval_ms": self.report_interval_ms})]
