@@ -1,8 +1,11 @@
-"""An MPC party as a Ray actor: joins one MPC session and runs plain library functions inside it.
+"""An MPC party as a Ray actor: joins one MPC session and runs named party operations inside it.
 
-The actor holds no ML logic (like a Ray Train worker): the party group ships module-level
-functions ``fn(rank, *args, **kwargs)`` to it; they run inside the open
-:class:`~mpcformer.mpc.session.MPCSession` on the actor's device and return plain data.
+The actor holds no ML logic (like a Ray Train worker): the party group sends it the *name* of a
+party operation (:mod:`mpcformer.operations`) with plain arguments; the actor runs the function
+registered under that name in its own process, ``fn(rank, *args, **kwargs)``, inside the open
+:class:`~mpcformer.mpc.session.MPCSession` on the actor's device, and returns plain data. Any
+other name is refused (:class:`~mpcformer.operations.OperationRefused`): the driver cannot ship
+code for a party to run.
 
 Methods that touch CrypTen (``open``, ``run``, ``close``) run one at a time on one thread (the
 default concurrency group). ``describe``, ``ping`` and ``drain_progress`` run in a separate
@@ -16,9 +19,11 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable
+from typing import Any
 
 import ray
+
+from mpcformer.operations import resolve_operation
 
 __all__ = ["PartyActor", "describe_process", "free_tcp_address", "limit_torch_threads"]
 
@@ -111,8 +116,10 @@ class PartyActor:
         progress.set_sink(self._progress.append)
         set_party_context(PartyContext(self.rank, self.world_size, self.device, ray.util.get_node_ip_address(), self.group))
 
-    def run(self, fn: Callable[..., Any], args: tuple = (), kwargs: dict[str, Any] | None = None) -> Any:
-        """Run ``fn(rank, *args, **kwargs)`` inside the open session; return its (plain) result."""
+    def run(self, operation: str, args: tuple = (), kwargs: dict[str, Any] | None = None) -> Any:
+        """Run the party operation named ``operation`` as ``fn(rank, *args, **kwargs)`` inside the
+        open session; return its (plain) result. An unregistered name raises ``OperationRefused``."""
+        fn = resolve_operation(operation)
         if self._session is None:
             raise RuntimeError(f"party {self.rank} has no open MPC session (call open first)")
         return fn(self.rank, *args, **(kwargs or {}))

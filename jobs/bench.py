@@ -36,6 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-fast-exchange", action="store_true", help="gloo's all-reduce for openings instead of one all-gather"
     )
     parser.add_argument(
+        "--exact-truncation", action=argparse.BooleanOptionalAction, default=None,
+        help="divide shares by public integers with the dealer's help, never off by 2^64/y "
+        "(--no-exact-truncation: CrypTen's local division; default: MPCConfig's)",
+    )
+    parser.add_argument(
+        "--no-truncation-risk", action="store_true",
+        help="with CrypTen's truncation, skip the extra untimed forward that measures the expected share of "
+        "sequences with a corrupted element (bench.json 'truncation')",
+    )
+    parser.add_argument(
         "--no-warmup", action="store_true", help="time the process's first forward too (first-call costs included)"
     )
     parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="processes or Ray actors")
@@ -62,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         "stream_triples": not args.no_stream_triples, "fast_exchange": not args.no_fast_exchange,
         "device": args.device,
     }
+    if args.exact_truncation is not None:
+        mpc["exact_truncation"] = args.exact_truncation
     if args.network:
         mpc["network"] = resolve_profile(args.network).model_copy(update={"mode": "emulate"}).model_dump()
     cfg = build_config(
@@ -70,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
             "approx": [a for a in args.approx.split(",") if a], "repeats": args.repeats,
             "launcher": args.launcher, "warmup": not args.no_warmup, "gpus_per_actor": args.gpus_per_actor,
+            "truncation_risk": not args.no_truncation_risk,
             "mpc": mpc,
         },
         source="command line",

@@ -5,6 +5,8 @@
 
 Flags override the YAML; ``--set key.sub=value`` overrides any field (e.g. ``--set group.mpc.timeout_s=60``).
 Inside ``ray job submit`` (RAY_ADDRESS set) it joins that cluster, else it starts a local one.
+A party that rejects its input (a token id outside the vocabulary, a sequence longer than the
+model's positions, ...) stops the job with one error line naming the party, exit status 2.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, help="deadline in seconds of every MPC step (rendezvous, collective)")
     parser.add_argument("--out", help="output folder; re-running with the same folder resumes")
     parser.add_argument("--job-name", help="name in logs and metrics")
-    parser.add_argument("--no-plaintext-check", action="store_true", help="skip the plaintext reference logits")
+    check = parser.add_mutually_exclusive_group()
+    check.add_argument("--check-plaintext", action="store_true",
+                       help="evaluation mode: the client also loads the owner's model for plaintext reference logits")
+    check.add_argument("--no-plaintext-check", action="store_true", help="no plaintext reference logits (the default)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--num-cpus", type=_positive_int, help="logical CPUs of a new local Ray cluster")
@@ -59,13 +64,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.approx:
         overrides["combos"] = [c for c in args.approx.split(",") if c.strip()]
-    if args.no_plaintext_check:
-        overrides["check_plaintext"] = False
+    if args.check_plaintext or args.no_plaintext_check:
+        overrides["check_plaintext"] = bool(args.check_plaintext)
     if args.data:
         path = Path(args.data)
-        overrides["data.data_dir" if path.is_dir() else f"data.{args.split or 'dev'}_file"] = str(path)
+        overrides["data.data_dir" if _is_folder(path) else f"data.{args.split or 'dev'}_file"] = str(path)
     overrides.update(parse_set(args.set))
     return overrides
+
+
+def _is_folder(path: Path) -> bool:
+    """A data folder: an existing one, or (the client's data is often not on the driver's machine)
+    a path without a file extension."""
+    return path.is_dir() or (not path.exists() and not path.suffix)
 
 
 def _config_path(config: Path) -> Path:
@@ -94,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from mpcformer.cluster.infer import run_infer
     from mpcformer.cluster.scheduler import JobFailed
     from mpcformer.cluster_connect import connect
+    from mpcformer.errors import UserError
 
     cfg = build_infer_config(args)
     if threading.current_thread() is threading.main_thread():  # `ray job stop` sends SIGTERM: clean up
@@ -101,14 +113,17 @@ def run(args: argparse.Namespace) -> int:
     need = cfg.pool.groups * (cfg.group.world_size * cfg.group.cpus_per_party + cfg.group.cpus_for_dealer)
     with connect(address=args.address, num_cpus=args.num_cpus or max(2, int(need + 0.999))):
         try:
-            summary = run_infer(cfg, progress=not args.no_progress)
+            status = run_infer(cfg, progress=not args.no_progress)
+        except UserError:  # a bad config or a party rejecting its input: one line, exit 2
+            raise
         except JobFailed as err:
             print(f"infer: {err}", file=sys.stderr)
             print(f"finished batches are kept in {cfg.out}; run again with the same --out to resume", file=sys.stderr)
             return 1
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    print(f"wrote {Path(cfg.out) / 'predictions.jsonl'} and {Path(cfg.out) / 'summary.json'}")
-    return 0 if summary["complete"] else 1
+    print(json.dumps(status, indent=2, sort_keys=True))
+    if status["complete"]:  # the client wrote the predictions and the summary; the driver read neither
+        print(f"the client wrote {Path(status['out']) / 'predictions.jsonl'} and {status['summary']}")
+    return 0 if status["complete"] else 1
 
 
 if __name__ == "__main__":

@@ -37,3 +37,11 @@ def leftovers() -> tuple[list[str], list[str]]:
         if (not actors and not groups) or time.monotonic() > deadline:
             return actors, groups
         time.sleep(0.2)
+
+
+#: Ray runtime environment of test clusters whose party actors run the tests' own party operations
+#: (tests/*_party_fns.py, imported by name in the actors: see mpcformer.operations).
+PARTY_FNS_RUNTIME_ENV = {"env_vars": {
+    "PYTHONPATH": str(REPO_ROOT / "tests"),
+    "MPCFORMER_PARTY_OPERATIONS": "group_party_fns,infer_party_fns",
+}}

@@ -32,17 +32,24 @@ def _embed_and_project(ids: list, table: list, weight: list, bias: list, vocab: 
 
 
 def linear_honest_then_leaky(rank: int, out_dir: str, ids: list, table: list, weight: list, bias: list, vocab: int) -> dict:
-    """Phase ``honest``: the toy model, logits revealed to the client only. Phase ``leaky``: the
-    same, plus deliberate leaks (the positive controls the detector must flag)."""
+    """Phase ``honest``: the toy model, logits revealed to the client only. Phase ``stock``: the same
+    with CrypTen's ``get_plain_text(dst=client)``. Phase ``leaky``: the honest one plus deliberate
+    leaks (the positive controls the detector must flag)."""
     from mpcformer.mpc.compat import crypten
     from mpcformer.mpc.leak_tap import LeakTap
+    from mpcformer.mpc.reveal import reveal_to
 
     comm = crypten.communicator.get()
     out = Path(out_dir)
     with LeakTap(rank) as honest:
         _, logits = _embed_and_project(ids, table, weight, bias, vocab)
-        revealed = logits.get_plain_text(dst=CLIENT)
+        revealed = reveal_to(logits, CLIENT)
     honest.save(out / f"honest-party{rank}.pt")
+
+    with LeakTap(rank) as stock:  # CrypTen's own one-sided reveal: a reduce onto the client
+        _, logits = _embed_and_project(ids, table, weight, bias, vocab)
+        logits.get_plain_text(dst=CLIENT)
+    stock.save(out / f"stock-party{rank}.pt")
 
     with LeakTap(rank) as leaky:
         hidden, _ = _embed_and_project(ids, table, weight, bias, vocab)
@@ -86,4 +93,35 @@ def private_inference_tapped(rank: int, out_dir: str, preset: str, combos: list,
             )
         tap.save(Path(out_dir) / f"{combo}-party{rank}.pt")
         results[combo] = {"logits": result.get("logits"), "transfers": len(tap.transfers)}
+    return results
+
+
+def private_inference_batches_tapped(
+    rank: int, out_dir: str, preset: str, combos: list, batches: list, seed: int, stock_reveal: bool = False
+) -> dict:
+    """Private inference on ``preset`` for each combo and each ``(ids, mask)`` batch, each run's
+    traffic and held buffers recorded apart (``<combo>-<batch index>-party<rank>.pt``). With
+    ``stock_reveal`` the logits are opened with CrypTen's ``get_plain_text(dst=client)`` instead
+    (the positive control). Returns the client's decrypted logits (``None`` on the owner)."""
+    from mpcformer.models import private_inference
+    from mpcformer.models.presets import load_preset
+    from mpcformer.mpc.leak_tap import LeakTap
+
+    if stock_reveal:
+        private_inference.reveal_to = lambda x, dst: x.get_plain_text(dst=dst)
+    model = None
+    if rank == OWNER:
+        model, _ = load_preset(preset, num_labels=2, seed=seed)
+        model.eval()
+    results: dict = {}
+    for combo in combos:
+        results[combo] = []
+        for index, (ids, mask) in enumerate(batches):
+            with LeakTap(rank) as tap:
+                result = private_inference.run_private_inference(
+                    rank, model=model, input_ids=torch.tensor(ids) if rank == CLIENT else None,
+                    attention_mask=torch.tensor(mask) if rank == CLIENT else None, combo=combo,
+                )
+            tap.save(Path(out_dir) / f"{combo}-{index}-party{rank}.pt")
+            results[combo].append(result.get("logits"))
     return results

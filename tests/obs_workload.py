@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import ray
 
@@ -58,7 +59,8 @@ def run_inference(job: str, combos: list[str], data_dir: str, limit: int, batch_
         combos=combos, batch_size=batch_size, limit=limit, out=out, check_plaintext=False, job_name=job,
         group=group,
     )
-    return run_infer(cfg, progress=False)
+    status = run_infer(cfg, progress=False)
+    return json.loads(Path(status["summary"]).read_text())  # the client's summary (this test plays both roles)
 
 
 def run_sweep(job: str, combos: list[str]) -> None:

@@ -1,6 +1,7 @@
 """The encrypted-inference job on a local Ray cluster with the `tiny` model: predictions equal the
-plaintext model's, an interrupted run resumes without duplicates, and killing a party or the dealer
-mid-job costs a retry, not an example."""
+plaintext model's, an interrupted run resumes without duplicates, killing a party or the dealer
+mid-job costs a retry, not an example, the client runs without reading anything of the owner's, and
+bad input stops the job on the client before anything is shared or written."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import leftovers
+from conftest import PARTY_FNS_RUNTIME_ENV, leftovers
 
 ray = pytest.importorskip("ray")
 
@@ -30,7 +31,7 @@ COMBO = "quad+2quad"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env=PARTY_FNS_RUNTIME_ENV)
     try:
         yield
     finally:
@@ -88,7 +89,8 @@ def test_an_interrupted_run_resumes_on_two_groups_with_the_plaintext_predictions
 
     with pytest.raises(KeyboardInterrupt):
         run_infer(tiny_config(data_dir, out, limit=6), progress=False, on_batch=interrupt)
-    assert not json.loads((out / "summary.json").read_text())["complete"]
+    assert not json.loads((out / "status.json").read_text())["complete"]
+    assert not (out / "summary.json").exists()  # the client summarises a run once every batch is in
     first = sorted((out / "batches" / COMBO).glob("batch-*.jsonl"))
     assert 1 <= len(first) <= 2  # the one that interrupted, maybe the next one if it had committed
     first_mtimes = {f.name: f.stat().st_mtime_ns for f in first}
@@ -98,8 +100,11 @@ def test_an_interrupted_run_resumes_on_two_groups_with_the_plaintext_predictions
         handle.write('{"example_id": 5, "trunc')
 
     ran_again = []
-    summary = run_infer(tiny_config(data_dir, out, limit=6, **{"pool.groups": 2}), progress=False, on_batch=ran_again.append)
-    assert summary["complete"] and len(ran_again) == 3 - len(first)
+    status = run_infer(tiny_config(data_dir, out, limit=6, **{"pool.groups": 2}), progress=False, on_batch=ran_again.append)
+    assert status["complete"] and len(ran_again) == 3 - len(first)
+    assert status["combos"][COMBO] == {"examples": 6, "batches": 3}  # the driver gets counts, no figures
+    assert json.loads((out / "status.json").read_text()) == json.loads(json.dumps(status))
+    summary = json.loads((out / "summary.json").read_text())  # written by the client
     assert {f.name: f.stat().st_mtime_ns for f in first} == first_mtimes  # finished batches were skipped
     assert not list(out.rglob("*.tmp"))
     records = assert_every_example_once(out, 6)
@@ -112,7 +117,7 @@ def test_an_interrupted_run_resumes_on_two_groups_with_the_plaintext_predictions
     assert combo["agreement_with_plaintext"] == 1.0 and 0.0 <= combo["accuracy"] <= 1.0
     assert combo["batch_latency_s"]["p50"] <= combo["batch_latency_s"]["p99"]
     assert combo["bytes_per_sequence"] > 0 and combo["rounds_per_sequence"] > 0
-    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["complete"] and summary["examples"] == 6 and summary["retries_this_run"] == status["retries_this_run"]
     with pytest.raises(Exception, match="holds a different run"):
         run_infer(tiny_config(data_dir, out, limit=6, batch_size=3), progress=False)
     assert leftovers() == ([], [])
@@ -146,12 +151,12 @@ def test_killing_a_party_then_the_dealer_mid_job_loses_no_example(local_ray, dat
         if victim:
             killers.append(kill_when_alive(victim, delay_s=1.0))
 
-    summary = run_infer(tiny_config(data_dir, out, limit=6), progress=False, on_batch=inject_faults)
+    status = run_infer(tiny_config(data_dir, out, limit=6), progress=False, on_batch=inject_faults)
     for thread in killers:
         thread.join(timeout=5)
     records = assert_every_example_once(out, 6)
     assert all(r["prediction"] == r["plaintext_prediction"] for r in records)
-    assert summary["complete"] and summary["retries_this_run"] == 2
+    assert status["complete"] and status["retries_this_run"] == 2
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert [e["who"] for e in events] == ["party 1", "dealer"], events
     assert all(e["will_retry"] and "actor died" in e["cause"] for e in events), events
@@ -160,19 +165,25 @@ def test_killing_a_party_then_the_dealer_mid_job_loses_no_example(local_ray, dat
 
 def test_the_driver_sends_each_party_paths_and_ids_only(data_dir, tmp_path):
     """Data locality: the owner's request names its model and the combo, the client's its data
-    file and example ids; neither carries the other side's plaintext."""
-    from mpcformer.cluster.infer import plan_run, with_absolute_paths
-    from mpcformer.cluster.infer_batch import client_batch, owner_batch
+    file and example ids and, only in the evaluation mode check_plaintext, the owner's model;
+    neither carries the other side's plaintext."""
+    from mpcformer.cluster.infer import plan_run, prepare_item, with_absolute_paths
+    from mpcformer.cluster.infer_batch import client_batch, client_prepare, owner_batch, owner_prepare
 
-    cfg = with_absolute_paths(tiny_config(data_dir, tmp_path / "out"))
-    batches, items = plan_run(cfg, 4)
+    cfg = with_absolute_paths(tiny_config(data_dir, tmp_path / "out", check_plaintext=False))
+    owner_prepares, client_prepares = prepare_item(cfg).calls
+    assert owner_prepares.fn is owner_prepare and client_prepares.fn is client_prepare
+    assert owner_prepares.args[0].name_or_path == "tiny" and "tiny" not in repr(client_prepares.args)
+    batches, items = plan_run(cfg, 4, "digest")
     owner_call, client_call = items[batches[1].key].calls
     (owner_request,), (client_request,) = owner_call.args, client_call.args
     assert owner_call.fn is owner_batch and client_call.fn is client_batch
-    assert vars(owner_request) == {"model": client_request.model, "combo": COMBO, "job": "infer-tiny"}
-    assert client_request.example_ids == (2, 3) and str(data_dir) in client_request.data
-    assert client_request.out_dir == str(tmp_path / "out")
+    assert vars(owner_request) == {"model": owner_prepares.args[0], "combo": COMBO, "job": "infer-tiny"}
+    assert client_request.example_ids == (2, 3) and str(data_dir) in client_request.run.data
+    assert client_request.run.out_dir == str(tmp_path / "out") and client_request.reference is None
     assert len(pickle.dumps(owner_call)) < 1000 and len(pickle.dumps(client_call)) < 2000
+    _, evaluation = plan_run(cfg.model_copy(update={"check_plaintext": True}), 4, "digest")
+    assert evaluation[batches[1].key].calls[1].args[0].reference == owner_request.model
 
 
 def test_commits_are_atomic_and_once_and_percentiles_use_nearest_rank(tmp_path):
@@ -206,3 +217,99 @@ def test_flags_override_the_yaml(tmp_path):
     assert cfg.model == "tiny" and cfg.data.dev_file == str(data_file) and cfg.data.data_dir == "data/sst2"
     assert cfg.combos == ["quad+2relu", "exact"] and cfg.pool.groups == 3
     assert cfg.group.mpc.timeout_s == 7 and not cfg.check_plaintext
+
+
+# -------------------------------------------------------------- what the client reads, what it refuses
+@pytest.fixture(scope="module")
+def owner_folder(tmp_path_factory) -> Path:
+    """The owner's model as a saved folder (the tiny preset's weights and tokenizer)."""
+    from mpcformer.models.presets import load_preset
+
+    folder = tmp_path_factory.mktemp("owner") / "tiny-model"
+    model, tokenizer = load_preset("tiny", num_labels=2, seed=0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def wrap_client_calls(monkeypatch, operation, *head) -> None:
+    """Every call the driver sends party 1 runs inside the test operation ``operation(*head, ...)``."""
+    from mpcformer.cluster.party_group import PartyCall, PartyGroup
+    from mpcformer.operations import operation_name
+
+    real_run = PartyGroup.run
+
+    def run(self, calls, *args, **kwargs):
+        owner, client = calls
+        wrapped = PartyCall(operation, (*head, operation_name(client.fn), tuple(client.args), dict(client.kwargs)))
+        return real_run(self, [owner, wrapped], *args, **kwargs)
+
+    monkeypatch.setattr(PartyGroup, "run", run)
+
+
+def infer_argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """``mpcformer infer`` with the default config, sized for this machine."""
+    return ["infer", "--model", str(model), "--data", str(data), "--out", str(out), "--limit", "4",
+            "--batch-size", "2", "--max-length", "16", "--no-progress", "--set", "group.cpus_per_party=0.5",
+            "--set", "group.cpus_for_dealer=0.5", "--set", "group.mpc.timeout_s=60", *extra]
+
+
+def test_infer_succeeds_when_the_client_cannot_read_the_owners_folder(local_ray, data_dir, owner_folder, tmp_path,
+                                                                      monkeypatch, capsys):
+    from infer_party_fns import sealed
+
+    from mpcformer.cli import main
+    from mpcformer.models.private_inference import plaintext_logits
+    from mpcformer.models.presets import load_preset
+    from mpcformer.data import DataConfig, collate, encode, load_split
+
+    out = tmp_path / "out"
+    wrap_client_calls(monkeypatch, sealed, str(owner_folder))
+    assert main(infer_argv(owner_folder, data_dir, out, "--job-name", "sealed")) == 0, capsys.readouterr().err
+    groups = {a["Name"].split("/")[0] for a in ray._private.state.actors().values() if a["Name"].startswith("sealed-")}
+    assert len(groups) == 1, groups  # prepare, batches and summary on one party group
+    attempts = Path(str(owner_folder) + ".reads.log")
+    assert not attempts.exists(), attempts.read_text()  # the client never opened nor listed the owner's folder
+    records = {r["example_id"]: r for r in read_records(out)}
+    assert sorted(records) == [0, 1, 2, 3] and "plaintext_prediction" not in records[0]
+    model, tokenizer = load_preset(str(owner_folder), num_labels=2, seed=0)
+    encoded = encode(load_split(DataConfig(task="sst2", data_dir=str(data_dir), max_length=16), "dev"), tokenizer, 16)
+    for start in (0, 2):
+        batch = collate([encoded[i] for i in (start, start + 1)], pad_token_id=tokenizer.pad_token_id)
+        logits = plaintext_logits(model.eval(), COMBO, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        assert [records[start + i]["prediction"] for i in (0, 1)] == logits.argmax(-1).tolist()
+    bundle = json.loads((out / "public-bundle" / "bundle.json").read_text())
+    assert bundle["facts"]["vocab_size"] == model.config.vocab_size and "tokenizer.json" in bundle["files"]
+    assert not any(name.endswith((".safetensors", ".bin")) for name in bundle["files"])  # never weights
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["combos"][COMBO]["examples"] == 4 and summary["combos"][COMBO]["agreement_with_plaintext"] is None
+    status = json.loads((out / "status.json").read_text())
+    assert status["complete"] and "accuracy" not in json.dumps(status)  # the driver's file: counts and paths
+    assert leftovers() == ([], [])
+
+
+@pytest.mark.parametrize("case", ["token id", "mask", "length"])
+def test_bad_input_stops_the_job_on_the_client_with_one_line_and_no_output(local_ray, data_dir, tmp_path, case,
+                                                                           monkeypatch, capsys):
+    from infer_party_fns import tampered
+
+    from mpcformer.cli import main
+
+    out, data, extra = tmp_path / "out", data_dir, []
+    if case == "token id":
+        wrap_client_calls(monkeypatch, tampered, "input_ids", 30522)  # the vocabulary is 0..30521
+    elif case == "mask":
+        wrap_client_calls(monkeypatch, tampered, "attention_mask", 2)
+    else:  # a sentence of 600 words and a max_length above the model's 512 positions
+        data = tmp_path / "long"
+        data.mkdir()
+        (data / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n" + "good " * 600 + "\t1\n")
+        extra = ["--max-length", "1024"]
+    code = main(infer_argv("tiny", data, out, *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = {"token id": "token id 30522 is outside", "mask": "only 0 (padding) and 1",
+                "length": "exceeds the model's 512 positions"}[case]
+    assert code == 2 and len(err) == 1, err
+    assert "error: party 1 rejected its input" in err[0] and expected in err[0], err
+    assert not out.exists()  # nothing written: no bundle, no batch, no status
+    assert leftovers() == ([], [])

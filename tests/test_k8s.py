@@ -4,6 +4,8 @@
   unknown fields rejected as the API server's strict field validation does.
 - Core kinds with the `kubernetes-validate` package's schemas when installed, else their key fields.
 - PodMonitors: key fields, and their ports exist on the pods they select.
+- Which pod mounts which volume: the weights only where party 0 runs, the client's data and the
+  results only where party 1 runs (or the head), nothing on the dealer's pods.
 - RayJob entrypoints name job modules that exist and whose parsers accept the arguments; the
   sweep ConfigMap is a valid SweepConfig.
 - The Grafana ConfigMap is exactly what the generator makes from dashboards/*.json.
@@ -18,6 +20,7 @@ import copy
 import functools
 import importlib
 import importlib.util
+import json
 import shlex
 import shutil
 import subprocess
@@ -255,6 +258,50 @@ def test_mpc_worker_pods_fit_two_parties_and_the_dealer_apart():
     infer = next(d for d in _docs(BASE_FILES) if d["kind"] == "RayJob" and d["metadata"]["name"] == "mpcformer-infer")
     for spec in (cluster["spec"], infer["spec"]["rayClusterSpec"]):
         assert sum(g["replicas"] for g in spec["workerGroupSpecs"]) >= 3
+
+
+# ------------------------------------------------------------------------------- who mounts what
+_CLAIMS = {"mpcformer-models": "models", "mpcformer-client-data": "client data", "mpcformer-results": "results"}
+
+
+def _pods(doc: dict) -> list[tuple[str, set[str], set[str]]]:
+    """(group name, custom Ray resources it offers, volumes its containers mount by claim) per pod template."""
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    pods = []
+    for name, group in [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+        mounted = {_CLAIMS[claims[m["name"]]] for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] in claims}
+        offered = set(json.loads(json.loads(group["rayStartParams"]["resources"]))) if "resources" in group["rayStartParams"] else set()
+        pods.append((name, offered, mounted))
+    return pods
+
+
+def test_each_role_mounts_only_its_own_volumes():
+    """Every RayJob and RayCluster: the owner's weights only on pods offering mpc_owner (party 0),
+    the client's data and the results only on pods offering mpc_client (party 1) or the head (the
+    driver: run.json, status.json), the dealer's pods nothing; a job without a client mounts no client data."""
+    from mpcformer.cluster.config import ROLE_RESOURCES
+
+    owner, client, dealer = ROLE_RESOURCES[0], ROLE_RESOURCES[1], ROLE_RESOURCES["dealer"]
+    for doc in _of_kind(_manifests(), "RayCluster") + _of_kind(_manifests(), "RayJob"):
+        name, pods = doc["metadata"]["name"], _pods(doc)
+        with_client = any("client data" in mounted for _, _, mounted in pods)
+        for group, offered, mounted in pods:
+            where = f"{doc['kind']} {name}, group {group} (offers {sorted(offered)}, mounts {sorted(mounted)})"
+            assert len(offered) <= 1, where
+            if "client data" in mounted:
+                assert offered == {client}, where
+            if "models" in mounted and with_client:
+                assert offered == {owner}, where
+            if "results" in mounted and with_client:
+                assert group == "head" or offered == {client}, where
+            if offered == {dealer}:
+                assert not mounted, where
+        if with_client:  # an MPC cluster: one worker group per role, and the job asks for them
+            assert sorted(o for _, offered, _ in pods for o in offered) == sorted([owner, client, dealer]), name
+            if doc["kind"] == "RayJob":
+                assert "group.role_resources=true" in _entrypoint(doc), name
 
 
 # ------------------------------------------------------------------------------- dashboards

@@ -1,17 +1,18 @@
-"""Party groups on a simulated 3-node Ray cluster: placement, an encrypted computation through the
-actors, a clear error when the cluster is too small, and failing fast on dead or stalled actors."""
+"""Party groups on a simulated 3-node Ray cluster: placement (also by role resources), an encrypted
+computation through the actors, only registered party operations, a clear error when the cluster is
+too small, and failing fast on dead or stalled actors."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 
 import pytest
-from conftest import leftovers
+from conftest import PARTY_FNS_RUNTIME_ENV, leftovers
 import torch
+from group_party_fns import not_an_operation, reject_input
 
 ray = pytest.importorskip("ray")
 
@@ -20,18 +21,9 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from mpcformer.cluster.config import PartyGroupConfig  # noqa: E402
 from mpcformer.cluster.party_group import GroupFailure, PartyCall, PartyGroup, PlacementError, plan_placement  # noqa: E402
 from mpcformer.cluster.probe import encrypted_matmul, encrypted_steps  # noqa: E402
-from mpcformer.errors import UserError  # noqa: E402
+from mpcformer.operations import OperationRefused  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
-
-# functions defined here travel to the actors by value (the tests folder is not on their path)
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def reject_input(rank: int) -> None:
-    if rank == 1:
-        raise UserError("bad input on the client")
-    time.sleep(30)  # party 0 would wait for its peer: the group must not wait for it
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +33,7 @@ def three_nodes():
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address)
+        ray.init(address=cluster.address, runtime_env=PARTY_FNS_RUNTIME_ENV)
         cluster.wait_for_nodes()
         yield cluster
     finally:
@@ -60,6 +52,17 @@ def test_plan_placement_spreads_when_the_cluster_has_the_nodes():
     assert not one_gpu.use_gpu and one_gpu.bundles == [{"CPU": 1.0}] * 3
     tfp = plan_placement(PartyGroupConfig(mpc={"dealer": "tfp", "insecure_dealer": True}), [cpu_node] * 2)
     assert tfp.bundles == [{"CPU": 1.0}] * 2 and tfp.strategy == "STRICT_SPREAD"  # no dealer actor
+
+
+def test_role_resources_send_each_role_to_its_own_nodes():
+    roles = [{"CPU": 4.0, "mpc_owner": 1.0}, {"CPU": 4.0, "mpc_client": 1.0}, {"CPU": 4.0, "mpc_dealer": 1.0}]
+    placed = plan_placement(PartyGroupConfig(role_resources=True), roles)
+    assert placed.strategy == "STRICT_SPREAD"
+    assert placed.bundles == [{"CPU": 1.0, "mpc_owner": 1.0}, {"CPU": 1.0, "mpc_client": 1.0},
+                              {"CPU": 1.0, "mpc_dealer": 1.0}]
+    assert plan_placement(PartyGroupConfig(), roles).bundles == [{"CPU": 1.0}] * 3  # off by default
+    with pytest.raises(ValueError, match="world_size 2"):
+        PartyGroupConfig(role_resources=True, world_size=3)
 
 
 def test_strict_spread_puts_each_actor_on_its_own_node_and_matches_plaintext(three_nodes):
@@ -81,6 +84,22 @@ def test_strict_spread_puts_each_actor_on_its_own_node_and_matches_plaintext(thr
         assert time.monotonic() - tic < 15
         assert failure.value.who == "party 1" and "bad input on the client" in str(failure.value)
         assert not failure.value.retryable and not group.is_running
+    assert leftovers() == ([], [])
+
+
+def test_a_party_runs_only_registered_operations(three_nodes):
+    with PartyGroup(PartyGroupConfig(mpc={"timeout_s": 30}), name="registry") as group:
+        with pytest.raises(OperationRefused, match="not a party operation"):  # the driver will not send it
+            group.run([PartyCall(not_an_operation)] * 2)
+        party = ray.get_actor(f"{group.name}/party-0")
+        assert ray.get(party.run.remote("mpcformer.cluster.infer_batch:owner_idle")) is None  # registered
+        for name in ("group_party_fns:not_an_operation", "os:system", "mpcformer.cluster.infer:run_infer", "no-colon"):
+            with pytest.raises(ray.exceptions.RayTaskError) as refused:
+                ray.get(party.run.remote(name, ("echo ran",)))
+            assert isinstance(refused.value.cause, OperationRefused), name
+        with pytest.raises(ray.exceptions.RayTaskError) as shipped:  # code instead of a name
+            ray.get(party.run.remote(not_an_operation))
+        assert isinstance(shipped.value.cause, OperationRefused)
     assert leftovers() == ([], [])
 
 

@@ -1,5 +1,6 @@
-"""AES-CTR draws (mpcformer.mpc.prg): the same stream for generators seeded alike, full-range ring
-elements, k-bit values in range, CrypTen's modules switched and restored, and a session using it."""
+"""AES-CTR draws (mpcformer.mpc.prg): the same stream for generators keyed alike, full-range ring
+elements, k-bit values in range, no draw without a key, CrypTen's modules switched and restored,
+and a session using it."""
 
 from __future__ import annotations
 
@@ -14,21 +15,31 @@ IMPORTERS = ("crypten.common.rng", "crypten.mpc.primitives.arithmetic", "crypten
 
 
 def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    """A generator keyed by a test key made from ``seed`` (sessions bind OS keys)."""
+    generator = torch.Generator()
+    prg.bind_key(generator, seed.to_bytes(prg.KEY_BYTES, "little"))
+    return generator
 
 
-def test_generators_seeded_alike_draw_the_same_stream_call_for_call():
+def test_generators_keyed_alike_draw_the_same_stream_call_for_call():
     a, b, other = _seeded(11), _seeded(11), _seeded(12)
     for size in [(3, 4), (1,), (128, 7), (0,)]:
         assert torch.equal(prg.random_ring_elements(size, a), prg.random_ring_elements(size, b))
     assert not torch.equal(prg.random_ring_elements((64,), a), prg.random_ring_elements((64,), other))
 
 
-def test_reseeding_starts_the_new_seeds_stream():
+def test_rebinding_starts_the_new_keys_stream():
     g = _seeded(5)
     prg.random_ring_elements((16,), g)
-    g.manual_seed(6)
+    prg.bind_key(g, (6).to_bytes(prg.KEY_BYTES, "little"))
     assert torch.equal(prg.random_ring_elements((16,), g), prg.random_ring_elements((16,), _seeded(6)))
+
+
+def test_a_generator_without_a_key_never_falls_back_to_torch():
+    with pytest.raises(RuntimeError, match="without an OS key"):
+        prg.random_ring_elements((4,), torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError):
+        prg.bind_key(torch.Generator(), b"short")
 
 
 def test_ring_elements_cover_the_whole_int64_range_uniformly():
@@ -78,14 +89,14 @@ def test_other_ring_sizes_keep_torch_randint():
         prg.uninstall()
 
 
-@pytest.mark.parametrize("fast_prg", [True, False])
-def test_a_session_draws_with_its_configured_prg_and_products_stay_exact(fast_prg):
+@pytest.mark.parametrize("randomness", ["os", "crypten-insecure-baseline"])
+def test_a_session_draws_with_its_configured_prg_and_products_stay_exact(randomness):
     from mpcformer.mpc.config import MPCConfig
     from mpcformer.mpc.launcher import run_local
 
     import mpc_party_fns as fns
 
-    results = run_local(fns.prg_product, args=(), config=MPCConfig(fast_prg=fast_prg), timeout_s=180)
+    results = run_local(fns.prg_product, args=(), config=MPCConfig(randomness=randomness), timeout_s=180)
     for party in results:
-        assert party["aes_draws"] is fast_prg
+        assert party["aes_draws"] is (randomness == "os")
         assert party["product"] == pytest.approx(party["expected"], abs=2e-3)

@@ -656,6 +656,33 @@ def test_check_model_inputs(ids, vocab, max_positions):
     assert int(result.min()) >= 0 and int(result.max()) < vocab
 
 
+@fuzz(60)
+@given(
+    st.lists(st.lists(st.integers(-3, 40), min_size=1, max_size=6), min_size=1, max_size=3),
+    st.lists(st.lists(st.integers(-1, 3), min_size=1, max_size=6), min_size=1, max_size=3),
+    st.integers(1, 32), st.integers(1, 6), st.integers(1, 40),
+)
+def test_the_clients_live_check_against_the_owners_public_bundle(ids, mask, vocab, max_positions, tokenizer_vocab):
+    """What the client runs on every batch before anything is shared (cluster/infer_batch.py)."""
+    import torch
+
+    from mpcformer.cluster.infer_batch import check_client_tensors
+    from mpcformer.validation import InputError
+
+    width = min(len(row) for row in ids + mask)
+    ids_t = torch.tensor([row[:width] for row in ids])
+    mask_t = torch.tensor([row[:width] for row in mask[:1]] * len(ids))  # the ids' shape
+    facts = {"model_type": "bert", "vocab_size": vocab, "max_position_embeddings": max_positions, "pad_token_id": 0}
+    try:
+        check_client_tensors(facts, tokenizer_vocab, {"input_ids": ids_t, "attention_mask": mask_t}, "batch 0")
+    except InputError as err:
+        _one_line(str(err))
+        assert str(err).startswith("batch 0: ")
+        return
+    assert tokenizer_vocab <= vocab and 0 <= int(ids_t.min()) and int(ids_t.max()) < vocab
+    assert width <= max_positions and set(mask_t.flatten().tolist()) <= {0, 1} and bool((mask_t.sum(-1) > 0).all())
+
+
 @fuzz(40)
 @given(st.lists(st.one_of(st.integers(-3, 5), st.floats(), st.text(max_size=2), st.booleans()), max_size=5), st.integers(-1, 4))
 def test_check_labels(labels, num_labels):

@@ -29,6 +29,23 @@ def _setup(combo: dict) -> str:
     return f"{setup['time_s']:.2f} / {_mb(setup['bytes'])}" if setup else "-"
 
 
+def _truncation_line(combos: list[dict]) -> str:
+    """What bench.json's ``truncation`` says: exact, or the expected share of corrupted sequences."""
+    parts = []
+    for c in combos:
+        t = c.get("truncation") or {}
+        if t.get("exact"):
+            parts.append(f"{c['approx']}: exact")
+        elif t.get("p_sequence_corrupted") is not None:
+            parts.append(
+                f"{c['approx']}: CrypTen's local division, {t['expected_corrupted_per_sequence']:.3g} corrupted "
+                f"elements expected per sequence, {100 * t['p_sequence_corrupted']:.2g}% of sequences with one"
+            )
+        else:
+            parts.append(f"{c['approx']}: CrypTen's local division, risk not measured")
+    return "Truncation (an element off by 2^32 when the shares wrap): " + "; ".join(parts) + "."
+
+
 def render_markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
@@ -61,6 +78,7 @@ def render_markdown(report: dict) -> str:
         "Latency is one forward of a model already built in the session; building it (sharing the "
         "owner's weights and sending each under its reusable mask) is paid once per session: last column.",
     ]
+    lines += ["", _truncation_line(report["combinations"])]
     env = report["environment"]
     where = f"GPU: {env['gpu']}" if env.get("gpu") else "CPU only"
     lines += ["", f"Machine: {env['machine']}, {env['cpus']} CPUs, {where}; versions: {env['versions']}", ""]

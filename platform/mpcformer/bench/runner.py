@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import platform as std_platform
 import time
@@ -22,6 +23,7 @@ from mpcformer.approx import Combo
 from mpcformer.config import StrictModel
 from mpcformer.mpc.config import MPCConfig
 from mpcformer.mpc.network import PROFILES, dealer_terms, project_latency
+from mpcformer.operations import party_operation
 
 if TYPE_CHECKING:
     from mpcformer.cluster.config import PartyGroupConfig
@@ -47,6 +49,12 @@ class BenchConfig(StrictModel):
         default=None, gt=0, le=1,
         description="Ray launcher on CUDA: GPUs per party and for the dealer; None: all share one GPU",
     )
+    truncation_risk: bool = Field(
+        default=False,
+        description="with CrypTen's truncation (exact_truncation off): one more untimed forward that records every "
+        "truncation and reports the expected share of sequences with a corrupted element (bench.json 'truncation'; "
+        "CPU only)",
+    )
     mpc: MPCConfig = Field(default_factory=MPCConfig)
 
     @field_validator("approx")
@@ -57,9 +65,10 @@ class BenchConfig(StrictModel):
         return names
 
 
+@party_operation
 def bench_party(
     rank: int, model_name: str, combo_name: str, seq_len: int, batch_size: int, seed: int, repeats: int,
-    warmup: bool = True,
+    warmup: bool = True, truncation_risk: bool = False,
 ) -> dict:
     """One party's side of a benchmark forward (module level: shipped to processes and actors).
 
@@ -67,6 +76,9 @@ def bench_party(
     pays one-time costs (lazy imports, torch's meta and dispatcher set-up; ~2 s on ``tiny``, ~5 s
     on ``bert-base``) that are not the approximation's. The encrypted model is built by the first
     call of the session and served again to the next ones; its cost is returned as ``setup``.
+    With ``truncation_risk`` one more untimed forward records every truncation
+    (:func:`mpcformer.bench.truncation.recording`: the client's shares go to the owner, fine for
+    the benchmark's random ids only); party 0 returns the tallies as ``truncation``.
     """
     import torch
 
@@ -104,7 +116,18 @@ def bench_party(
         setup = setup or result["setup"]
         if best is None or costs["total"]["time_s"] < best["total"]["time_s"]:
             best = costs
-    return {"costs": best, "setup": setup}
+    truncation = None
+    if truncation_risk:
+        from mpcformer.bench.truncation import recording
+
+        progress.report(kind="forward", label="truncation risk")
+        ledger = CostLedger()
+        with recording(rank, ledger) as recorder:
+            run_private_inference(
+                rank, model=model, input_ids=input_ids, attention_mask=attention_mask, combo=combo, ledger=ledger
+            )
+        truncation = recorder.summary() if rank == 0 else None
+    return {"costs": best, "setup": setup, "truncation": truncation}
 
 
 def _vocab_size(model_name: str) -> int:
@@ -128,6 +151,7 @@ def _combo_result(name: str, costs: dict, overlap_dealer: bool) -> dict:
         "bytes": total["bytes"],
         "dealer": costs["dealer"],
         "setup": {k: costs["setup"][k] for k in ("time_s", "rounds", "bytes")},
+        "truncation": costs.get("truncation"),
         "ops": ops,
         "projected_latency_s": {
             prof: project_latency(
@@ -186,7 +210,10 @@ def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = N
     ``on_progress`` receives the client's progress events (forwards started, layers done), relayed
     by the local launcher and by the Ray party group alike.
     """
-    args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats, cfg.warmup)
+    from mpcformer.mpc.truncation import exact_under
+
+    risk = cfg.truncation_risk and not exact_under(cfg.mpc) and cfg.mpc.device == "cpu"  # the recorder: gloo, CPU
+    args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats, cfg.warmup, risk)
     relay = None if on_progress is None else (lambda rank, event: on_progress(event) if rank == _CLIENT else None)
     if cfg.launcher == "ray":
         from mpcformer.cluster.party_group import run_on_party_group
@@ -199,7 +226,29 @@ def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = N
 
         results = run_local(bench_party, args=args, config=cfg.mpc, timeout_s=cfg.deadline_s, on_progress=relay)
     owner = results[1 - _CLIENT]
-    return {**results[_CLIENT]["costs"], "dealer": owner["costs"]["dealer"], "setup": results[_CLIENT]["setup"]}
+    return {
+        **results[_CLIENT]["costs"], "dealer": owner["costs"]["dealer"], "setup": results[_CLIENT]["setup"],
+        "truncation": _truncation_risk(cfg, owner["truncation"]),
+    }
+
+
+def _truncation_risk(cfg: BenchConfig, tallies: dict | None) -> dict:
+    """bench.json's ``truncation``: exact, or the recorded forward's expected corruptions per sequence."""
+    from mpcformer.mpc.truncation import exact_under
+
+    if exact_under(cfg.mpc):
+        return {"exact": True, "expected_corrupted_per_sequence": 0.0, "p_sequence_corrupted": 0.0}
+    if tallies is None:  # not measured (truncation_risk off, or on CUDA)
+        return {"exact": False, "expected_corrupted_per_sequence": None, "p_sequence_corrupted": None}
+    per_forward = tallies["p_sequence_corrupted"]  # of the whole batch: B sequences
+    return {
+        "exact": False,
+        "expected_corrupted_per_sequence": tallies["expected_corrupted"] / cfg.batch_size,
+        "p_sequence_corrupted": -math.expm1(math.log1p(-per_forward) / cfg.batch_size),
+        "elements_truncated_per_sequence": tallies["elements"] / cfg.batch_size,
+        "failures_seen": tallies["failures_seen"],
+        "expected_by_category": tallies["expected_by_category"],
+    }
 
 
 def _cluster(cfg: BenchConfig) -> contextlib.AbstractContextManager:

@@ -2,17 +2,21 @@
 
 Output folder layout (``out/``):
 
-    run.json                           what was run (model, data, split, combos, batch size, ...)
-    batches/<combo>/batch-000012.jsonl one committed batch: one JSON record per example
-    predictions.jsonl                  every record; appended live, rewritten in order at the end
-    events.jsonl                       group failures and retries seen by the driver
-    summary.json                       accuracy, agreement, latency percentiles, rounds/bytes per sequence
+    run.json                           what was run (model, data, split, combos, batch size, ...): driver
+    public-bundle/                     the owner's public bundle the client tokenised with: client
+    batches/<combo>/batch-000012.jsonl one committed batch: one JSON record per example: client
+    predictions.jsonl                  every record; appended live, rewritten in order: client
+    events.jsonl                       group failures and retries seen by the driver: driver
+    status.json                        counts only: batches done, retries, wall time: driver
+    summary.json                       accuracy, agreement, latency percentiles, rounds/bytes per
+                                       sequence, once every batch is in: client
 
 A batch is *finished* exactly when its ``batches/`` file exists: the client actor writes it to a
 temporary name, fsyncs and renames it (atomic on POSIX), under a lock that also appends its
 records to ``predictions.jsonl``. A re-run skips finished batches; a batch computed twice (a
-retry racing a late commit) is committed once. ``finalize`` rebuilds ``predictions.jsonl`` from the
-batch files, so partial appends of an interrupted run never survive.
+retry racing a late commit) is committed once. The client rebuilds ``predictions.jsonl`` from the
+batch files when a run starts and ends (:meth:`BatchStore.rebuild_predictions`), so partial appends
+of an interrupted run never survive. The driver only tests which batch files exist.
 """
 
 from __future__ import annotations
@@ -128,24 +132,31 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class BatchStore:
-    """The driver's view of an output folder: which batches are finished, events, the final files."""
+    """An output folder: which batches are finished, events, status (the driver); records,
+    predictions and summary (the client)."""
 
     def __init__(self, out_dir: str | Path):
         self.root = Path(out_dir)
 
+    def check_same_run(self, run_info: dict[str, Any]) -> None:
+        """Refuse a folder that holds a different run; writes nothing."""
+        info_path = self.root / "run.json"
+        if not info_path.exists():
+            return
+        previous = json.loads(info_path.read_text())
+        if previous != json.loads(json.dumps(run_info)):
+            changed = sorted(k for k in set(previous) | set(run_info) if previous.get(k) != run_info.get(k))
+            raise UserError(
+                f"{self.root} holds a different run (changed: {', '.join(changed)}); "
+                "use a new output folder, or delete this one to start over"
+            )
+
     def open(self, run_info: dict[str, Any]) -> None:
         """Create the folder, or check that it holds the same run (then it resumes)."""
+        self.check_same_run(run_info)
         self.root.mkdir(parents=True, exist_ok=True)
         info_path = self.root / "run.json"
-        if info_path.exists():
-            previous = json.loads(info_path.read_text())
-            if previous != json.loads(json.dumps(run_info)):
-                changed = sorted(k for k in set(previous) | set(run_info) if previous.get(k) != run_info.get(k))
-                raise UserError(
-                    f"{self.root} holds a different run (changed: {', '.join(changed)}); "
-                    "use a new output folder, or delete this one to start over"
-                )
-        else:
+        if not info_path.exists():
             _write_atomic(info_path, json.dumps(run_info, indent=2, sort_keys=True) + "\n")
         for pattern in (f"{_BATCH_DIR}/*/.batch-*.tmp", ".*.tmp"):  # writes cut short by an interruption
             for stray in self.root.glob(pattern):
@@ -175,8 +186,15 @@ class BatchStore:
             handle.write(json.dumps(event, sort_keys=True) + "\n")
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
+        """``summary.json``: figures computed from the records (written by the client)."""
         path = self.root / "summary.json"
         _write_atomic(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return path
+
+    def write_status(self, status: dict[str, Any]) -> Path:
+        """``status.json``: the driver's counts and paths."""
+        path = self.root / "status.json"
+        _write_atomic(path, json.dumps(status, indent=2, sort_keys=True) + "\n")
         return path
 
 

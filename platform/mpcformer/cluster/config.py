@@ -5,6 +5,7 @@
       strategy: auto           # STRICT_SPREAD when the cluster has a node per actor, else PACK
       cpus_per_party: 1.0
       use_gpu: auto            # one GPU per party when the cluster has GPUs
+      role_resources: false    # true: each role asks for its custom Ray resource (ROLE_RESOURCES)
       placement_timeout_s: 60
       mpc: {timeout_s: 120}    # deadline of every rendezvous and collective (MPCConfig)
 """
@@ -13,15 +14,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mpcformer.config import StrictModel
 from mpcformer.mpc.config import MPCConfig
 
-__all__ = ["PlacementStrategy", "PartyGroupConfig"]
+__all__ = ["PlacementStrategy", "PartyGroupConfig", "ROLE_RESOURCES"]
 
 #: "auto" picks STRICT_SPREAD (one actor per node) when the cluster has enough nodes, else PACK.
 PlacementStrategy = Literal["auto", "STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK"]
+
+#: Custom Ray resource each role asks for (one unit) with ``role_resources``: a node that offers
+#: ``mpc_owner`` hosts model owners only, and so on (``ray start --resources '{"mpc_owner": 1}'``).
+ROLE_RESOURCES = {0: "mpc_owner", 1: "mpc_client", "dealer": "mpc_dealer"}
 
 
 class PartyGroupConfig(StrictModel):
@@ -37,9 +42,19 @@ class PartyGroupConfig(StrictModel):
         default=None, ge=0, description="GPUs for the dealer; None: as a party when parties use GPUs (CrypTen's TTP "
         "generates the triples on the parties' device)"
     )
+    role_resources: bool = Field(
+        default=False, description="party 0 asks for the custom resource mpc_owner, party 1 mpc_client, the dealer "
+        "mpc_dealer (one unit each): each role runs only on nodes that offer its resource (two parties only)"
+    )
     placement_timeout_s: float = Field(default=60.0, gt=0, description="deadline for Ray to place the group")
     run_timeout_s: float | None = Field(
         default=None, gt=0, description="deadline of one run() on the driver; None: only the per-step MPC deadlines"
     )
     shutdown_timeout_s: float = Field(default=10.0, gt=0, description="grace period before actors are killed")
     mpc: MPCConfig = Field(default_factory=MPCConfig)
+
+    @model_validator(mode="after")
+    def _roles_need_two_parties(self) -> "PartyGroupConfig":
+        if self.role_resources and self.world_size != 2:
+            raise ValueError(f"role_resources names the owner and the client: it needs world_size 2, got {self.world_size}")
+        return self

@@ -1,13 +1,22 @@
 """Encrypted inference over a data split: batches dispatched to K party groups, resumable output.
 
     cfg = load_config(InferConfig, "jobs/configs/infer-tiny.yaml", {"out": "runs/x"})
-    summary = run_infer(cfg)           # Ray must be connected (see mpcformer.cluster_connect)
+    status = run_infer(cfg)            # Ray must be connected (see mpcformer.cluster_connect)
 
-The split is cut into batches of ``batch_size`` sequences (one MPC forward each), for every combo.
-A pool of ``pool.groups`` party groups runs them concurrently; each client actor commits its batch
-to ``out`` as soon as it completes (see :mod:`mpcformer.cluster.batches` for the layout). Running
-again with the same ``out`` skips the finished batches. Failed groups are rebuilt and their batch
-re-run (``pool.max_attempts``); ``summary.json`` is written at the end.
+A run is three steps on a pool of ``pool.groups`` party groups (the party operations are in
+:mod:`mpcformer.cluster.infer_batch`):
+
+1. prepare: party 0 publishes its model's public bundle to the client; the client checks every
+   example of the run against it and returns how many there are (the driver never reads the data);
+2. batches: the split is cut into batches of ``batch_size`` sequences (one MPC forward each), for
+   every combo, run concurrently by the K groups; each client actor commits its batch to ``out``
+   as soon as it completes (see :mod:`mpcformer.cluster.batches` for the layout). Running again
+   with the same ``out`` skips the finished batches. Failed groups are rebuilt and their batch
+   re-run (``pool.max_attempts``);
+3. summary: once every batch is in, the client writes ``summary.json`` from its records.
+
+The driver writes ``run.json``, ``events.jsonl`` and ``status.json`` (counts and paths: batches
+done, retries, wall time), also after a failure or an interruption; it reads no prediction.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from mpcformer.cluster.scheduler import PoolConfig
 from mpcformer.config import StrictModel
 from mpcformer.data.loading import DataConfig
 
-__all__ = ["InferConfig", "run_infer", "plan_run", "with_absolute_paths"]
+__all__ = ["InferConfig", "run_infer", "prepare_item", "plan_run", "summary_item", "with_absolute_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +54,10 @@ class InferConfig(StrictModel):
     batch_size: int = Field(default=8, ge=1, description="sequences per MPC forward")
     limit: int | None = Field(default=None, ge=1, description="first N examples of the split")
     out: str = "runs/infer"
-    check_plaintext: bool = Field(default=True, description="also compute plaintext logits on the client (evaluation)")
+    check_plaintext: bool = Field(
+        default=False, description="evaluation mode: the client also loads the owner's model and computes plaintext "
+        "reference logits (agreement in summary.json); never where the client must not read the weights"
+    )
     job_name: str = "infer"
     group: PartyGroupConfig = Field(default_factory=PartyGroupConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
@@ -84,42 +96,62 @@ def _run_info(cfg: InferConfig) -> dict[str, Any]:
     }))
 
 
-def _count_examples(cfg: InferConfig) -> int:
-    """Size of the split (the driver reads the client's data file; it never loads the model)."""
-    from mpcformer.data import load_split
+def _sources(cfg: InferConfig):
+    from mpcformer.cluster.infer_batch import ModelSource, RunData
 
-    count = len(load_split(cfg.data, cfg.split, seed=cfg.seed))
-    return min(count, cfg.limit) if cfg.limit else count
+    source = ModelSource(cfg.model, cfg.num_labels, cfg.seed)
+    out_dir = str(Path(cfg.out).resolve())  # the client actors write here: shared storage on a multi-node cluster
+    run = RunData(
+        cfg.data.model_dump_json(), cfg.split, cfg.seed, cfg.limit, cfg.batch_size, tuple(cfg.combos), out_dir
+    )
+    return source, run
 
 
-def plan_run(cfg: InferConfig, num_examples: int):
-    """Batches of the run and the work item (one call per party) of each."""
-    from mpcformer.cluster.batches import plan_batches
-    from mpcformer.cluster.infer_batch import ClientBatch, ModelSource, OwnerBatch, client_batch, owner_batch
+def prepare_item(cfg: InferConfig):
+    """The run's first step: party 0 publishes its public bundle, party 1 checks its examples."""
+    from mpcformer.cluster.infer_batch import client_prepare, owner_prepare
     from mpcformer.cluster.party_group import PartyCall
     from mpcformer.cluster.scheduler import WorkItem
 
-    source = ModelSource(cfg.model, cfg.num_labels, cfg.seed)
-    data_json = cfg.data.model_dump_json()
-    out_dir = str(Path(cfg.out).resolve())  # the client actors write here: shared storage on a multi-node cluster
+    source, run = _sources(cfg)
+    return WorkItem("prepare", (PartyCall(owner_prepare, (source,)), PartyCall(client_prepare, (run,))))
+
+
+def plan_run(cfg: InferConfig, num_examples: int, bundle_digest: str):
+    """Batches of the run and the work item (one call per party) of each."""
+    from mpcformer.cluster.batches import plan_batches
+    from mpcformer.cluster.infer_batch import ClientBatch, OwnerBatch, client_batch, owner_batch
+    from mpcformer.cluster.party_group import PartyCall
+    from mpcformer.cluster.scheduler import WorkItem
+
+    source, run = _sources(cfg)
+    reference = source if cfg.check_plaintext else None  # evaluation mode: the client loads the model
     batches = plan_batches(num_examples, cfg.batch_size, cfg.combos)
     items = {}
     for batch in batches:
         owner = PartyCall(owner_batch, (OwnerBatch(source, batch.combo, cfg.job_name),))
         client = PartyCall(client_batch, (ClientBatch(
-            source, data_json, cfg.split, batch.combo, batch.batch_id, batch.example_ids, out_dir,
-            cfg.check_plaintext, cfg.job_name,
+            run, batch.combo, batch.batch_id, batch.example_ids, bundle_digest, cfg.model, reference, cfg.job_name,
         ),))
         items[batch.key] = WorkItem(batch.key, (owner, client))
     return batches, items
 
 
+def summary_item(cfg: InferConfig, num_examples: int, header: dict[str, Any]):
+    """The run's last step: the client summarises its committed records into ``summary.json``."""
+    from mpcformer.cluster.infer_batch import ClientSummary, client_summarize, owner_idle
+    from mpcformer.cluster.party_group import PartyCall
+    from mpcformer.cluster.scheduler import WorkItem
+
+    _, run = _sources(cfg)
+    return WorkItem("summary", (PartyCall(owner_idle), PartyCall(client_summarize, (ClientSummary(run, num_examples, header),))))
+
+
 def run_infer(
     cfg: InferConfig, progress: bool = True, on_batch: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """Run (or resume) the job on the connected Ray cluster; return the summary (also in summary.json)."""
-    from tqdm import tqdm
-
+    """Run (or resume) the job on the connected Ray cluster; return the driver's status (counts and
+    paths, also in ``status.json``). The client writes the figures to ``summary.json``."""
     from mpcformer.cluster.batches import BatchStore
     from mpcformer.cluster.scheduler import GroupPool
 
@@ -127,40 +159,61 @@ def run_infer(
         raise ValueError("private inference has two parties (owner and client): set group.world_size: 2")
     cfg = with_absolute_paths(cfg)
     store = BatchStore(cfg.out)
-    store.open(_run_info(cfg))
-    num_examples = _count_examples(cfg)
-    batches, items = plan_run(cfg, num_examples)
-    todo = [batch for batch in batches if not store.is_done(batch)]
-    store.rebuild_predictions(batches)  # drops appends of an interrupted run that never committed
-    log.info("%d batches (%d examples x %d combos), %d to run", len(batches), num_examples, len(cfg.combos), len(todo))
+    run_info = _run_info(cfg)
+    store.check_same_run(run_info)
     pool = GroupPool(
-        cfg.group, cfg.pool, name=cfg.job_name, on_failure=lambda e: _on_failure(store, cfg, e), model=cfg.model
+        cfg.group, cfg.pool, name=cfg.job_name, on_failure=lambda e: _on_failure(store, cfg, e), model=cfg.model,
+        keep_groups=True,
     )
-    tic = time.monotonic()
-    try:
-        results = contextlib.closing(pool.run([items[batch.key] for batch in todo]))  # closing stops the groups
-        bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="infer", unit="batch", disable=not progress)
-        with results as finished, bar:
-            for done in finished:
-                figures = done.results[1]  # the client's figures; no prediction reaches the driver
-                _record_batch(cfg, figures)
-                bar.update(1)
-                bar.set_postfix(retries=len(pool.failures), refresh=False)
-                if on_batch is not None:
-                    on_batch(figures)
-    finally:  # also after a failure or an interruption: what was committed is summarised
-        summary = _summary(cfg, store, batches, num_examples, pool.failures, time.monotonic() - tic)
-        store.rebuild_predictions(batches)
-        store.write_summary(summary)
-    return summary
+    with contextlib.closing(pool):  # close() stops the groups kept between the steps
+        prepared = _run_one(pool, prepare_item(cfg))
+        num_examples = prepared[1]["examples"]
+        store.open(run_info)
+        batches, items = plan_run(cfg, num_examples, prepared[0]["bundle_digest"])
+        todo = [batch for batch in batches if not store.is_done(batch)]
+        log.info("%d batches (%d examples x %d combos), %d to run", len(batches), num_examples, len(cfg.combos), len(todo))
+        tic = time.monotonic()
+        try:
+            _run_batches(pool, cfg, [items[batch.key] for batch in todo], len(batches), progress, on_batch)
+        finally:  # also after a failure or an interruption: the driver's counts
+            status = _status(cfg, store, batches, num_examples, pool.failures, time.monotonic() - tic)
+            store.write_status(status)
+        if status["complete"]:
+            header = {key: status[key] for key in _SUMMARY_HEADER}
+            summarized = _run_one(pool, summary_item(cfg, num_examples, header))[1]
+            status = {**status, "summary": summarized["summary"], "combos": summarized["combos"]}
+            store.write_status(status)
+    return status
+
+
+def _run_one(pool, item) -> list[Any]:
+    """Results (by rank) of one work item run on the pool (its group stays up for the next step)."""
+    (done,) = list(pool.run([item]))
+    return done.results
+
+
+def _run_batches(pool, cfg: InferConfig, items: list, total: int, progress: bool, on_batch) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=total - len(items), desc="infer", unit="batch", disable=not progress)
+    with contextlib.closing(pool.run(items)) as finished, bar:
+        for done in finished:
+            figures = done.results[1]  # the client's figures; no prediction reaches the driver
+            _record_batch(cfg, figures)
+            bar.update(1)
+            bar.set_postfix(retries=len(pool.failures), refresh=False)
+            if on_batch is not None:
+                on_batch(figures)
 
 
 def _on_failure(store, cfg: InferConfig, event) -> None:
     from dataclasses import asdict
 
-    store.log_event({"time": time.time(), "event": "group_failure", **asdict(event)})
+    if store.root.is_dir():  # a failure of the prepare step of a new run leaves no folder behind
+        store.log_event({"time": time.time(), "event": "group_failure", **asdict(event)})
     combo = event.item.split("/")[0]  # item keys are <combo>/<batch id>
-    _safe_metric("record_batch", job=cfg.job_name, model=cfg.model, approx=combo, sequences=0, failed=True)
+    if combo in cfg.combos:
+        _safe_metric("record_batch", job=cfg.job_name, model=cfg.model, approx=combo, sequences=0, failed=True)
 
 
 def _record_batch(cfg: InferConfig, figures: dict[str, Any]) -> None:
@@ -176,35 +229,23 @@ def _safe_metric(name: str, *args, **kwargs) -> None:
     safe_record(name, *args, **kwargs)
 
 
-def _summary(cfg: InferConfig, store, batches, num_examples: int, failures, wall_s: float) -> dict[str, Any]:
-    from mpcformer.cluster.batches import summarize_records
+#: Keys of the driver's status that head the client's summary.
+_SUMMARY_HEADER = ("model", "split", "examples", "batch_size", "groups", "retries_this_run", "wall_s_this_run")
 
-    per_combo = {}
-    for combo in cfg.combos:
-        combo_batches = [b for b in batches if b.combo == combo]
-        records = store.records(combo_batches)
-        per_combo[combo] = {**summarize_records(records), **_task_metrics(cfg, records)}
+
+def _status(cfg: InferConfig, store, batches, num_examples: int, failures, wall_s: float) -> dict[str, Any]:
+    """The driver's view of the run: counts and paths only (which batch files exist)."""
+    done = {combo: sum(store.is_done(b) for b in batches if b.combo == combo) for combo in cfg.combos}
     return {
         "model": cfg.model,
         "split": cfg.split,
         "examples": num_examples,
         "batch_size": cfg.batch_size,
         "groups": cfg.pool.groups,
-        "combos": per_combo,
+        "combos": {combo: {"batches": count} for combo, count in done.items()},  # committed
+        "batches_planned": len(batches),
         "complete": all(store.is_done(b) for b in batches),
         "retries_this_run": len(failures),
         "wall_s_this_run": wall_s,
+        "out": str(store.root),
     }
-
-
-def _task_metrics(cfg: InferConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """GLUE's metric(s) of the task from the encrypted logits (e.g. F1 for MRPC, Matthews for CoLA)."""
-    if not records:
-        return {}
-    import numpy as np
-
-    from mpcformer.data import compute_metrics, resolve_task
-
-    spec = resolve_task(cfg.data)
-    logits = np.asarray([r["logits"] for r in records], dtype=np.float64)
-    return {"task_metrics": compute_metrics(logits, [r["label"] for r in records], spec)}

@@ -1,13 +1,26 @@
-"""The two sides of one encrypted-inference batch, shipped to the party actors of a group.
+"""The party operations of an encrypted-inference run, shipped by name to the party actors of a group.
 
-Data locality: the driver sends each party only paths and ids. The model owner (party 0) loads the
-weights from its own path; the client (party 1) loads and tokenises its examples, learns the
-logits (revealed to it alone) and commits the batch's records to the output folder itself. The
-driver gets back figures only (latency, rounds, bytes), never a prediction.
+A run is three steps, each a pair of calls (party 0, party 1) on one party group:
 
-With ``check_plaintext`` (evaluation runs) the client also computes the plaintext reference logits
-of the same approximated model, which means loading the owner's model on the client: use it to
-measure agreement, never in a deployment where the client must not see the weights.
+1. **prepare**: the model owner (party 0) publishes the public bundle of its model
+   (:mod:`mpcformer.cluster.bundle`: tokenizer files and architecture facts, never weights) to the
+   client over the session's channel. The client (party 1) loads its examples, tokenises them
+   with the bundle's tokenizer and checks every one against the bundle's facts
+   (:mod:`mpcformer.validation`) before anything is shared or written; then it keeps the bundle
+   in ``<out>/public-bundle/`` and returns the number of examples.
+2. **batch** (once per batch): party 0 loads the weights from its own path and shares them; party
+   1 tokenises its batch with the kept bundle, checks it again, learns the logits (revealed to it
+   alone) and commits the batch's records to the output folder itself.
+3. **summarize**: the client reads its committed records and writes ``summary.json`` (accuracy,
+   agreement, task metrics, latency, rounds, bytes); party 0 has nothing to do.
+
+The client reads nothing of the owner's: the bundle reaches it over the session. The driver
+sends each party paths, ids and counts, and gets back counts, paths and cost figures (latency,
+rounds, bytes), never a prediction or a figure computed from predictions.
+
+``check_plaintext`` is an evaluation mode: the client also loads the owner's model from the
+owner's path and computes the plaintext reference logits of the same approximated model, to
+measure agreement. Never use it where the client must not read the weights.
 """
 
 from __future__ import annotations
@@ -17,16 +30,22 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mpcformer.errors import UserError
+from mpcformer.operations import party_operation
 
 __all__ = [
-    "ModelSource", "OwnerBatch", "ClientBatch", "owner_batch", "client_batch", "load_owner_model",
-    "load_client_tokenizer",
+    "ModelSource", "RunData", "OwnerBatch", "ClientBatch", "ClientSummary", "BUNDLE_DIR",
+    "owner_prepare", "client_prepare", "owner_batch", "client_batch", "owner_idle", "client_summarize",
+    "load_owner_model", "check_client_tensors",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Folder of the output folder where the client keeps the owner's public bundle.
+BUNDLE_DIR = "public-bundle"
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,23 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class RunData:
+    """The client's side of a run: its data, which examples, the batches and where the output goes."""
+
+    data: str  # DataConfig as JSON (rebuilt in the actor)
+    split: str
+    seed: int
+    limit: int | None
+    batch_size: int
+    combos: tuple[str, ...]
+    out_dir: str
+
+    @property
+    def bundle_dir(self) -> str:
+        return str(Path(self.out_dir) / BUNDLE_DIR)
+
+
+@dataclass(frozen=True)
 class OwnerBatch:
     """What party 0 needs for a batch: its model and the approximation combo (no batch content)."""
 
@@ -50,44 +86,39 @@ class OwnerBatch:
 
 @dataclass(frozen=True)
 class ClientBatch:
-    """What party 1 needs: where its data is, which examples, and where to commit the results."""
+    """What party 1 needs for a batch: its run, which examples, and the bundle it was prepared with."""
 
-    model: ModelSource  # for the public tokenizer (and the plaintext reference when check_plaintext)
-    data: str  # DataConfig as JSON (rebuilt in the actor)
-    split: str
+    run: RunData
     combo: str
     batch_id: int
     example_ids: tuple[int, ...]
-    out_dir: str
-    check_plaintext: bool = False
+    bundle_digest: str
+    model_label: str  # metrics label
+    reference: ModelSource | None = None  # check_plaintext (evaluation mode): the owner's model
     job: str = "infer"  # metrics label
+
+
+@dataclass(frozen=True)
+class ClientSummary:
+    """What party 1 needs to summarise a run: its run and the public facts the driver adds."""
+
+    run: RunData
+    examples: int
+    header: dict[str, Any]  # model, split, batch size, groups, retries, wall time (from the driver)
 
 
 # -- loading, cached per actor process ----------------------------------------------------------
 @functools.lru_cache(maxsize=4)
-def load_owner_model(source: ModelSource):
-    """The owner's plaintext model in eval mode (a distilled student reloads with its approximation)."""
+def _load_owner(source: ModelSource) -> tuple[Any, Any]:
     from mpcformer.models.presets import load_preset
 
-    model, _tokenizer = load_preset(source.name_or_path, num_labels=source.num_labels, seed=source.seed)
-    return model.eval()
+    model, tokenizer = load_preset(source.name_or_path, num_labels=source.num_labels, seed=source.seed)
+    return model.eval(), tokenizer
 
 
-@functools.lru_cache(maxsize=4)
-def load_client_tokenizer(source: ModelSource):
-    """The model's tokenizer, without its weights: public, the owner publishes it with the model.
-
-    Presets use the shipped MiniLM (BERT uncased) tokenizer; a folder or hub name its own.
-    """
-    from transformers import AutoTokenizer
-
-    from mpcformer.models.presets import PRESETS, minilm_path
-
-    name = source.name_or_path
-    try:
-        return AutoTokenizer.from_pretrained(str(minilm_path()) if name in PRESETS else name)
-    except OSError as err:
-        raise UserError(f"could not load the tokenizer of model '{name}': {err}") from err
+def load_owner_model(source: ModelSource):
+    """The owner's plaintext model in eval mode (a distilled student reloads with its approximation)."""
+    return _load_owner(source)[0]
 
 
 def _warn_on_combo_mismatch(model, combo: str) -> None:
@@ -105,22 +136,84 @@ def _client_examples(data_json: str, split: str, seed: int):
     return load_split(DataConfig.model_validate(json.loads(data_json)), split, seed=seed)  # type: ignore[arg-type]
 
 
-def _client_tensors(request: ClientBatch) -> tuple[dict[str, Any], list[Any]]:
-    """Tokenise the batch's examples and pad them to the longest: ``input_ids`` etc. (B, T)."""
-    from mpcformer.data import DataConfig, TextExamples, collate, encode
+def _max_length(run: RunData) -> int:
+    from mpcformer.data import DataConfig
 
-    examples = _client_examples(request.data, request.split, request.model.seed)
-    ids = request.example_ids
-    texts, labels = [examples.texts[i] for i in ids], [examples.labels[i] for i in ids]
-    subset = TextExamples(examples.spec, texts, labels, examples.source)
-    tokenizer = load_client_tokenizer(request.model)
-    max_length = DataConfig.model_validate(json.loads(request.data)).max_length
-    encoded = encode(subset, tokenizer, max_length)
+    return DataConfig.model_validate(json.loads(run.data)).max_length
+
+
+def _tensors(run: RunData, tokenizer, example_ids) -> tuple[dict[str, Any], list[Any]]:
+    """Tokenise examples ``example_ids`` and pad them to the longest: ``input_ids`` etc. (B, T)."""
+    from mpcformer.data import TextExamples, collate, encode
+
+    examples = _client_examples(run.data, run.split, run.seed)
+    texts, labels = [examples.texts[i] for i in example_ids], [examples.labels[i] for i in example_ids]
+    encoded = encode(TextExamples(examples.spec, texts, labels, examples.source), tokenizer, _max_length(run))
     tensors = collate([encoded[i] for i in range(len(encoded))], pad_token_id=tokenizer.pad_token_id or 0)
-    return tensors, subset.labels
+    return tensors, labels
 
 
-# -- the two parties ----------------------------------------------------------------------------
+def check_client_tensors(facts: dict[str, Any], tokenizer_vocab: int, tensors: dict[str, Any], where: str) -> None:
+    """The client's input against the owner's public facts, before anything is shared: the tokenizer's
+    vocabulary fits the model's, token ids in ``[0, vocab)``, a 0/1 mask, lengths within the positions.
+
+    Raises :class:`~mpcformer.validation.InputError` (one line, prefixed with ``where``).
+    """
+    from types import SimpleNamespace
+
+    from mpcformer.validation import InputError, check_model_inputs
+
+    try:
+        check_model_inputs(
+            SimpleNamespace(**facts), tensors["input_ids"], tensors.get("attention_mask"), tokenizer_vocab=tokenizer_vocab
+        )
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
+
+
+# -- step 1: prepare ----------------------------------------------------------------------------
+@party_operation
+def owner_prepare(rank: int, source: ModelSource) -> dict[str, Any]:
+    """Party 0: send the public bundle of its model to the client; return the bundle's digest."""
+    from mpcformer.cluster.bundle import build_public_bundle
+    from mpcformer.mpc.compat import crypten
+
+    model, tokenizer = _load_owner(source)
+    bundle = build_public_bundle(model, tokenizer)
+    crypten.communicator.get().broadcast_obj({"facts": bundle.facts, "files": bundle.files}, src=0)
+    return {"bundle_digest": bundle.digest}
+
+
+_CHECK_CHUNK = 256  # examples tokenised and checked at a time in prepare
+
+
+@party_operation
+def client_prepare(rank: int, run: RunData) -> dict[str, Any]:
+    """Party 1: receive the owner's bundle, check every example of the run against it, then keep the
+    bundle and tidy the output folder. Writes nothing when a check fails. Returns counts and paths."""
+    from mpcformer.cluster.batches import BatchStore, plan_batches
+    from mpcformer.cluster.bundle import PublicBundle, bundle_tokenizer, install_public_bundle
+    from mpcformer.mpc.compat import crypten
+
+    sent = crypten.communicator.get().broadcast_obj(None, src=0)
+    bundle = PublicBundle(sent["facts"], sent["files"])
+    tokenizer = bundle_tokenizer(bundle)
+    count = len(_client_examples(run.data, run.split, run.seed))
+    count = min(count, run.limit) if run.limit else count
+    if count == 0:
+        raise UserError(f"the {run.split} split has no examples: nothing to infer")
+    for start in range(0, count, _CHECK_CHUNK):
+        ids = range(start, min(start + _CHECK_CHUNK, count))
+        tensors, _ = _tensors(run, tokenizer, ids)
+        where = f"examples {ids.start}..{ids.stop - 1} of the {run.split} split"
+        check_client_tensors(bundle.facts, len(tokenizer), tensors, where)
+    install_public_bundle(bundle, run.bundle_dir)
+    BatchStore(run.out_dir).rebuild_predictions(plan_batches(count, run.batch_size, run.combos))
+    return {"examples": count, "bundle": run.bundle_dir, "bundle_digest": bundle.digest}
+
+
+# -- step 2: one batch --------------------------------------------------------------------------
+@party_operation
 def owner_batch(rank: int, request: OwnerBatch) -> dict[str, Any]:
     """Party 0: share the model, run the encrypted forward; send its own cost totals to the client."""
     from mpcformer.models.private_inference import run_private_inference
@@ -130,17 +223,22 @@ def owner_batch(rank: int, request: OwnerBatch) -> dict[str, Any]:
     _warn_on_combo_mismatch(model, request.combo)
     out = run_private_inference(rank, model=model, combo=request.combo)
     crypten.communicator.get().broadcast_obj(_cost_totals(out["costs"]), src=0)  # public figures
-    _record_forward(out["costs"], request.combo, request.model, request.job, rank, sequences=0)
+    _record_forward(out["costs"], request.combo, request.model.name_or_path, request.job, rank, sequences=0)
     return {"costs": out["costs"], "setup_s": out["setup_s"]}
 
 
+@party_operation
 def client_batch(rank: int, request: ClientBatch) -> dict[str, Any]:
-    """Party 1: encrypted forward on its tokens, learn the logits, commit the records; return figures."""
+    """Party 1: check its tokens, run the encrypted forward on them, learn the logits, commit the
+    records; return figures."""
     from mpcformer.cluster.batches import commit_batch
+    from mpcformer.cluster.bundle import load_public_bundle
     from mpcformer.models.private_inference import run_private_inference
     from mpcformer.mpc.compat import crypten
 
-    tensors, labels = _client_tensors(request)
+    tokenizer, bundle = load_public_bundle(request.run.bundle_dir, request.bundle_digest)
+    tensors, labels = _tensors(request.run, tokenizer, request.example_ids)
+    check_client_tensors(bundle.facts, len(tokenizer), tensors, f"batch {request.batch_id} ({request.combo})")
     types = tensors.get("token_type_ids")
     tic = time.perf_counter()
     out = run_private_inference(
@@ -149,7 +247,7 @@ def client_batch(rank: int, request: ClientBatch) -> dict[str, Any]:
     )
     latency_s = time.perf_counter() - tic
     owner = crypten.communicator.get().broadcast_obj(None, src=0)
-    _record_forward(out["costs"], request.combo, request.model, request.job, rank, len(request.example_ids))
+    _record_forward(out["costs"], request.combo, request.model_label, request.job, rank, len(request.example_ids))
     mine = _cost_totals(out["costs"])
     figures = {
         "batch_latency_s": latency_s,
@@ -157,21 +255,60 @@ def client_batch(rank: int, request: ClientBatch) -> dict[str, Any]:
         "bytes": mine["bytes"] + owner["bytes"],  # party-to-party traffic, both directions
         "dealer_bytes": mine["dealer_bytes"] + owner["dealer_bytes"],
     }
-    reference = _plaintext_reference(request, tensors) if request.check_plaintext else None
+    reference = _plaintext_reference(request, tensors) if request.reference is not None else None
     records = _records(request, out["logits"], out["predictions"], labels, reference, figures)
-    committed = commit_batch(request.out_dir, request.combo, request.batch_id, records)
+    committed = commit_batch(request.run.out_dir, request.combo, request.batch_id, records)
     return {
         "combo": request.combo, "batch_id": request.batch_id, "examples": len(records), "committed": committed,
         **figures,
     }
 
 
-def _record_forward(costs: dict[str, Any], combo: str, model: ModelSource, job: str, rank: int, sequences: int) -> None:
+# -- step 3: summarize --------------------------------------------------------------------------
+@party_operation
+def owner_idle(rank: int) -> None:
+    """Party 0's side of a step in which only the client works."""
+    return None
+
+
+@party_operation
+def client_summarize(rank: int, request: ClientSummary) -> dict[str, Any]:
+    """Party 1: write ``summary.json`` from its committed records; return counts and its path."""
+    from mpcformer.cluster.batches import BatchStore, plan_batches, summarize_records
+
+    run = request.run
+    store = BatchStore(run.out_dir)
+    batches = plan_batches(request.examples, run.batch_size, run.combos)
+    store.rebuild_predictions(batches)
+    combos, counts = {}, {}
+    for combo in run.combos:
+        records = store.records([b for b in batches if b.combo == combo])
+        combos[combo] = {**summarize_records(records), **_task_metrics(run, records)}
+        counts[combo] = {"examples": combos[combo]["examples"], "batches": combos[combo]["batches"]}
+    complete = all(store.is_done(b) for b in batches)
+    path = store.write_summary({**request.header, "combos": combos, "complete": complete})
+    return {"summary": str(path), "combos": counts, "complete": complete}
+
+
+def _task_metrics(run: RunData, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """GLUE's metric(s) of the task from the encrypted logits (e.g. F1 for MRPC, Matthews for CoLA)."""
+    if not records:
+        return {}
+    import numpy as np
+
+    from mpcformer.data import DataConfig, compute_metrics, resolve_task
+
+    spec = resolve_task(DataConfig.model_validate(json.loads(run.data)))
+    logits = np.asarray([r["logits"] for r in records], dtype=np.float64)
+    return {"task_metrics": compute_metrics(logits, [r["label"] for r in records], spec)}
+
+
+def _record_forward(costs: dict[str, Any], combo: str, model: str, job: str, rank: int, sequences: int) -> None:
     """Prometheus metrics of this party's forward; a metrics problem never fails the batch."""
     try:
         from mpcformer.observability import record_forward
 
-        record_forward(costs, approx=combo, model=model.name_or_path, job=job, rank=rank, sequences=sequences)
+        record_forward(costs, approx=combo, model=model, job=job, rank=rank, sequences=sequences)
     except Exception as err:  # pragma: no cover - depends on the metrics backend
         log.debug("forward metrics not recorded: %s", err)
 
@@ -181,10 +318,10 @@ def _cost_totals(costs: dict[str, Any]) -> dict[str, float]:
 
 
 def _plaintext_reference(request: ClientBatch, tensors: dict[str, Any]) -> list[list[float]]:
-    """Logits (B, L) of the same approximated model in plaintext (evaluation only, see module doc)."""
+    """Logits (B, L) of the same approximated model in plaintext (evaluation mode, see module doc)."""
     from mpcformer.models.private_inference import plaintext_logits
 
-    model = load_owner_model(request.model)
+    model = load_owner_model(request.reference)
     logits = plaintext_logits(
         model, request.combo, tensors["input_ids"], tensors["attention_mask"], tensors.get("token_type_ids")
     )

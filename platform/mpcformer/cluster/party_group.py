@@ -8,11 +8,16 @@ Lifecycle (Ray Train's backend pattern, plain functions shipped to actors):
 
 1. place: one placement-group bundle per party and one for the dealer. Strategy STRICT_SPREAD (each
    actor on its own node) when the cluster has the nodes, else PACK (``strategy: auto``). Parties get
-   one GPU each when the cluster has enough GPUs (they then compute on CUDA), else CPUs. A group the
+   one GPU each when the cluster has enough GPUs (they then compute on CUDA), else CPUs. With
+   ``role_resources`` each bundle also asks for one unit of its role's custom resource
+   (:data:`ROLE_RESOURCES`), so the owner, the client and the dealer run only on nodes that offer
+   it (e.g. KubeRay worker groups that mount only that role's volumes). A group the
    cluster cannot place raises :class:`PlacementError` after ``placement_timeout_s``, never hangs.
 2. spawn the actors in their bundles; 3. rendezvous: party 0 publishes ``tcp://<node IP>:<free
    port>``, the dealer and every party join it within ``mpc.timeout_s``.
-4. ``run``: each party runs ``fn(rank, *args, **kwargs)`` inside the session. The first party error,
+4. ``run``: each party runs ``fn(rank, *args, **kwargs)`` inside the session; ``fn`` must be a
+   registered party operation (:mod:`mpcformer.operations`): the party receives its name, never
+   its code, and refuses anything unregistered. The first party error,
    a dead actor, the dealer leaving, or the ``run_timeout_s`` deadline fails the group fast with
    :class:`GroupFailure` naming who failed and why; the group is torn down before it is raised.
 """
@@ -30,9 +35,10 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from mpcformer.cluster.config import PartyGroupConfig
+from mpcformer.cluster.config import ROLE_RESOURCES, PartyGroupConfig
 from mpcformer.errors import UserError
 from mpcformer.mpc.config import MPCConfig
+from mpcformer.operations import OperationRefused, operation_name
 
 __all__ = [
     "PartyCall", "PartyGroup", "GroupFailure", "PlacementError", "Placement", "plan_placement", "run_on_party_group",
@@ -58,17 +64,20 @@ class GroupFailure(RuntimeError):
     """A party or the dealer died, stalled or raised; the group has been torn down."""
 
     def __init__(
-        self, group: str, who: str, cause: str, states: dict[str, str] | None = None, retryable: bool = True
+        self, group: str, who: str, cause: str, states: dict[str, str] | None = None, retryable: bool = True,
+        user_message: str | None = None,
     ):
         self.group, self.who, self.cause, self.states = group, who, cause, dict(states or {})
-        self.retryable = retryable  # False when a party raised UserError: bad input, a retry cannot help
+        self.retryable = retryable  # False when a party raised UserError or refused the operation
+        self.user_message = user_message  # the party's own UserError message (bad input), else None
         state_text = "; ".join(f"{name}: {state}" for name, state in self.states.items())
         super().__init__(f"party group {group}: {who} failed: {cause}" + (f" [{state_text}]" if state_text else ""))
 
 
 @dataclass(frozen=True)
 class PartyCall:
-    """What one party runs: ``fn(rank, *args, **kwargs)``; ``fn`` must be a module-level function."""
+    """What one party runs: ``fn(rank, *args, **kwargs)``; ``fn`` must be a registered party operation
+    (:func:`mpcformer.operations.party_operation`)."""
 
     fn: Callable[..., Any]
     args: tuple = ()
@@ -109,12 +118,18 @@ def plan_placement(config: PartyGroupConfig, nodes: list[dict[str, float]] | Non
         use_gpu = sum(node.get("GPU", 0.0) for node in nodes) >= gpus_needed
     party = {"CPU": config.cpus_per_party, **({"GPU": config.gpus_per_party} if use_gpu else {})}
     dealer = {"CPU": config.cpus_for_dealer, **({"GPU": dealer_gpus} if use_gpu and dealer_gpus > 0 else {})}
-    bundles = [dict(party) for _ in range(n)] + ([dealer] if has_dealer else [])
+    parties = [dict(party) for _ in range(n)]
+    if config.role_resources:
+        for rank, bundle in enumerate(parties):
+            bundle[ROLE_RESOURCES[rank]] = 1.0
+        dealer[ROLE_RESOURCES["dealer"]] = 1.0
+    bundles = parties + ([dealer] if has_dealer else [])
     strategy = config.strategy
     if strategy == "auto":
-        party_nodes = sum(_fits(node, party) for node in nodes)
-        any_nodes = sum(_fits(node, party) or _fits(node, dealer) for node in nodes)
-        strategy = "STRICT_SPREAD" if party_nodes >= n and any_nodes >= len(bundles) else "PACK"
+        party_nodes = [sum(_fits(node, bundle) for node in nodes) for bundle in parties]
+        any_nodes = sum(any(_fits(node, bundle) for bundle in bundles) for node in nodes)
+        enough = min(party_nodes) >= (1 if config.role_resources else n)
+        strategy = "STRICT_SPREAD" if enough and any_nodes >= len(bundles) else "PACK"
     return Placement(strategy=strategy, bundles=bundles, use_gpu=bool(use_gpu))
 
 
@@ -138,7 +153,7 @@ def _placement_error(name: str, placement: Placement, timeout_s: float) -> str:
 def _warn_if_cluster_too_small(name: str, placement: Placement, timeout_s: float) -> None:
     """Say at once when the cluster's total resources cannot hold the group (an autoscaler may add nodes)."""
     total = ray.cluster_resources()
-    for resource in ("CPU", "GPU"):
+    for resource in sorted({key for bundle in placement.bundles for key in bundle}):
         needed = sum(b.get(resource, 0.0) for b in placement.bundles)
         if needed > total.get(resource, 0.0):
             log.warning(
@@ -149,6 +164,10 @@ def _warn_if_cluster_too_small(name: str, placement: Placement, timeout_s: float
 
 def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, UserError)
+
+
+def _is_refused(err: BaseException) -> bool:
+    return isinstance(err, ray.exceptions.RayTaskError) and isinstance(err.cause, OperationRefused)
 
 
 def _describe_error(err: BaseException) -> str:
@@ -249,6 +268,7 @@ class PartyGroup:
         for rank, bundle in enumerate(self.placement.bundles):
             options = dict(
                 num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0.0),
+                resources={key: amount for key, amount in bundle.items() if key not in ("CPU", "GPU")},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
             )
             if rank < n:
@@ -280,9 +300,10 @@ class PartyGroup:
             raise RuntimeError(f"party group {self.name} is not running (call start() first)")
         if len(calls) != self.config.world_size:
             raise ValueError(f"run needs one PartyCall per party ({self.config.world_size}), got {len(calls)}")
+        names = [operation_name(call.fn) for call in calls]  # the parties receive names, never code
         refs = {
-            self._who(rank): party.run.remote(call.fn, tuple(call.args), dict(call.kwargs))
-            for rank, (party, call) in enumerate(zip(self._parties, calls))
+            self._who(rank): party.run.remote(name, tuple(call.args), dict(call.kwargs))
+            for rank, (party, name, call) in enumerate(zip(self._parties, names, calls))
         }
         poll = None if on_progress is None else (lambda: self._relay_progress(on_progress))
         results = self._await(refs, "run", timeout_s or self.config.run_timeout_s, poll=poll)
@@ -379,7 +400,9 @@ class PartyGroup:
                 results[who] = ray.get(ready[0])
             except Exception as err:
                 cause = f"during {what}: {_describe_error(err)}"
-                raise self._fail(who, cause, list(pending), retryable=not _is_user_error(err)) from err
+                user_message = str(err.cause) if _is_user_error(err) else None
+                retryable = user_message is None and not _is_refused(err)
+                raise self._fail(who, cause, list(pending), retryable, user_message) from err
         return results
 
     def _dealer_exit_cause(self, what: str) -> str:
@@ -389,7 +412,9 @@ class PartyGroup:
         except Exception as err:
             return f"during {what}: {_describe_error(err)}"
 
-    def _fail(self, who: str, cause: str, pending: list[Any], retryable: bool = True) -> GroupFailure:
+    def _fail(
+        self, who: str, cause: str, pending: list[Any], retryable: bool = True, user_message: str | None = None
+    ) -> GroupFailure:
         """Diagnose every actor (alive / dead / unresponsive), tear the group down, build the error.
 
         When the reporting party is alive but another actor is dead or unresponsive, that actor is
@@ -399,10 +424,10 @@ class PartyGroup:
         pending = pending + ([self._dealer_ref] if self._dealer_ref is not None else [])
         states = self._diagnose()
         suspects = [name for name, state in states.items() if state != "alive"]
-        if suspects and states.get(who) == "alive":
+        if suspects and states.get(who) == "alive" and user_message is None:
             cause = f"{states[suspects[0]]}; {who} reported: {cause}"
             who = ", ".join(suspects)
-        failure = GroupFailure(self.name, who, cause, states, retryable)
+        failure = GroupFailure(self.name, who, cause, states, retryable, user_message)
         log.warning("%s", failure)
         self.shutdown()
         _drain(pending)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mpcformer.operations import party_operation
+
 __all__ = ["encrypted_matmul", "encrypted_steps"]
 
 
+@party_operation
 def encrypted_matmul(
     rank: int, a: list[list[float]] | None, b: list[list[float]] | None, reveal_to: int = 1
 ) -> dict[str, Any]:
@@ -23,6 +26,7 @@ def encrypted_matmul(
     from mpcformer.cluster.context import get_party_context
     from mpcformer.mpc.compat import crypten
     from mpcformer.mpc.costs import CostLedger
+    from mpcformer.mpc.reveal import reveal_to as reveal
 
     device = get_party_context().device
     empty = torch.empty(0, device=device)  # a party that does not own an input learns only its size
@@ -32,7 +36,7 @@ def encrypted_matmul(
     with ledger.active(), ledger.scope("linear"):
         a_enc = crypten.cryptensor(a_tensor, src=0, broadcast_size=True, device=device)  # (M, K)
         b_enc = crypten.cryptensor(b_tensor, src=1, broadcast_size=True, device=device)  # (K, N)
-        product = a_enc.matmul(b_enc).get_plain_text(dst=reveal_to)  # (M, N), only on reveal_to
+        product = reveal(a_enc.matmul(b_enc), reveal_to)  # (M, N), only on reveal_to
     total = ledger.total()
     return {
         "product": product.cpu().tolist() if rank == reveal_to else None,
@@ -41,6 +45,7 @@ def encrypted_matmul(
     }
 
 
+@party_operation
 def encrypted_steps(rank: int, steps: int, pause_s: float = 0.0) -> dict[str, Any]:
     """``steps`` encrypted multiplications ``x = x * 1``, ``pause_s`` apart (a long, cheap probe).
 

@@ -8,9 +8,12 @@ Each of the K slots is a driver thread holding one :class:`PartyGroup`; it takes
 runs it and starts over. When a group fails (a party or the dealer died, stalled or raised), the
 slot records the failure, waits ``backoff_s * 2**(failures-1)`` (at most ``backoff_max_s``), builds
 a fresh group and re-runs the item, at most ``max_attempts`` times. A failure a retry cannot fix (a
-party raised :class:`~mpcformer.errors.UserError`, the cluster cannot place a group) stops
-dispatching; items already running finish, then :class:`JobFailed` is raised. Whatever happens,
-every group is shut down before ``run`` returns or raises: no actors or placement groups outlive it.
+party raised :class:`~mpcformer.errors.UserError` or refused the operation, the cluster cannot
+place a group) stops dispatching; items already running finish, then :class:`JobFailed` is raised
+(:class:`PartyRejected`, a ``UserError`` naming the party, when a party rejected its input).
+Whatever happens, every group is shut down before ``run`` returns or raises: no actors or
+placement groups outlive it; with ``keep_groups`` the groups of a run that finished every item
+stay up for the next ``run`` (steps of one job) until :meth:`GroupPool.close`.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from pydantic import Field
 from mpcformer.cluster.config import PartyGroupConfig
 from mpcformer.cluster.party_group import GroupFailure, PartyCall, PartyGroup
 from mpcformer.config import StrictModel
+from mpcformer.errors import UserError
 from mpcformer.observability import safe_record
 
-__all__ = ["PoolConfig", "WorkItem", "ItemDone", "FailureEvent", "JobFailed", "GroupPool"]
+__all__ = ["PoolConfig", "WorkItem", "ItemDone", "FailureEvent", "JobFailed", "PartyRejected", "GroupPool"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,10 @@ class JobFailed(RuntimeError):
     """An item failed in a way retries could not fix; the message has the last cause."""
 
 
+class PartyRejected(JobFailed, UserError):
+    """A party rejected its input (it raised UserError): one line naming the party and the problem."""
+
+
 @dataclass(frozen=True)
 class _Fatal:
     error: BaseException
@@ -102,8 +110,11 @@ class GroupPool:
         name: str = "mpcformer",
         on_failure: Callable[[FailureEvent], None] | None = None,
         model: str = "",
+        keep_groups: bool = False,
     ):
         self.group_config = group_config
+        self.keep_groups = keep_groups
+        self._slots: list[_Slot] = []
         self.model = model  # a metrics label only
         self.config = config or PoolConfig()
         self.name = name
@@ -117,7 +128,9 @@ class GroupPool:
         """Yield each item's result as it completes; raise :class:`JobFailed` after a fatal failure."""
         pending = collections.deque(items)
         outbox: queue.Queue = queue.Queue()
-        slots = [_Slot(i) for i in range(min(self.config.groups, len(pending)))]
+        wanted = min(self.config.groups, len(pending))
+        self._slots += [_Slot(i) for i in range(len(self._slots), wanted)]
+        slots = self._slots[:wanted]
         threads = [
             threading.Thread(
                 target=self._work, args=(slot, pending, outbox), name=f"{self.name}-slot{slot.index}", daemon=True
@@ -126,6 +139,7 @@ class GroupPool:
         ]
         self._stop.clear()
         fatal: BaseException | None = None
+        finished_all = False
         try:
             for thread in threads:
                 thread.start()
@@ -139,15 +153,27 @@ class GroupPool:
                     self._stop.set()
                 else:
                     yield message
+            finished_all = fatal is None
         finally:
             self._stop.set()
-            for slot in slots:  # on an interruption, stop groups that are mid-item
-                if slot.group is not None:
-                    slot.group.shutdown()
+            if not (finished_all and self.keep_groups):  # an interruption: stop groups that are mid-item
+                self._shutdown(slots)
             for thread in threads:
                 thread.join(timeout=self.group_config.shutdown_timeout_s + 5)
         if fatal is not None:
             raise fatal
+
+    def close(self) -> None:
+        """Shut down the groups kept between runs (``keep_groups``). Safe to call twice."""
+        self._shutdown(self._slots)
+
+    def _shutdown(self, slots: Sequence[_Slot]) -> None:
+        for slot in slots:
+            group = slot.group  # a worker thread may clear it meanwhile
+            if group is not None:
+                self._health(slot, False)
+                group.shutdown()
+                slot.group = None
 
     # -- worker threads ------------------------------------------------------------------------
     def _take(self, pending: collections.deque) -> WorkItem | None:
@@ -164,9 +190,10 @@ class GroupPool:
         except BaseException as err:  # a bug here must not hang the driver
             outbox.put(_Fatal(err))
         finally:
-            if slot.group is not None:
+            group = slot.group
+            if group is not None and not (self.keep_groups and group.is_running):
                 self._health(slot, False)
-                slot.group.shutdown()
+                group.shutdown()
                 slot.group = None
             outbox.put(None)
 
@@ -208,8 +235,10 @@ class GroupPool:
                     return _Fatal(JobFailed(f"stopped while running {item.key}"))
                 will_retry = failure.retryable and attempt < self.config.max_attempts
                 self._record(FailureEvent(item.key, attempt, group_name, failure.who, failure.cause, will_retry))
+                if failure.user_message is not None:
+                    return _Fatal(PartyRejected(f"{failure.who} rejected its input: {failure.user_message}"))
                 if not will_retry:
-                    reason = "" if failure.retryable else " (not retryable: the party reported bad input)"
+                    reason = "" if failure.retryable else " (not retryable)"
                     return _Fatal(JobFailed(f"{item.key} failed after {attempt} attempt(s){reason}: {failure}"))
                 slot.failures += 1
                 delay = min(self.config.backoff_max_s, self.config.backoff_s * 2 ** (slot.failures - 1))

@@ -15,9 +15,11 @@ What becomes public (sent in the clear inside this function, one broadcast each 
 - client -> owner: the batch shape (B, T), the attention mask (each sentence's length), the
   token-type ids (where a second segment starts); position ids follow from these.
 - both: the approximation combo's name and parameters (checked equal on both sides).
-- owner -> client: a fingerprint of the owner's weights (a hash: it tells the client whether the
-  weights changed since its last call in this session, nothing else); both: whether each still
-  holds the model built then.
+- owner -> client: a fingerprint of the owner's weights, keyed with a secret the owner draws from
+  the OS for each session (it tells the client whether the weights changed since its last call in
+  this session, nothing else: without the key it cannot confirm a guessed checkpoint, and two
+  sessions with the same weights send unrelated fingerprints); both: whether each still holds the
+  model built then.
 
 Private: the owner's weights (only ever party 0's shares), the client's token ids (party 1's
 shares of one-hot rows), every intermediate activation. Only the client learns the logits.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import secrets
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -44,6 +47,7 @@ from mpcformer.approx import Combo
 from mpcformer.errors import UserError
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
+from mpcformer.mpc.reveal import reveal_to
 from mpcformer.mpc.session import on_session_close, session_device, session_generation
 from mpcformer.models.encrypted_bert import (
     EncryptedBertConfig,
@@ -115,7 +119,8 @@ _fingerprint: dict[str, Any] = {}  # the last model hashed: weak reference, tens
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of every tensor of the owner's ``state_dict`` (names, shapes, dtypes, bytes).
+    """A hash of every tensor of the owner's ``state_dict`` (names, shapes, dtypes, bytes); the owner
+    keeps it and sends only a keyed hash of it (:func:`_fingerprint_key`).
 
     Hashing bert-base takes ~0.6 s, so the last hash is kept while the same model object lives
     and none of its tensors is replaced (``data_ptr``) or modified in place (torch's ``_version``
@@ -179,6 +184,21 @@ def _encrypted_model(
     }
 
 
+_session_secret: dict[int, bytes] = {}  # the owner's fingerprint key, by session
+
+
+def _fingerprint_key() -> bytes:
+    """The owner's secret for fingerprints in the open session (128 bits from the OS, drawn once)."""
+    generation = session_generation()
+    if generation not in _session_secret:
+        _session_secret.clear()
+        _session_secret[generation] = secrets.token_bytes(16)
+    return _session_secret[generation]
+
+
+on_session_close(_session_secret.clear)
+
+
 def _exchange_architecture(
     rank: int, model: torch.nn.Module | None, combo: Combo, device: str
 ) -> tuple[EncryptedBertConfig, dict]:
@@ -188,7 +208,7 @@ def _exchange_architecture(
         fingerprint = weights_fingerprint(model)
         config = _architecture(model, fingerprint)
         key = f"{fingerprint}|{config.model_dump_json()}|{device}"
-        key = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+        key = hashlib.blake2b(key.encode(), digest_size=16, key=_fingerprint_key()).hexdigest()
         return {"config": config.model_dump(), "combo": combo.to_dict(), "key": key, "held": _held_key()}
 
     received = _broadcast(rank, OWNER, build, "model architecture")
@@ -271,7 +291,7 @@ def run_private_inference(
     with ledger.active():
         logits = encrypted(client_ids, batch, combo, ledger)  # (B, L) encrypted
         with ledger.scope("classifier"):
-            revealed = logits.get_plain_text(dst=CLIENT)  # meaningful on the client only
+            revealed = reveal_to(logits, CLIENT)  # None on the owner: it receives nothing
     result: dict[str, Any] = {
         "combo": combo.name, "setup": setup, "setup_s": setup["time_s"], "costs": ledger.to_dict(),
     }

@@ -51,13 +51,16 @@ from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 from crypten.mpc.primitives import beaver as crypten_beaver
 from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient, TTPServer
 
-from mpcformer.mpc import tap
+from mpcformer.mpc import prg, tap
 from mpcformer.mpc.dealer import BROADCAST_REPLY, REPLY_KEY
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 from mpcformer.mpc.session import on_session_close, session_generation
 from mpcformer.mpc.triple_stream import PartyStreams, dealer_chunk
 
-__all__ = ["enable", "disable", "is_enabled", "ask_dealer", "dealer_answer", "drain", "DealerTicket", "ttp_on_cpu"]
+__all__ = [
+    "enable", "disable", "is_enabled", "ask_dealer", "dealer_answer", "drain", "DealerTicket", "ttp_on_cpu",
+    "session_streams",
+]
 
 log = logging.getLogger(__name__)
 
@@ -168,20 +171,29 @@ _STREAM_RANGE = "mpcformer_stream_range"
 
 def _dealer_stream_range(server: Any, kind: str, start: int, count: int) -> torch.Tensor:
     """The dealer's side of :mod:`mpcformer.mpc.triple_stream` (a method of CrypTen's TTPServer)."""
-    return dealer_chunk([g.initial_seed() for g in server._get_generators(device="cpu")], kind, start, count)
+    return dealer_chunk([prg.generator_key(g) for g in server._get_generators(device="cpu")], kind, start, count)
 
 
 def _streams(device: Any) -> PartyStreams | None:
-    """This party's triple streams for the open session, when they apply (2 parties, TTP, CPU)."""
-    if not _STATE.streams or not ttp_on_cpu(device) or comm.get().get_world_size() != 2:
+    """The session's triple streams for elementwise triples (``stream_triples``), where they apply."""
+    return session_streams(device) if _STATE.streams else None
+
+
+def session_streams(device: Any) -> PartyStreams | None:
+    """This party's triple streams for the open session, every kind, where they can run (2 parties,
+    TTP, CPU, the dealer's generator keyed by an OS key); ``None`` elsewhere."""
+    if not ttp_on_cpu(device) or comm.get().get_world_size() != 2:
         return None
     of = (session_generation(), str(device))
     if _STATE.party_streams is None or _STATE.party_streams_of != of:
+        key = prg.generator_key(TTPClient.get().get_generator(device=device))
+        if key is None:  # CrypTen's own seeds (the insecure baseline): CrypTen's protocols
+            return None
+
         def ask(kind: str, start: int, count: int) -> DealerTicket:
             return ask_dealer(_STREAM_RANGE, device, kind, start, count, size=torch.Size([count]))
 
-        seed = TTPClient.get().get_generator(device=device).initial_seed()
-        _STATE.party_streams = PartyStreams(comm.get().get_rank(), seed, device, ask, dealer_answer)
+        _STATE.party_streams = PartyStreams(comm.get().get_rank(), key, device, ask, dealer_answer)
         _STATE.party_streams_of = of
     return _STATE.party_streams
 

@@ -67,10 +67,18 @@ class MPCConfig(StrictModel):
         description="open 2-party secrets with one all-gather (gloo, CPU) instead of gloo's all-reduce, "
         "which has a ~1.5 ms fixed cost; same rounds and bytes",
     )
-    fast_prg: bool = Field(
-        default=True,
-        description="draw masks and triples on CPU from AES-128-CTR keyed by CrypTen's seeds (a cryptographic PRG, "
-        "~5x faster per element); False = CrypTen's torch.randint (Mersenne Twister)",
+    exact_truncation: bool = Field(
+        default=False,
+        description="divide shares by public integers (the truncation after every fixed-point product) with the "
+        "dealer's help: one more opening each, never off by 2^64/y (TTP dealer, 2 parties, CPU, OS randomness, "
+        "mpcformer's Beaver steps); False = CrypTen's local division, off by ~2^32 (real units) with "
+        "probability |x|/2^64 per element",
+    )
+    randomness: Literal["os", "crypten-insecure-baseline"] = Field(
+        default="os",
+        description="'os': every seed and key (pairwise, dealer, local) is 128 bits from the OS and every mask is "
+        "drawn from AES-128-CTR under it; 'crypten-insecure-baseline': CrypTen's own seeds and torch.randint "
+        "(Mersenne Twister, 32 bits of entropy from the dealer): the benchmarks' measured baseline, never private",
     )
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     network: NetworkProfile | None = Field(

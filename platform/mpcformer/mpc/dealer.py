@@ -23,6 +23,8 @@ from mpcformer.mpc.compat import crypten
 from crypten import communicator as comm
 from crypten.mpc.provider.ttp_provider import TTPServer
 
+from mpcformer.mpc import keys
+
 __all__ = ["Dealer", "REPLY_KEY", "BROADCAST_REPLY"]
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ MAX_IN_FLIGHT = 64
 
 
 class Dealer(TTPServer):
-    """CrypTen's ``TTPServer`` (same set-up, functions and generators) with the loop above."""
+    """CrypTen's ``TTPServer`` (same functions) with OS keys for its generators and the loop above."""
 
     def __init__(self) -> None:  # CrypTen's set-up, then our loop instead of its own
         crypten.init()
@@ -46,6 +48,14 @@ class Dealer(TTPServer):
             self.serve()
         except RuntimeError as err:  # a party left: CrypTen's server shuts down the same way
             log.info("dealer shutting down: %s", err)
+
+    def _setup_generators(self) -> None:
+        """A fresh 128-bit OS key per party (:mod:`mpcformer.mpc.keys`); CrypTen's seeds only in the
+        insecure baseline."""
+        if keys.is_installed():
+            keys.dealer_setup(self)
+        else:
+            super()._setup_generators()
 
     def serve(self) -> None:
         ttp_rank = comm.get().get_ttp_rank()

@@ -1,11 +1,17 @@
-"""Leak test harness (test-only): record what each party puts on the wire, then look for secrets in it.
+"""Leak test harness (test-only): record what each party sends and holds, then look for secrets in it.
 
 Two halves:
 
 1. :class:`LeakTap`, a listener on :mod:`mpcformer.mpc.tap`. Inside a party's MPC session it keeps a
    copy of every tensor the party sends (``send``, ``reduce``, ``all_reduce``, ``gather``,
    ``all_gather``, ``broadcast`` as source, ``scatter``, ``send_obj``/``broadcast_obj`` payloads),
-   and of every buffer the dealer fills for it (CrypTen's TTP answers party 0 with a ``broadcast``).
+   of every buffer the dealer fills for it (CrypTen's TTP answers party 0 with a ``broadcast``), and
+   of what the party *holds* afterwards: while the tap is on, every ``torch.distributed`` collective
+   and receive (``reduce``, ``all_reduce``, ``broadcast``, ``gather``, ``all_gather``, ``scatter``,
+   ``recv``, ``irecv``) is spied on, and each buffer the call wrote to (including a non-root party's
+   buffer of a ``reduce``, which gloo leaves holding summed chunks) is copied after the call (an
+   asynchronous one at the next call or when the tap closes), as are the objects ``recv_obj`` and
+   ``broadcast_obj`` return.
 
        with LeakTap(rank) as tap:
            y = crypten.cryptensor(x, src=1).matmul(w_enc)
@@ -14,7 +20,8 @@ Two halves:
 2. :func:`find_leaks`, run afterwards on the transfers of *all* parties, with the :class:`Secret`
    values each party may or may not know. It checks
 
-   - what each party *sent* (the raw wire contents), and
+   - what each party *sent* (the raw wire contents),
+   - what each party *holds* after each collective and receive (``where="held"``), and
    - what each party *learned* from a reduction: pairing the k-th ``all_reduce``/``reduce``/
      ``all_gather``/``gather`` of every party gives the value the receivers reconstruct (the sum
      of the shares, or their XOR for binary shares). A Beaver opening ``x - a`` is uniform in the
@@ -77,6 +84,8 @@ class Transfer:
 
     ``sent`` went from ``party`` to ``receivers`` (ranks, :data:`DEALER` for the dealer);
     ``received`` are buffers the call filled with a peer's (or the dealer's) data.
+    ``held`` are the buffers a ``torch.distributed`` call left in the party's memory (``op`` is then
+    ``"dist.<name>"``) or the objects a receive returned: all the party could keep.
     ``reduce_op`` is ``"sum"`` (arithmetic shares) or ``"xor"`` (binary shares) for reductions.
     """
 
@@ -88,6 +97,7 @@ class Transfer:
     sent: list[torch.Tensor] = field(default_factory=list)
     received: list[torch.Tensor] = field(default_factory=list)
     reduce_op: str = ""
+    held: list[torch.Tensor] = field(default_factory=list)
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
@@ -164,11 +174,13 @@ class LeakTap:
         self._world_size = comm.get_world_size()
         self._groups = {"ttp": getattr(comm, "ttp_group", None), "ttp_comm": getattr(comm, "ttp_comm_group", None)}
         tap.add_listener(self)
+        self._spy = _DistSpy(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         from mpcformer.mpc import tap
 
+        self._spy.close()
         tap.remove_listener(self)
 
     # -- listener protocol ---------------------------------------------------------------------
@@ -183,6 +195,16 @@ class LeakTap:
         if self._pending and self._pending[-1][2] is event.args:
             record, buffer, _ = self._pending.pop()
             record.received = _flat_tensors(buffer)
+        if event.op in ("recv_obj", "broadcast_obj") and event.result is not None:
+            record = Transfer(self.rank, len(self.transfers), event.op, event.with_dealer, frozenset())
+            record.held = _tensors_in(event.result)
+            self.transfers.append(record)
+
+    def _held(self, op: str, with_dealer: bool, buffers: list[torch.Tensor]) -> None:
+        """What a ``torch.distributed`` call left in this party's buffers (see :class:`_DistSpy`)."""
+        record = Transfer(self.rank, len(self.transfers), f"dist.{op}", with_dealer, frozenset())
+        record.held = [_copy(b) for b in buffers]
+        self.transfers.append(record)
 
     # -- what each call sends ------------------------------------------------------------------
     def _others(self) -> frozenset[int]:
@@ -237,6 +259,64 @@ class LeakTap:
         path = Path(path)
         torch.save([vars(t) for t in self.transfers], path)
         return path
+
+
+#: ``torch.distributed`` functions that write into a party's buffers, and which arguments they write.
+_WRITES = {
+    "reduce": ("tensor",), "all_reduce": ("tensor",), "broadcast": ("tensor",), "recv": ("tensor",),
+    "irecv": ("tensor",), "gather": ("tensor", "gather_list"), "all_gather": ("tensor_list", "tensor"),
+    "scatter": ("tensor",), "all_gather_into_tensor": ("output_tensor",),
+}
+
+
+_BYTES = (torch.int8, torch.uint8)
+
+
+class _DistSpy:
+    """Wraps the ``torch.distributed`` functions of :data:`_WRITES` while a :class:`LeakTap` is on and
+    copies each buffer they wrote to after the call: what a party that keeps its buffers holds."""
+
+    def __init__(self, tap: LeakTap):
+        import inspect
+
+        import torch.distributed as dist
+
+        self._tap, self._dist = tap, dist
+        self._originals = {name: getattr(dist, name) for name in _WRITES}
+        self._async: list[tuple[str, bool, list[torch.Tensor]]] = []  # completed later
+        for name, fn in self._originals.items():
+            setattr(dist, name, self._wrap(name, fn, inspect.signature(fn)))
+
+    def _wrap(self, name: str, fn: Any, signature: Any) -> Any:
+        def spied(*args: Any, **kwargs: Any) -> Any:
+            self._flush()
+            result = fn(*args, **kwargs)
+            bound = signature.bind_partial(*args, **kwargs).arguments
+            # Bytes are pickled objects (recv_obj, broadcast_obj) or keys: objects are read as objects.
+            buffers = [
+                t for arg in _WRITES[name] for t in _flat_tensors(bound.get(arg)) if t.dtype not in _BYTES
+            ]
+            with_dealer = self._is_dealer(bound.get("group"))
+            if name == "irecv" or bound.get("async_op"):
+                self._async.append((name, with_dealer, buffers))  # written once the work completes
+            else:
+                self._tap._held(name, with_dealer, buffers)
+            return result
+
+        return spied
+
+    def _is_dealer(self, group: Any) -> bool:
+        return group is not None and any(group is g for g in self._tap._groups.values() if g is not None)
+
+    def _flush(self) -> None:
+        pending, self._async = self._async, []
+        for name, with_dealer, buffers in pending:
+            self._tap._held(name, with_dealer, buffers)
+
+    def close(self) -> None:
+        self._flush()
+        for name, fn in self._originals.items():
+            setattr(self._dist, name, fn)
 
 
 def load_transfers(*paths: str | Path) -> list[Transfer]:
@@ -340,7 +420,7 @@ class Secret:
 
 @dataclass(frozen=True)
 class Leak:
-    """Where a secret was found: ``where`` is ``sent`` (wire contents), ``learned`` or ``received``."""
+    """Where a secret was found: ``where`` is ``sent`` (wire contents), ``held``, ``learned`` or ``received``."""
 
     secret: str
     where: str
@@ -529,7 +609,8 @@ def _explained(reading: _Reading, allowed: list[_Prepared]) -> bool:
 def find_leaks(transfers: Iterable[Transfer], secrets: Iterable[Secret], precision_bits: int = 16) -> list[Leak]:
     """Every place a secret reaches a party (or the dealer) outside its ``may_know`` set.
 
-    Checks each party's sent tensors against the receivers, the values each reduction reveals
+    Checks each party's sent tensors against the receivers, what each party holds after every
+    collective and receive against that party, the values each reduction reveals
     (:func:`pair_exchanges`) against the learners, and the dealer's answers against their receiver.
     """
     transfers = list(transfers)
@@ -554,6 +635,8 @@ def find_leaks(transfers: Iterable[Transfer], secrets: Iterable[Secret], precisi
         check(t.sent, t.receivers, "sent", t.party, t.op, t.index)
         if t.with_dealer and t.received:
             check(t.received, frozenset({t.party}), "received from the dealer", t.party, t.op, t.index)
+        if t.held:
+            check(t.held, frozenset({t.party}), "held", t.party, t.op, t.index)
     for ex in pair_exchanges(transfers):
         check(ex.values, ex.learners, "learned", None, ex.op, ex.index)
     return leaks

@@ -1,15 +1,16 @@
-"""AES-128 in counter mode as CrypTen's pseudo-random generator on CPU.
+"""AES-128 in counter mode as CrypTen's pseudo-random generator, keyed by 128-bit OS keys.
 
 CrypTen draws every mask, share and Beaver triple with ``torch.randint`` from seeded
-``torch.Generator`` objects (Mersenne Twister): about 10 ns per 64-bit ring element on this CPU,
-and not a cryptographic generator (its outputs reveal its state). With AES-NI, AES-CTR yields the
-same 64 bits in about 2.5 ns and is a standard PRG. ``install()`` replaces CrypTen's two drawing
-functions: a CPU generator is read as the AES key derived from its seed (``initial_seed()``), so
-parties that CrypTen seeded alike (a party and the dealer, neighbouring parties) still draw the
-same stream, call for call; CUDA generators keep ``torch.randint``. Seeds stay CrypTen's own (64
-random bits from ``os.urandom`` or from the dealer's seeded torch generator).
+``torch.Generator`` objects: Mersenne Twister, whose state comes from the low 32 bits of its seed
+and whose outputs reveal that state. Here each of CrypTen's generators is only a *handle*: the
+session binds a 128-bit key from the OS to it (:mod:`mpcformer.mpc.keys`, :func:`bind_key`), and
+``install()`` replaces CrypTen's two drawing functions so that a generator draws the AES-CTR
+keystream of its key, call for call. Parties holding the same key (a party and the dealer,
+neighbouring parties) draw the same stream. A draw from a generator without a key is an error,
+never a silent fallback to torch's generator. CUDA generators draw on the CPU and copy the values
+to the device.
 
-Every process of a session must agree (``MPCConfig.fast_prg``): a party with the AES streams and
+Every process of a session must agree (``MPCConfig.randomness``): a party with the AES streams and
 a dealer without them would hold unrelated masks and the results would be garbage.
 """
 
@@ -26,8 +27,12 @@ from mpcformer.mpc.compat import crypten
 
 import crypten.common.rng as crypten_rng
 
-__all__ = ["install", "uninstall", "is_installed", "random_ring_elements", "keystream_int64", "aes_key"]
+__all__ = [
+    "install", "uninstall", "is_installed", "random_ring_elements", "keystream_int64", "derive_key", "bind_key",
+    "generator_key", "KEY_BYTES",
+]
 
+KEY_BYTES = 16  # 128-bit keys
 _BLOCK = 16  # AES block size: update_into needs this much slack in its output buffer
 _ORIGINAL = {
     "generate_random_ring_element": crypten_rng.generate_random_ring_element,
@@ -42,24 +47,44 @@ _IMPORTERS = (
     "crypten.mpc.provider.tfp_provider",
 )
 
-# One AES-CTR stream per CPU generator, dropped with the generator; (seed, encryptor) so that a
-# generator re-seeded with another seed draws that seed's stream (CrypTen seeds each generator once).
-_streams: "weakref.WeakKeyDictionary[torch.Generator, tuple[int, object]]" = weakref.WeakKeyDictionary()
+# Each generator's key, and its AES-CTR stream (key, encryptor); both dropped with the generator.
+_keys: "weakref.WeakKeyDictionary[torch.Generator, bytes]" = weakref.WeakKeyDictionary()
+_streams: "weakref.WeakKeyDictionary[torch.Generator, tuple[bytes, object]]" = weakref.WeakKeyDictionary()
 _zeros = bytes(0)
 _installed = False
 
 
-def aes_key(seed: int, person: bytes, label: bytes = b"") -> bytes:
-    """An AES-128 key from a 64-bit generator seed (and a label), by BLAKE2b personalised ``person``."""
-    return hashlib.blake2b((seed % 2**64).to_bytes(8, "little") + label, digest_size=16, person=person).digest()
+def derive_key(key: bytes, person: bytes, label: bytes = b"") -> bytes:
+    """A 128-bit key for one purpose (``person``, ``label``) from a 128-bit key: keyed BLAKE2b."""
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"keys are {KEY_BYTES} bytes, got {len(key)}")
+    return hashlib.blake2b(label, key=key, digest_size=KEY_BYTES, person=person).digest()
+
+
+def bind_key(generator: torch.Generator, key: bytes) -> None:
+    """From now on ``generator`` draws the AES-CTR stream of ``key`` (from its start)."""
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"keys are {KEY_BYTES} bytes, got {len(key)}")
+    _keys[generator] = bytes(key)
+    _streams.pop(generator, None)
+
+
+def generator_key(generator: torch.Generator) -> bytes | None:
+    """The key bound to ``generator``, or ``None`` (CrypTen's own seeding)."""
+    return _keys.get(generator)
 
 
 def _stream(generator: torch.Generator):
-    seed = generator.initial_seed()
+    key = _keys.get(generator)
+    if key is None:
+        raise RuntimeError(
+            "a CrypTen generator without an OS key was asked for random values; every generator of a "
+            "session gets its key when the session opens (mpcformer.mpc.keys)"
+        )
     entry = _streams.get(generator)
-    if entry is None or entry[0] != seed:
-        key = aes_key(seed, b"mpcformer-prg")
-        entry = (seed, Cipher(algorithms.AES(key), modes.CTR(bytes(_BLOCK))).encryptor())
+    if entry is None or entry[0] is not key:
+        aes = derive_key(key, b"mpcformer-prg")
+        entry = (key, Cipher(algorithms.AES(aes), modes.CTR(bytes(_BLOCK))).encryptor())
         _streams[generator] = entry
     return entry[1]
 
@@ -67,11 +92,6 @@ def _stream(generator: torch.Generator):
 def _local_generator(kwargs: dict) -> torch.Generator:
     device = kwargs.get("device") or "cpu"
     return crypten.generators["local"][torch.device(device)]
-
-
-def _is_cpu(generator: torch.Generator | None, kwargs: dict) -> bool:
-    device = generator.device if generator is not None else torch.device(kwargs.get("device") or "cpu")
-    return torch.device(device).type == "cpu"
 
 
 def keystream_int64(encryptor: Any, count: int) -> torch.Tensor:
@@ -87,23 +107,28 @@ def keystream_int64(encryptor: Any, count: int) -> torch.Tensor:
 
 
 def random_ring_elements(size, generator: torch.Generator) -> torch.Tensor:
-    """``size`` uniform int64 values (all 2^64 of them) from ``generator``'s AES-CTR stream."""
+    """``size`` uniform int64 values (all 2^64 of them) from ``generator``'s AES-CTR stream (on CPU)."""
     size = torch.Size((size,)) if isinstance(size, int) else torch.Size(size)
     return keystream_int64(_stream(generator), size.numel()).view(size)
 
 
+def _draw(size, generator: torch.Generator | None, kwargs: dict) -> torch.Tensor:
+    generator = generator or _local_generator(kwargs)
+    values = random_ring_elements(size, generator)
+    device = kwargs.get("device") or generator.device
+    return values if torch.device(device).type == "cpu" else values.to(device)
+
+
 def generate_random_ring_element(size, ring_size=(2**64), generator=None, **kwargs):
-    """CrypTen's ``generate_random_ring_element`` drawing from AES-CTR on CPU."""
-    if ring_size != 2**64 or not _is_cpu(generator, kwargs):
+    """CrypTen's ``generate_random_ring_element`` drawing from the generator's AES-CTR stream."""
+    if ring_size != 2**64:  # only CrypTen's tests use other rings
         return _ORIGINAL["generate_random_ring_element"](size, ring_size=ring_size, generator=generator, **kwargs)
-    return random_ring_elements(size, generator or _local_generator(kwargs))
+    return _draw(size, generator, kwargs)
 
 
 def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
-    """CrypTen's ``generate_kbit_random_tensor`` (values in [0, 2^bitlength)) drawing from AES-CTR on CPU."""
-    if not _is_cpu(generator, kwargs):
-        return _ORIGINAL["generate_kbit_random_tensor"](size, bitlength=bitlength, generator=generator, **kwargs)
-    bits = random_ring_elements(size, generator or _local_generator(kwargs))
+    """CrypTen's ``generate_kbit_random_tensor`` (values in [0, 2^bitlength)) from AES-CTR."""
+    bits = _draw(size, generator, kwargs)
     if bitlength is None or bitlength >= 64:
         return bits
     return (bits >> (64 - bitlength)) & ((1 << bitlength) - 1)
@@ -120,7 +145,7 @@ def _set(functions: dict) -> None:
 
 
 def install() -> None:
-    """Draw CrypTen's CPU randomness from AES-CTR (idempotent)."""
+    """Draw CrypTen's randomness from AES-CTR under each generator's key (idempotent)."""
     global _installed
     _set({"generate_random_ring_element": generate_random_ring_element,
           "generate_kbit_random_tensor": generate_kbit_random_tensor})

@@ -85,16 +85,19 @@ def apply_crypten_config(config: MPCConfig) -> None:
             setattr(crypten_cfg.functions, key, value)
     if config.dealer == "tfp":
         log.warning("insecure dealer 'tfp': party 0 generates the Beaver triples and can learn the client's inputs")
-    from mpcformer.mpc import beaver, exchange, fixed_operand, prg, ring_matmul
+    from mpcformer.mpc import beaver, exchange, fixed_operand, keys, prg, ring_matmul, truncation
 
     if config.fast_exchange:
         exchange.install()
     else:
         exchange.uninstall()
 
-    if config.fast_prg:  # every process of the session applies the same config, so all draw alike
+    if config.randomness == "os":  # every process of the session applies the same config, so all draw alike
+        keys.install()
         prg.install()
     else:
+        log.warning("randomness 'crypten-insecure-baseline': CrypTen's seeds carry 32 bits of entropy; a benchmark baseline only")
+        keys.uninstall()
         prg.uninstall()
 
     if config.reuse_weight_masks:  # only ever applies with the TTP dealer (fixed_operand checks the provider)
@@ -110,6 +113,10 @@ def apply_crypten_config(config: MPCConfig) -> None:
     beaver.enable(
         overlap_dealer=config.overlap_dealer, fewer_matmuls=config.fast_matmul, stream_triples=config.stream_triples
     )
+    if config.exact_truncation:  # runs where beaver's steps and their streams do (truncation checks)
+        truncation.enable()
+    else:
+        truncation.disable()
 
 
 @contextlib.contextmanager

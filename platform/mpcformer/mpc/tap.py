@@ -36,6 +36,7 @@ class CommEvent:
     seconds: float
     args: tuple
     kwargs: dict
+    result: Any = None  # what the call returned (a received object, a reduced tensor)
 
 
 class CommListener(Protocol):
@@ -98,6 +99,7 @@ def _wrap(method: Callable) -> Callable:
             seconds=time.perf_counter() - tic,
             args=args,
             kwargs=kwargs,
+            result=result,
         )
         for listener in list(_listeners):
             listener.after(event)
