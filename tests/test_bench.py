@@ -170,7 +170,7 @@ def test_bench_cli_passes_the_device_and_matmul_switches_to_every_party(monkeypa
     assert seen["cfg"].mpc.device == "cuda" and seen["cfg"].gpus_per_actor == 0.5
     mpc = seen["cfg"].mpc
     assert mpc.reuse_weight_masks and mpc.fast_matmul and mpc.overlap_dealer  # the defaults
-    assert mpc.fast_prg and mpc.fast_exchange and mpc.stream_triples
+    assert mpc.randomness == "os" and mpc.fast_exchange and mpc.stream_triples
     stock = [
         "--no-weight-masks", "--no-fast-matmul", "--no-overlap-dealer", "--no-fast-prg", "--no-stream-triples",
         "--no-fast-exchange",
@@ -179,7 +179,7 @@ def test_bench_cli_passes_the_device_and_matmul_switches_to_every_party(monkeypa
         main(["bench", *stock, "--out", str(tmp_path)])
     mpc = seen["cfg"].mpc
     assert not mpc.reuse_weight_masks and not mpc.fast_matmul and not mpc.overlap_dealer
-    assert not mpc.fast_prg and not mpc.fast_exchange and not mpc.stream_triples
+    assert mpc.randomness != "os" and not mpc.fast_exchange and not mpc.stream_triples
 
 
 @pytest.mark.timeout(400)
