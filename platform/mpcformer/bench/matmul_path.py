@@ -33,7 +33,13 @@ MATMUL_CATEGORIES = ("embedding", "linear", "attention-matmul", "pooler", "class
 #: Each path adds one switch to the one before; the last is the default configuration.
 _SWITCHES = ("fast_matmul", "reuse_weight_masks", "overlap_dealer", "fast_prg", "stream_triples", "fast_exchange")
 _NAMES = ("crypten", "fast-matmul", "weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "mpcformer")
-PATHS = {name: MPCConfig(**{s: i < on for i, s in enumerate(_SWITCHES)}) for on, name in enumerate(_NAMES)}
+def _value(switch: str, on: bool):
+    if switch == "fast_prg":  # the randomness switch: OS keys and AES-CTR, or CrypTen's own
+        return "randomness", "os" if on else "crypten-insecure-baseline"
+    return switch, on
+
+
+PATHS = {name: MPCConfig(**dict(_value(s, i < on) for i, s in enumerate(_SWITCHES))) for on, name in enumerate(_NAMES)}
 
 
 def _forward(cfg: BenchConfig):
