@@ -9,7 +9,6 @@ import json
 import os
 import pickle
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -123,37 +122,30 @@ def test_an_interrupted_run_resumes_on_two_groups_with_the_plaintext_predictions
     assert leftovers() == ([], [])
 
 
-def kill_when_alive(name_suffix: str, delay_s: float) -> threading.Thread:
-    """After ``delay_s``, SIGKILL the live actor whose name ends with ``name_suffix`` (waits for one)."""
-
-    def kill() -> None:
-        time.sleep(delay_s)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for actor in ray._private.state.actors().values():
-                if actor["State"] == "ALIVE" and actor["Name"].endswith(name_suffix) and actor["Pid"]:
-                    os.kill(actor["Pid"], signal.SIGKILL)
-                    return
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=kill, daemon=True)
-    thread.start()
-    return thread
+def kill_now(name_suffix: str) -> None:
+    """SIGKILL the live actor whose name ends with ``name_suffix`` and wait until Ray sees it dead, so
+    the next batch the pool hands out meets the failure (no race with the job's own pace)."""
+    (actor,) = [
+        a for a in ray._private.state.actors().values()
+        if a["State"] == "ALIVE" and a["Name"].endswith(name_suffix) and a["Pid"]
+    ]
+    os.kill(actor["Pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while ray._private.state.actors(actor["ActorID"])["State"] == "ALIVE":
+        assert time.monotonic() < deadline, f"{actor['Name']} still alive 60 s after SIGKILL"
+        time.sleep(0.05)
 
 
 def test_killing_a_party_then_the_dealer_mid_job_loses_no_example(local_ray, data_dir, tmp_path):
     out = tmp_path / "out"
-    killers = []
+    victims = ["/party-1", "/dealer"]
 
     def inject_faults(figures: dict) -> None:
-        # after the first batch: kill the client while it runs the next one; after the second: the dealer
-        victim = {1: "/party-1", 2: "/dealer"}.get(len(killers) + 1)
-        if victim:
-            killers.append(kill_when_alive(victim, delay_s=1.0))
+        # after the first batch the client dies, after the next one the dealer: each time a batch remains
+        if victims:
+            kill_now(victims.pop(0))
 
     status = run_infer(tiny_config(data_dir, out, limit=6), progress=False, on_batch=inject_faults)
-    for thread in killers:
-        thread.join(timeout=5)
     records = assert_every_example_once(out, 6)
     assert all(r["prediction"] == r["plaintext_prediction"] for r in records)
     assert status["complete"] and status["retries_this_run"] == 2
