@@ -104,3 +104,15 @@ def where_shares_live(rank: int) -> dict[str, str]:
 
     share = crypten.cryptensor(torch.ones(2, device=session_device()), src=0)
     return {"session": session_device(), "share": str(share.device), "product": str((share * share).device)}
+
+
+def broadcast_fingerprints(rank: int, model_name: str, times: int) -> dict[str, Any]:
+    """The weights key the owner broadcasts, ``times`` times in this session (the client receives
+    it), and the unkeyed hash of the weights the owner keeps to itself."""
+    from mpcformer.approx import Combo
+    from mpcformer.models.private_inference import _exchange_architecture, weights_fingerprint
+    from mpcformer.mpc.session import session_device
+
+    model = build_model(model_name) if rank == 0 else None
+    keys = [_exchange_architecture(rank, model, Combo.parse("quad+2quad"), session_device())[1]["key"] for _ in range(times)]
+    return {"keys": keys, "unkeyed": weights_fingerprint(model) if model is not None else None}

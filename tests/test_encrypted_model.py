@@ -247,3 +247,16 @@ def test_the_encrypted_model_is_built_once_per_session_and_weights(session):
     assert not changed["setup"]["reused"] and not changed_owner["setup"]["reused"]
     shift = (torch.tensor(changed["logits"]) - logits_alone - 1.0).abs().max().item()
     assert shift < TOLERANCE["tiny-bert"], "the rebuilt model must carry the changed classifier bias"
+
+
+def test_two_sessions_with_identical_weights_broadcast_different_fingerprints():
+    """The weights key the client receives is keyed with a secret the owner draws per session: the
+    same within a session (so the encrypted model is reused), unrelated across sessions, and never
+    the unkeyed hash a client could compute from a guessed public checkpoint."""
+    sessions = [run_local(fns.broadcast_fingerprints, args=("tiny-bert", 2), timeout_s=180) for _ in range(2)]
+    for owner, client in sessions:
+        assert owner["keys"] == client["keys"] and len(set(client["keys"])) == 1
+        assert owner["unkeyed"] not in client["keys"]
+    (first_owner, first), (second_owner, second) = sessions
+    assert first_owner["unkeyed"] == second_owner["unkeyed"]  # identical weights
+    assert first["keys"][0] != second["keys"][0]
