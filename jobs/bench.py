@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="party 0 waits for each dealer answer before opening (CrypTen's order) instead of during it",
     )
     parser.add_argument(
-        "--no-fast-prg", action="store_true", help="CrypTen's own seeds and torch.randint draws (insecure baseline)"
+        "--crypten-randomness", action="store_true",
+        help="CrypTen's own seeds and torch.randint draws: 32 bits of entropy, the insecure baseline of the benchmarks",
     )
     parser.add_argument(
         "--no-stream-triples", action="store_true",
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     mpc: dict = {
         "fast_matmul": not args.no_fast_matmul, "reuse_weight_masks": not args.no_weight_masks,
-        "overlap_dealer": not args.no_overlap_dealer, "randomness": "crypten-insecure-baseline" if args.no_fast_prg else "os",
+        "overlap_dealer": not args.no_overlap_dealer, "randomness": "crypten-insecure-baseline" if args.crypten_randomness else "os",
         "stream_triples": not args.no_stream_triples, "fast_exchange": not args.no_fast_exchange,
         "device": args.device,
     }

@@ -1,7 +1,8 @@
 """End-to-end effect of mpcformer's protocol path, one step at a time: the same encrypted forward
 with CrypTen as shipped, with ``MPCConfig.fast_matmul`` (2-matmul Beaver step, ring kernel choice),
 with reusable weight masks too (``MPCConfig.reuse_weight_masks``), with the dealer's round trip
-overlapped too (``MPCConfig.overlap_dealer``), with AES-CTR draws too (``MPCConfig.fast_prg``), with
+overlapped too (``MPCConfig.overlap_dealer``), with OS keys and AES-CTR draws too
+(``MPCConfig.randomness="os"``; the paths before it use CrypTen's insecure baseline), with
 elementwise triples streamed ahead too (``MPCConfig.stream_triples``) and with all-gather openings
 too (``MPCConfig.fast_exchange``: all on, the default), alternating, in one run.
 
@@ -31,10 +32,10 @@ __all__ = ["PATHS", "measure_matmul_path", "render_markdown"]
 # The categories whose work is matrix products; the rest of the forward is the same code either way.
 MATMUL_CATEGORIES = ("embedding", "linear", "attention-matmul", "pooler", "classifier")
 #: Each path adds one switch to the one before; the last is the default configuration.
-_SWITCHES = ("fast_matmul", "reuse_weight_masks", "overlap_dealer", "fast_prg", "stream_triples", "fast_exchange")
+_SWITCHES = ("fast_matmul", "reuse_weight_masks", "overlap_dealer", "randomness", "stream_triples", "fast_exchange")
 _NAMES = ("crypten", "fast-matmul", "weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "mpcformer")
 def _value(switch: str, on: bool):
-    if switch == "fast_prg":  # the randomness switch: OS keys and AES-CTR, or CrypTen's own
+    if switch == "randomness":  # OS keys and AES-CTR, or CrypTen's own
         return "randomness", "os" if on else "crypten-insecure-baseline"
     return switch, on
 
