@@ -87,43 +87,64 @@ def _config_path(config: Path) -> Path:
     return shipped if shipped.is_file() else config
 
 
+def _flag_names(args: argparse.Namespace) -> dict[str, str]:
+    """Dotted config key -> the flag that set it, so errors name the flag (``--set`` wins, as in
+    :func:`_overrides`)."""
+    from mpcformer.config import parse_set
+
+    names = {key: "--" + flag.replace("_", "-") for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None}
+    names.update({"combos": "--approx", "check_plaintext": "--check-plaintext"})
+    if args.data:
+        names.update({key: "--data" for key in ("data.data_dir", "data.dev_file", "data.train_file")})
+    return {key: flag for key, flag in names.items() if key not in parse_set(args.set)}
+
+
 def build_infer_config(args: argparse.Namespace):
     from mpcformer.cluster.infer import InferConfig
     from mpcformer.config import build_config, load_config
 
-    overrides = _overrides(args)
+    overrides, names = _overrides(args), _flag_names(args)
     if args.config:
-        return load_config(InferConfig, _config_path(args.config), overrides)
-    return build_config(InferConfig, {}, overrides, source="command line")
+        return load_config(InferConfig, _config_path(args.config), overrides, names)
+    return build_config(InferConfig, {}, overrides, source="command line", override_names=names)
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
+    import os
     import sys
-    import threading
 
-    from mpcformer.cluster.infer import run_infer
+    from mpcformer.cluster.batches import BatchStore
+    from mpcformer.cluster.infer import check_local_inputs, run_infer
     from mpcformer.cluster.scheduler import JobFailed
     from mpcformer.cluster_connect import connect
     from mpcformer.errors import UserError
 
     cfg = build_infer_config(args)
-    if threading.current_thread() is threading.main_thread():  # `ray job stop` sends SIGTERM: clean up
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if not (args.address or os.environ.get("RAY_ADDRESS")):  # the driver runs where the parties will
+        check_local_inputs(cfg)
     need = cfg.pool.groups * (cfg.group.world_size * cfg.group.cpus_per_party + cfg.group.cpus_for_dealer)
     with connect(address=args.address, num_cpus=args.num_cpus or max(2, int(need + 0.999))):
         try:
             status = run_infer(cfg, progress=not args.no_progress)
         except UserError:  # a bad config or a party rejecting its input: one line, exit 2
             raise
-        except JobFailed as err:
-            print(f"infer: {err}", file=sys.stderr)
-            print(f"finished batches are kept in {cfg.out}; run again with the same --out to resume", file=sys.stderr)
+        except (JobFailed, KeyboardInterrupt) as err:  # Ctrl-C, SIGTERM (`ray job stop`, Kubernetes)
+            if isinstance(err, JobFailed):
+                print(f"infer: {err}", file=sys.stderr)
+            print(f"infer: {_resume_hint(BatchStore(cfg.out).finished_batches(), cfg.out)}", file=sys.stderr)
+            if isinstance(err, KeyboardInterrupt):
+                raise  # the CLI exits 130 (Ctrl-C) or 143 (SIGTERM)
             return 1
     print(json.dumps(status, indent=2, sort_keys=True))
     if status["complete"]:  # the client wrote the predictions and the summary; the driver read neither
         print(f"the client wrote {Path(status['out']) / 'predictions.jsonl'} and {status['summary']}")
     return 0 if status["complete"] else 1
+
+
+def _resume_hint(finished: int, out: str) -> str:
+    if finished:
+        return f"{finished} finished batches are kept in {out}; run the same command again (same --out) to resume"
+    return f"no batch finished; fix the cause and run again (the same --out {out} starts over)"
 
 
 if __name__ == "__main__":

@@ -209,3 +209,38 @@ def test_ray_launcher_runs_every_combination_on_one_cluster_and_relays_progress(
     combos = {c["approx"]: c for c in report["combinations"]}
     assert combos["quad+2quad"]["rounds"] < combos["exact"]["rounds"]
     assert report["environment"]["device"] == "cpu" and report["environment"]["gpu"] is None
+
+
+@pytest.mark.timeout(400)
+def test_a_party_killed_under_the_ray_launcher_is_one_line_and_exit_1(tmp_path, capsys):
+    """The Ray launcher fails like the local one: the CLI names the party, exit 1, no traceback."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+
+    killed = []
+
+    def kill_the_client() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if ray.is_initialized():
+                for actor in ray._private.state.actors().values():
+                    if actor["State"] == "ALIVE" and actor["Name"].endswith("/party-1") and actor["Pid"]:
+                        os.kill(actor["Pid"], signal.SIGKILL)
+                        killed.append(actor["Name"])
+                        return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_client, daemon=True)
+    killer.start()
+    code = main(["bench", "--model", "tiny", "--seq-len", "16", "--approx", "exact", "--launcher", "ray",
+                 "--out", str(tmp_path / "bench")])
+    killer.join(timeout=10)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert killed and code == 1, (killed, code, err)
+    assert len(lines) == 1 and "party 1" in lines[0] and "Traceback" not in err, err
+    assert not ray.is_initialized()

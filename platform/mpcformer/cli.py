@@ -13,8 +13,7 @@ import sys
 from typing import Sequence
 
 from mpcformer import __version__
-from mpcformer.errors import UserError
-from mpcformer.mpc.launcher import PartyFailure
+from mpcformer.errors import PartyFailure, Terminated, UserError
 
 __all__ = ["main", "COMMANDS", "job_main"]
 
@@ -72,9 +71,9 @@ def _dispatch(module_name: str, args: argparse.Namespace, prog: str) -> int:
     except PartyFailure as err:  # a party or the dealer failed: its first line names who and why
         print(f"{prog}: error: {str(err).splitlines()[0]} (run with -v for the party logs)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (143); the job said how to resume
+        print(f"{prog}: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Iterator
 
-__all__ = ["connect", "metrics_url"]
+__all__ = ["connect", "metrics_url", "stop_on_sigterm"]
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,27 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
         log.info("started an embedded local Ray cluster")
+    stop_on_sigterm()  # after ray.init, which installs its own handler (sys.exit from any frame)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`~mpcformer.errors.Terminated` in the main thread, so a job stops
+    as on Ctrl-C: ``finally`` blocks close actors and write the status, then the CLI exits 143."""
+    import signal
+    import threading
+
+    from mpcformer.errors import Terminated
+
+    def terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
 
 
 def metrics_url() -> str | None:

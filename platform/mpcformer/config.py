@@ -25,14 +25,26 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-def _format_validation_error(cls: type, err: ValidationError, source: str) -> str:
+def _format_validation_error(
+    cls: type, err: ValidationError, source: str, overrides: dict[str, Any], names: dict[str, str]
+) -> str:
+    """One line naming where the bad value came from: the flag or ``--set`` (``names``: dotted key
+    -> flag) that set the field or a section above it, else ``source`` (the YAML file)."""
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    given = [key for key in overrides if where == key or where.startswith(key + ".")]
+    if given:
+        key = given[0]
+        source = f"{names[key]} {overrides[key]}" if key in names else f"--set {key}={overrides[key]}"
     return f"{source}: invalid {cls.__name__} field '{where}': {first['msg']}"
 
 
-def load_config(cls: type[ModelT], path: str | Path, overrides: dict[str, Any] | None = None) -> ModelT:
-    """Load ``cls`` from a YAML file, then apply dotted ``overrides`` (``{"mpc.precision_bits": 20}``)."""
+def load_config(
+    cls: type[ModelT], path: str | Path, overrides: dict[str, Any] | None = None,
+    override_names: dict[str, str] | None = None,
+) -> ModelT:
+    """Load ``cls`` from a YAML file, then apply dotted ``overrides`` (``{"mpc.precision_bits": 20}``;
+    ``override_names``: the flag that gave each, for error messages)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing YAML file)")
@@ -44,18 +56,19 @@ def load_config(cls: type[ModelT], path: str | Path, overrides: dict[str, Any] |
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return build_config(cls, data, overrides, source=str(path))
+    return build_config(cls, data, overrides, source=str(path), override_names=override_names)
 
 
 def build_config(
-    cls: type[ModelT], data: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "config"
+    cls: type[ModelT], data: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "config",
+    override_names: dict[str, str] | None = None,
 ) -> ModelT:
     """Validate a plain mapping (plus dotted overrides) into ``cls``; raise :class:`ConfigError`."""
     data = apply_overrides(dict(data), overrides or {})
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(cls, err, source)) from None
+        raise ConfigError(_format_validation_error(cls, err, source, overrides or {}, override_names or {})) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -138,17 +138,23 @@ class BatchStore:
     def __init__(self, out_dir: str | Path):
         self.root = Path(out_dir)
 
+    def finished_batches(self) -> int:
+        """How many batch files this folder holds (what a resumed run would keep)."""
+        return sum(1 for _ in self.root.glob(f"{_BATCH_DIR}/*/batch-*.jsonl"))
+
     def check_same_run(self, run_info: dict[str, Any]) -> None:
-        """Refuse a folder that holds a different run; writes nothing."""
+        """Refuse a folder that holds a different run with finished batches; writes nothing.
+        A different run that finished nothing (a failed start) does not block: :meth:`open`
+        replaces its ``run.json``."""
         info_path = self.root / "run.json"
         if not info_path.exists():
             return
         previous = json.loads(info_path.read_text())
-        if previous != json.loads(json.dumps(run_info)):
+        if previous != json.loads(json.dumps(run_info)) and self.finished_batches():
             changed = sorted(k for k in set(previous) | set(run_info) if previous.get(k) != run_info.get(k))
             raise UserError(
-                f"{self.root} holds a different run (changed: {', '.join(changed)}); "
-                "use a new output folder, or delete this one to start over"
+                f"{self.root} holds a different run with {self.finished_batches()} finished batches "
+                f"(changed: {', '.join(changed)}); use a new output folder, or delete this one to start over"
             )
 
     def open(self, run_info: dict[str, Any]) -> None:
@@ -156,8 +162,11 @@ class BatchStore:
         self.check_same_run(run_info)
         self.root.mkdir(parents=True, exist_ok=True)
         info_path = self.root / "run.json"
-        if not info_path.exists():
-            _write_atomic(info_path, json.dumps(run_info, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(run_info, indent=2, sort_keys=True) + "\n"
+        if not info_path.exists() or info_path.read_text() != text:  # new, or a failed start's
+            for stale in ("events.jsonl", "status.json", "summary.json", _PREDICTIONS):
+                (self.root / stale).unlink(missing_ok=True)
+            _write_atomic(info_path, text)
         for pattern in (f"{_BATCH_DIR}/*/.batch-*.tmp", ".*.tmp"):  # writes cut short by an interruption
             for stray in self.root.glob(pattern):
                 stray.unlink(missing_ok=True)
@@ -199,9 +208,9 @@ class BatchStore:
 
 
 def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
-    """Nearest-rank percentiles ``p<q>`` plus ``mean`` and ``max`` (empty input gives NaNs)."""
+    """Nearest-rank percentiles ``p<q>`` plus ``mean`` and ``max`` (empty input gives None: JSON has no NaN)."""
     if not values:
-        return {**{f"p{q}": math.nan for q in qs}, "mean": math.nan, "max": math.nan}
+        return {**{f"p{q}": None for q in qs}, "mean": None, "max": None}
     ordered = sorted(values)
     ranked = {f"p{q}": ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] for q in qs}
     return {**ranked, "mean": sum(ordered) / len(ordered), "max": ordered[-1]}

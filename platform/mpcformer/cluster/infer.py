@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -85,6 +86,22 @@ def with_absolute_paths(cfg: InferConfig) -> InferConfig:
     })
     model = absolute(cfg.model) if Path(cfg.model).expanduser().exists() else cfg.model
     return cfg.model_copy(update={"data": data, "model": model, "out": absolute(cfg.out)})
+
+
+def check_local_inputs(cfg: InferConfig) -> None:
+    """What a driver that runs on the parties' own machine (a local cluster) checks before Ray
+    starts: the output folder, the model name or folder, the data file and its format. Each
+    failure is a one-line ``UserError``; the parties check again where they run."""
+    from mpcformer.cluster.batches import BatchStore
+    from mpcformer.data.loading import TextExamples, load_split, reject_empty_examples
+    from mpcformer.models.presets import check_model_source
+
+    cfg = with_absolute_paths(cfg)
+    BatchStore(cfg.out).check_same_run(_run_info(cfg))
+    check_model_source(cfg.model)
+    examples = load_split(cfg.data, cfg.split, cfg.seed)
+    count = min(len(examples), cfg.limit or len(examples))
+    reject_empty_examples(TextExamples(examples.spec, examples.texts[:count], examples.labels[:count], examples.source), cfg.split)
 
 
 def _run_info(cfg: InferConfig) -> dict[str, Any]:
@@ -167,16 +184,29 @@ def run_infer(
     )
     with contextlib.closing(pool):  # close() stops the groups kept between the steps
         prepared = _run_one(pool, prepare_item(cfg))
-        num_examples = prepared[1]["examples"]
+        num_examples, truncated = prepared[1]["examples"], prepared[1]["truncated_examples"]
+        if truncated:  # once per run, before the batches
+            print(
+                f"infer: {truncated} of {num_examples} examples are longer than data.max_length = "
+                f"{cfg.data.max_length} tokens and are cut to it (raise --max-length, up to the model's positions)",
+                file=sys.stderr,
+            )
         store.open(run_info)
         batches, items = plan_run(cfg, num_examples, prepared[0]["bundle_digest"])
         todo = [batch for batch in batches if not store.is_done(batch)]
         log.info("%d batches (%d examples x %d combos), %d to run", len(batches), num_examples, len(cfg.combos), len(todo))
+        if len(todo) < len(batches):
+            done = [batch for batch in batches if batch not in todo]
+            print(
+                f"infer: resuming {cfg.out}: {len(done)} of {len(batches)} batches "
+                f"({sum(len(b.example_ids) for b in done)} examples) already finished", file=sys.stderr,
+            )
         tic = time.monotonic()
         try:
             _run_batches(pool, cfg, [items[batch.key] for batch in todo], len(batches), progress, on_batch)
         finally:  # also after a failure or an interruption: the driver's counts
             status = _status(cfg, store, batches, num_examples, pool.failures, time.monotonic() - tic)
+            status["truncated_examples"] = truncated
             store.write_status(status)
         if status["complete"]:
             header = {key: status[key] for key in _SUMMARY_HEADER}
@@ -230,7 +260,9 @@ def _safe_metric(name: str, *args, **kwargs) -> None:
 
 
 #: Keys of the driver's status that head the client's summary.
-_SUMMARY_HEADER = ("model", "split", "examples", "batch_size", "groups", "retries_this_run", "wall_s_this_run")
+_SUMMARY_HEADER = (
+    "model", "split", "examples", "truncated_examples", "batch_size", "groups", "retries_this_run", "wall_s_this_run",
+)
 
 
 def _status(cfg: InferConfig, store, batches, num_examples: int, failures, wall_s: float) -> dict[str, Any]:

@@ -193,15 +193,19 @@ def client_prepare(rank: int, run: RunData) -> dict[str, Any]:
     bundle and tidy the output folder. Writes nothing when a check fails. Returns counts and paths."""
     from mpcformer.cluster.batches import BatchStore, plan_batches
     from mpcformer.cluster.bundle import PublicBundle, bundle_tokenizer, install_public_bundle
+    from mpcformer.data import TextExamples, overlong_examples, reject_empty_examples
     from mpcformer.mpc.compat import crypten
 
     sent = crypten.communicator.get().broadcast_obj(None, src=0)
     bundle = PublicBundle(sent["facts"], sent["files"])
     tokenizer = bundle_tokenizer(bundle)
-    count = len(_client_examples(run.data, run.split, run.seed))
-    count = min(count, run.limit) if run.limit else count
+    examples = _client_examples(run.data, run.split, run.seed)
+    count = min(len(examples), run.limit) if run.limit else len(examples)
     if count == 0:
         raise UserError(f"the {run.split} split has no examples: nothing to infer")
+    examples = TextExamples(examples.spec, examples.texts[:count], examples.labels[:count], examples.source)
+    reject_empty_examples(examples, run.split)
+    truncated = len(overlong_examples(examples, tokenizer, _max_length(run)))
     for start in range(0, count, _CHECK_CHUNK):
         ids = range(start, min(start + _CHECK_CHUNK, count))
         tensors, _ = _tensors(run, tokenizer, ids)
@@ -209,7 +213,7 @@ def client_prepare(rank: int, run: RunData) -> dict[str, Any]:
         check_client_tensors(bundle.facts, len(tokenizer), tensors, where)
     install_public_bundle(bundle, run.bundle_dir)
     BatchStore(run.out_dir).rebuild_predictions(plan_batches(count, run.batch_size, run.combos))
-    return {"examples": count, "bundle": run.bundle_dir, "bundle_digest": bundle.digest}
+    return {"examples": count, "truncated_examples": truncated, "bundle": run.bundle_dir, "bundle_digest": bundle.digest}
 
 
 # -- step 2: one batch --------------------------------------------------------------------------

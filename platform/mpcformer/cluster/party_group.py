@@ -36,7 +36,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mpcformer.cluster.config import ROLE_RESOURCES, PartyGroupConfig
-from mpcformer.errors import UserError
+from mpcformer.errors import PartyFailure, UserError
 from mpcformer.mpc.config import MPCConfig
 from mpcformer.operations import OperationRefused, operation_name
 
@@ -60,8 +60,8 @@ class PlacementError(UserError):
     """The cluster cannot place the party group; the message says what was needed and what to do."""
 
 
-class GroupFailure(RuntimeError):
-    """A party or the dealer died, stalled or raised; the group has been torn down."""
+class GroupFailure(PartyFailure):
+    """A party or the dealer of a Ray party group died, stalled or raised; the group has been torn down."""
 
     def __init__(
         self, group: str, who: str, cause: str, states: dict[str, str] | None = None, retryable: bool = True,
@@ -71,7 +71,7 @@ class GroupFailure(RuntimeError):
         self.retryable = retryable  # False when a party raised UserError or refused the operation
         self.user_message = user_message  # the party's own UserError message (bad input), else None
         state_text = "; ".join(f"{name}: {state}" for name, state in self.states.items())
-        super().__init__(f"party group {group}: {who} failed: {cause}" + (f" [{state_text}]" if state_text else ""))
+        super().__init__(who, cause, f"party group {group}: {who} failed: {cause}" + (f" [{state_text}]" if state_text else ""))
 
 
 @dataclass(frozen=True)

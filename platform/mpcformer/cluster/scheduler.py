@@ -32,7 +32,7 @@ from pydantic import Field
 from mpcformer.cluster.config import PartyGroupConfig
 from mpcformer.cluster.party_group import GroupFailure, PartyCall, PartyGroup
 from mpcformer.config import StrictModel
-from mpcformer.errors import UserError
+from mpcformer.errors import PartyFailure, UserError
 from mpcformer.observability import safe_record
 
 __all__ = ["PoolConfig", "WorkItem", "ItemDone", "FailureEvent", "JobFailed", "PartyRejected", "GroupPool"]
@@ -78,8 +78,11 @@ class FailureEvent:
     will_retry: bool
 
 
-class JobFailed(RuntimeError):
+class JobFailed(PartyFailure):
     """An item failed in a way retries could not fix; the message has the last cause."""
+
+    def __init__(self, message: str, who: str = "the job"):
+        super().__init__(who, message, text=message)
 
 
 class PartyRejected(JobFailed, UserError):
@@ -236,10 +239,10 @@ class GroupPool:
                 will_retry = failure.retryable and attempt < self.config.max_attempts
                 self._record(FailureEvent(item.key, attempt, group_name, failure.who, failure.cause, will_retry))
                 if failure.user_message is not None:
-                    return _Fatal(PartyRejected(f"{failure.who} rejected its input: {failure.user_message}"))
+                    return _Fatal(PartyRejected(f"{failure.who} rejected its input: {failure.user_message}", failure.who))
                 if not will_retry:
                     reason = "" if failure.retryable else " (not retryable)"
-                    return _Fatal(JobFailed(f"{item.key} failed after {attempt} attempt(s){reason}: {failure}"))
+                    return _Fatal(JobFailed(f"{item.key} failed after {attempt} attempt(s){reason}: {failure}", failure.who))
                 slot.failures += 1
                 delay = min(self.config.backoff_max_s, self.config.backoff_s * 2 ** (slot.failures - 1))
                 if self._stop.wait(delay):

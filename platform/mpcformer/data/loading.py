@@ -42,6 +42,8 @@ __all__ = [
     "read_table",
     "encode",
     "collate",
+    "overlong_examples",
+    "reject_empty_examples",
     "SUFFIXES",
 ]
 
@@ -169,7 +171,10 @@ def read_table(path: str | Path) -> dict[str, list[Any]]:
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise UserError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
-    return reader(path)
+    try:
+        return reader(path)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); save it as UTF-8") from None
 
 
 def _find_split_file(data_dir: Path, split: Split) -> Path:
@@ -264,18 +269,22 @@ def _subset(examples: TextExamples, limit: int | None, seed: int) -> TextExample
     )
 
 
+def split_file(cfg: DataConfig, split: Split) -> Path | None:
+    """The local file of ``split`` (None: the hub serves it); UserError when the folder has none."""
+    explicit = cfg.train_file if split == "train" else cfg.dev_file
+    if explicit:
+        return Path(explicit)
+    if cfg.data_dir:
+        if not Path(cfg.data_dir).is_dir():
+            raise UserError(f"data_dir not found: {cfg.data_dir} (give an existing folder)")
+        return _find_split_file(Path(cfg.data_dir), split)
+    return None
+
+
 def load_split(cfg: DataConfig, split: Split, seed: int = 0) -> TextExamples:
     """Load ``split`` (``train`` or ``dev``) of ``cfg.task`` from local files or the hub."""
     spec = resolve_task(cfg)
-    explicit = cfg.train_file if split == "train" else cfg.dev_file
-    if explicit:
-        path: Path | None = Path(explicit)
-    elif cfg.data_dir:
-        if not Path(cfg.data_dir).is_dir():
-            raise UserError(f"data_dir not found: {cfg.data_dir} (give an existing folder)")
-        path = _find_split_file(Path(cfg.data_dir), split)
-    else:
-        path = None
+    path = split_file(cfg, split)
     if path is None:
         columns, source = _read_hub(spec, split), f"{spec.hub_path}/{spec.hub_config or ''}:{split}"
     else:
@@ -310,6 +319,21 @@ def encode(examples: TextExamples, tokenizer, max_length: int) -> EncodedDataset
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
     features = [{k: encoded[k][i] for k in keys} for i in range(len(examples))]
     return EncodedDataset(features, examples.labels, examples.spec.is_regression)
+
+
+def overlong_examples(examples: TextExamples, tokenizer, max_length: int) -> list[int]:
+    """Indices of the examples that :func:`encode` cuts: longer than ``max_length`` tokens whole."""
+    fields = list(zip(*examples.texts))
+    whole = tokenizer(*[list(f) for f in fields], truncation=False, padding=False, verbose=False)["input_ids"]
+    return [i for i, ids in enumerate(whole) if len(ids) > max_length]
+
+
+def reject_empty_examples(examples: TextExamples, split: str) -> None:
+    """UserError naming the examples whose every text field is blank (nothing to classify)."""
+    empty = [i for i, texts in enumerate(examples.texts) if not any(str(t or "").strip() for t in texts)]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        raise UserError(f"{len(empty)} {split} examples have no text (ids {shown}): remove them from {examples.source}")
 
 
 def collate(batch: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:

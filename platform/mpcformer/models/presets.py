@@ -22,7 +22,7 @@ from typing import Any
 
 from mpcformer.errors import UserError
 
-__all__ = ["PRESETS", "load_preset", "load_preset_model", "preset_config", "minilm_path"]
+__all__ = ["PRESETS", "load_preset", "load_preset_model", "preset_config", "minilm_path", "check_model_source"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,48 @@ def _checkpoint(name: str) -> str:
     if looks_like_hub and os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "TRUE"):
         return name
     raise _unknown(name)
+
+
+def check_model_source(name: str) -> None:
+    """Fail fast, with one line, on a model name nothing will serve: not a preset, not a folder
+    holding ``config.json``, and (a hub name) neither in the local cache nor reachable."""
+    if name in _SHAPES:
+        return
+    if name == "minilm":
+        minilm_path()
+        return
+    from mpcformer.validation import check_model_path
+
+    source = _checkpoint(name)
+    if Path(source).is_dir():
+        check_model_path(source, presets=PRESETS)
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str) and not _hub_reachable():
+        raise UserError(
+            f"'{name}' is not in the local Hugging Face cache and the hub is unreachable (offline?); "
+            "give a preset or a local model folder"
+        )
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    import socket
+    import threading
+
+    reached: list[bool] = []
+
+    def connect() -> None:  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(reached)
 
 
 def _check_head(source: str, num_labels: int) -> None:

@@ -4,7 +4,7 @@
 each exchange, ``cfg.encoder.precision_bits`` on each encoder, ``cfg.mpc.provider`` on each
 product...), and one read costs ~35 us here: ``CrypTenConfig.__getattribute__`` first fails an
 object lookup, then OmegaConf resolves two nodes. A ``bert-base`` forward does ~60,000 reads per
-party, ~2 s of Python on the critical path (measured with cProfile, session 6).
+party, ~2 s of Python on the critical path (measured with cProfile).
 
 **How.** :func:`install` wraps ``CrypTenConfig.__getattribute__``: a config group (``cfg.mpc``)
 comes back as a :class:`CachedGroup` that remembers the values read through it. Writes go

@@ -19,20 +19,12 @@ import time
 import traceback
 from typing import Any, Callable, Sequence
 
+from mpcformer.errors import PartyFailure
 from mpcformer.mpc.config import MPCConfig
 
 __all__ = ["run_local", "PartyFailure"]
 
 log = logging.getLogger(__name__)
-
-
-class PartyFailure(RuntimeError):
-    """A party or the dealer failed or missed its deadline; all processes were stopped."""
-
-    def __init__(self, who: str, message: str):
-        super().__init__(f"{who} failed: {message}")
-        self.who = who
-        self.message = message
 
 
 def _party_main(fn, rank, world_size, rendezvous, config, args, kwargs, results, threads, send_progress) -> None:
