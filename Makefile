@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Both install first when needed.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+MONITOR_ARGS ?=
 
 .PHONY: install install-system demo test bench monitor clean
 
@@ -23,8 +24,9 @@ test: install install-system
 bench: install
 	$(PY) -m mpcformer.jobs.bench --model bert-base --seq-len 128 --approx exact,quad+2quad,quad+2relu,relu+softmax --out runs/bench
 
+# e.g. make monitor MONITOR_ARGS="--ray-temp-dir /tmp/my-ray --port 0"
 monitor: install
-	$(PY) -m mpcformer.jobs.monitor
+	$(PY) -m mpcformer.jobs.monitor $(MONITOR_ARGS)
 
 clean:
 	rm -rf .venv runs .pytest_cache

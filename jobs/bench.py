@@ -91,6 +91,16 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(cfg.approx), desc="bench", unit="combo") as bar, \
             tqdm(total=0, desc="layers", unit="layer", position=1, leave=False) as layers:
 
+        def starting(index: int) -> None:  # the parties and the dealer start before the first event
+            if index < len(cfg.approx):
+                bar.set_postfix_str(f"running {cfg.approx[index]}")
+                layers.set_description(f"{cfg.approx[index]}: starting the parties and the dealer")
+                layers.refresh()
+
+        def finished(name: str) -> None:
+            bar.update(1)
+            starting(bar.n)
+
         def on_party_progress(name: str, event: dict) -> None:
             # The client reports each forward it starts and each encoder layer it finishes.
             if event.get("kind") == "forward":
@@ -101,11 +111,8 @@ def run(args: argparse.Namespace) -> int:
                     layers.reset(total=event["total"])
                 layers.update(event["done"] - layers.n)
 
-        report = run_bench(
-            cfg,
-            progress=lambda name: (bar.set_postfix_str(name), bar.update(1)),
-            party_progress=on_party_progress,
-        )
+        starting(0)
+        report = run_bench(cfg, progress=finished, party_progress=on_party_progress)
     paths = write_report(report, args.out)
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -336,7 +336,7 @@ def test_sigterm_mid_job_exits_143_cleanly_and_the_rerun_completes(local_ray, da
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpcformer.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "mpcformer.jobs.infer", *argv[1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 300

@@ -77,6 +77,12 @@ def render_markdown(report: dict) -> str:
         "",
         "Latency is one forward of a model already built in the session; building it (sharing the "
         "owner's weights and sending each under its reusable mask) is paid once per session: last column.",
+        "",
+        "LAN and WAN: the latency projected onto a link between the parties (the compute measured here, plus "
+        "rounds x round-trip time plus bytes / bandwidth): "
+        + "; ".join(f"{name} {p['bandwidth_bps'] / 1e6:,.0f} Mbit/s, {p['rtt_s'] * 1e3:g} ms RTT"
+                    for name, p in report.get("profiles", {}).items())
+        + ". Comm time is the part of the latency spent in exchanges on this machine.",
     ]
     lines += ["", _truncation_line(report["combinations"])]
     env = report["environment"]
@@ -86,7 +92,8 @@ def render_markdown(report: dict) -> str:
 
 
 def render_plot(report: dict, path: Path) -> None:
-    """Stacked bars: time per operation category, one bar per approximation combination."""
+    """Stacked bars per operation category (time, rounds, MB), one bar per combination; the
+    speed-up over ``exact`` above each time bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,19 +101,24 @@ def render_plot(report: dict, path: Path) -> None:
 
     combos = report["combinations"]
     names = [c["approx"] for c in combos]
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.5))
-    for ax, metric, label in ((axes[0], "time_s", "time (s)"), (axes[1], "rounds", "rounds")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    panels = ((axes[0], "time_s", "time (s)", 1.0), (axes[1], "rounds", "rounds", 1.0), (axes[2], "bytes", "MB", 1e-6))
+    for ax, metric, label, scale in panels:
         bottom = [0.0] * len(combos)
         for op in CATEGORIES:
-            values = [c["ops"].get(op, {}).get(metric, 0.0) for c in combos]
+            values = [c["ops"].get(op, {}).get(metric, 0.0) * scale for c in combos]
             if any(values):
                 ax.bar(names, values, bottom=bottom, label=op)
                 bottom = [b + v for b, v in zip(bottom, values)]
         ax.set_ylabel(label)
         ax.set_title(f"{label} by operation")
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+        ax.tick_params(axis="x", labelrotation=15)
+    for x, c in enumerate(combos):
+        if c.get("speedup_vs_exact"):
+            axes[0].annotate(f"{c['speedup_vs_exact']:.2f}x", (x, c["latency_s"]), ha="center", va="bottom", fontsize=9)
+    axes[2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     s = report["settings"]
-    fig.suptitle(f"{s['model']}, seq len {s['seq_len']}, batch {s['batch_size']}")
+    fig.suptitle(f"{s['model']}, seq len {s['seq_len']}, batch {s['batch_size']} (speed-up vs exact above the time bars)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
