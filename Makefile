@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 MONITOR_ARGS ?=
 
-.PHONY: install install-system demo test bench monitor clean
+.PHONY: install install-system demo test test-fast bench monitor clean
 
 install:
 	@bash scripts/install.sh
@@ -20,6 +20,10 @@ demo: install
 
 test: install install-system
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: every test not marked slow (tests/conftest.py, SLOW_MODULES), about two minutes.
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m mpcformer.jobs.bench --model bert-base --seq-len 128 --approx exact,quad+2quad,quad+2relu,relu+softmax --out runs/bench

@@ -16,6 +16,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
 
+#: Modules that start MPC sessions, Ray clusters or Prometheus (most of the suite's time): marked
+#: ``slow``; ``make test-fast`` (``-m "not slow"``) runs the rest in the edit loop, ``make test`` all.
+SLOW_MODULES = {
+    "test_bench", "test_infer_job", "test_device_script", "test_leaks", "test_network", "test_truncation",
+    "test_encrypted_model", "test_prometheus_scrape", "test_ray_job_submit", "test_party_group",
+    "test_mpc_session", "test_keys", "test_host_staging", "test_sweep", "test_prg", "test_training",
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def sst2_dir() -> Path:
     path = SHARED / "data" / "sst2"
