@@ -16,8 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
 
-#: Modules that start MPC sessions, Ray clusters or Prometheus (most of the suite's time): marked
-#: ``slow``; ``make test-fast`` (``-m "not slow"``) runs the rest in the edit loop, ``make test`` all.
+#: Modules that start Ray clusters or Prometheus, or run whole encrypted models (most of the suite's
+#: time): marked ``slow``; ``make test-fast`` (``-m "not slow"``) runs the rest, small MPC sessions
+#: included, in the edit loop; ``make test`` runs all.
 SLOW_MODULES = {
     "test_bench", "test_infer_job", "test_device_script", "test_leaks", "test_network", "test_truncation",
     "test_encrypted_model", "test_prometheus_scrape", "test_ray_job_submit", "test_party_group",

@@ -324,6 +324,7 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_sigterm_mid_job_exits_143_cleanly_and_the_rerun_completes(local_ray, data_dir, tmp_path, capsys):
     """What Kubernetes, systemd and ``ray job stop`` send: the job stops its own embedded cluster,
     writes its counts, says how to resume and exits 143; the same command then finishes the run."""
+    import shutil
     import subprocess
     import sys
     import tempfile
@@ -335,29 +336,35 @@ def test_sigterm_mid_job_exits_143_cleanly_and_the_rerun_completes(local_ray, da
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mpcformer.jobs.infer", *argv[1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    log = tmp_path / "job.log"  # a file, not a pipe nobody reads while the job runs
     try:
-        deadline = time.monotonic() + 300
-        while not list((out / "batches").glob("*/batch-*.jsonl")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no batch finished in 300 s"
-            time.sleep(0.2)
-        assert _processes_mentioning(ray_tmp)  # the job's own Ray cluster is up
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        with open(log, "w") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mpcformer.jobs.infer", *argv[1:]], env=env, stdout=sink, stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 300
+            while not list((out / "batches").glob("*/batch-*.jsonl")):
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "no batch finished in 300 s"
+                time.sleep(0.2)
+            assert _processes_mentioning(ray_tmp)  # the job's own Ray cluster is up
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        deadline = time.monotonic() + 60
+        while _processes_mentioning(ray_tmp):  # actors, raylet and GCS of the job's cluster all stop
+            assert time.monotonic() < deadline, _processes_mentioning(ray_tmp)
+            time.sleep(0.5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    err = log.read_text()
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "run the same command again (same --out) to resume" in err, err
     status = json.loads((out / "status.json").read_text())
     assert not status["complete"] and status["combos"][COMBO]["batches"] >= 1
-    deadline = time.monotonic() + 60
-    while _processes_mentioning(ray_tmp):  # actors, raylet and GCS of the job's cluster all stop
-        assert time.monotonic() < deadline, _processes_mentioning(ray_tmp)
-        time.sleep(0.5)
     capsys.readouterr()
     assert main(argv) == 0
     assert "already finished" in capsys.readouterr().err  # the resumed run says so

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from typing import Iterator
 
 __all__ = ["connect", "metrics_url", "stop_on_sigterm"]
@@ -23,6 +25,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
     if ray.is_initialized():
         yield
         return
+    before = signal.getsignal(signal.SIGTERM)  # ray.init replaces it, and so does stop_on_sigterm
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -34,14 +37,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
         yield
     finally:
         ray.shutdown()
+        if before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
 
 
 def stop_on_sigterm() -> None:
-    """Make SIGTERM raise :class:`~mpcformer.errors.Terminated` in the main thread, so a job stops
-    as on Ctrl-C: ``finally`` blocks close actors and write the status, then the CLI exits 143."""
-    import signal
-    import threading
-
+    """Make SIGTERM raise :class:`~mpcformer.errors.Terminated` in the main thread (elsewhere it does
+    nothing), so a job stops as on Ctrl-C: ``finally`` blocks close actors and write the status,
+    then the CLI exits 143."""
     from mpcformer.errors import Terminated
 
     def terminated(signum, frame):

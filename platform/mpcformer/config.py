@@ -28,14 +28,15 @@ class StrictModel(BaseModel):
 def _format_validation_error(
     cls: type, err: ValidationError, source: str, overrides: dict[str, Any], names: dict[str, str]
 ) -> str:
-    """One line naming where the bad value came from: the flag or ``--set`` (``names``: dotted key
-    -> flag) that set the field or a section above it, else ``source`` (the YAML file)."""
+    """One line naming where the bad value came from. With ``names`` (dotted key -> flag; a job that
+    passes them), the flag or ``--set`` that set the field or a section above it; else ``source``."""
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
-    given = [key for key in overrides if where == key or where.startswith(key + ".")]
+    given = [key for key in overrides if where == key or where.startswith(key + ".")] if names else []
     if given:
-        key = given[0]
-        source = f"{names[key]} {overrides[key]}" if key in names else f"--set {key}={overrides[key]}"
+        key, value = given[0], overrides[given[0]]
+        value = ",".join(map(str, value)) if isinstance(value, list) else value
+        source = f"{names[key]} {value}" if key in names else f"--set {key}={value}"
     return f"{source}: invalid {cls.__name__} field '{where}': {first['msg']}"
 
 

@@ -16,7 +16,9 @@ temporary name, fsyncs and renames it (atomic on POSIX), under a lock that also 
 records to ``predictions.jsonl``. A re-run skips finished batches; a batch computed twice (a
 retry racing a late commit) is committed once. The client rebuilds ``predictions.jsonl`` from the
 batch files when a run starts and ends (:meth:`BatchStore.rebuild_predictions`), so partial appends
-of an interrupted run never survive. The driver only tests which batch files exist.
+of an interrupted run never survive. The driver only tests which batch files exist; it replaces
+``run.json`` (and the events, status and summary beside it) only when the folder holds a
+different run that finished no batch, a failed start.
 """
 
 from __future__ import annotations
@@ -142,15 +144,16 @@ class BatchStore:
         """How many batch files this folder holds (what a resumed run would keep)."""
         return sum(1 for _ in self.root.glob(f"{_BATCH_DIR}/*/batch-*.jsonl"))
 
+    def _previous_run(self) -> dict[str, Any] | None:
+        info_path = self.root / "run.json"
+        return json.loads(info_path.read_text()) if info_path.exists() else None
+
     def check_same_run(self, run_info: dict[str, Any]) -> None:
         """Refuse a folder that holds a different run with finished batches; writes nothing.
         A different run that finished nothing (a failed start) does not block: :meth:`open`
-        replaces its ``run.json``."""
-        info_path = self.root / "run.json"
-        if not info_path.exists():
-            return
-        previous = json.loads(info_path.read_text())
-        if previous != json.loads(json.dumps(run_info)) and self.finished_batches():
+        replaces it."""
+        previous = self._previous_run()
+        if previous is not None and not _same_run(previous, run_info) and self.finished_batches():
             changed = sorted(k for k in set(previous) | set(run_info) if previous.get(k) != run_info.get(k))
             raise UserError(
                 f"{self.root} holds a different run with {self.finished_batches()} finished batches "
@@ -158,15 +161,16 @@ class BatchStore:
             )
 
     def open(self, run_info: dict[str, Any]) -> None:
-        """Create the folder, or check that it holds the same run (then it resumes)."""
+        """Create the folder, or resume the run it holds; a different run that finished no batch
+        (a failed start) is replaced, its events, status and summary deleted with it."""
         self.check_same_run(run_info)
         self.root.mkdir(parents=True, exist_ok=True)
-        info_path = self.root / "run.json"
-        text = json.dumps(run_info, indent=2, sort_keys=True) + "\n"
-        if not info_path.exists() or info_path.read_text() != text:  # new, or a failed start's
+        previous = self._previous_run()
+        if previous is not None and not _same_run(previous, run_info):
             for stale in ("events.jsonl", "status.json", "summary.json", _PREDICTIONS):
                 (self.root / stale).unlink(missing_ok=True)
-            _write_atomic(info_path, text)
+        if previous is None or not _same_run(previous, run_info):
+            _write_atomic(self.root / "run.json", json.dumps(run_info, indent=2, sort_keys=True) + "\n")
         for pattern in (f"{_BATCH_DIR}/*/.batch-*.tmp", ".*.tmp"):  # writes cut short by an interruption
             for stray in self.root.glob(pattern):
                 stray.unlink(missing_ok=True)
@@ -207,7 +211,11 @@ class BatchStore:
         return path
 
 
-def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
+def _same_run(previous: dict[str, Any], run_info: dict[str, Any]) -> bool:
+    return previous == json.loads(json.dumps(run_info))  # both as JSON reads them
+
+
+def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float | None]:
     """Nearest-rank percentiles ``p<q>`` plus ``mean`` and ``max`` (empty input gives None: JSON has no NaN)."""
     if not values:
         return {**{f"p{q}": None for q in qs}, "mean": None, "max": None}

@@ -7,7 +7,9 @@ A run is three steps on a pool of ``pool.groups`` party groups (the party operat
 :mod:`mpcformer.cluster.infer_batch`):
 
 1. prepare: party 0 publishes its model's public bundle to the client; the client checks every
-   example of the run against it and returns how many there are (the driver never reads the data);
+   example of the run against it and returns how many there are (a driver that joins a cluster
+   never reads the data; one that starts its own, on the parties' machine, checks it up front
+   with :func:`check_local_inputs`);
 2. batches: the split is cut into batches of ``batch_size`` sequences (one MPC forward each), for
    every combo, run concurrently by the K groups; each client actor commits its batch to ``out``
    as soon as it completes (see :mod:`mpcformer.cluster.batches` for the layout). Running again
@@ -36,7 +38,9 @@ from mpcformer.cluster.scheduler import PoolConfig
 from mpcformer.config import StrictModel
 from mpcformer.data.loading import DataConfig
 
-__all__ = ["InferConfig", "run_infer", "prepare_item", "plan_run", "summary_item", "with_absolute_paths"]
+__all__ = [
+    "InferConfig", "run_infer", "check_local_inputs", "prepare_item", "plan_run", "summary_item", "with_absolute_paths",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +97,14 @@ def check_local_inputs(cfg: InferConfig) -> None:
     starts: the output folder, the model name or folder, the data file and its format. Each
     failure is a one-line ``UserError``; the parties check again where they run."""
     from mpcformer.cluster.batches import BatchStore
-    from mpcformer.data.loading import TextExamples, load_split, reject_empty_examples
+    from mpcformer.data.loading import load_split, reject_empty_examples
     from mpcformer.models.presets import check_model_source
 
     cfg = with_absolute_paths(cfg)
     BatchStore(cfg.out).check_same_run(_run_info(cfg))
     check_model_source(cfg.model)
-    examples = load_split(cfg.data, cfg.split, cfg.seed)
-    count = min(len(examples), cfg.limit or len(examples))
-    reject_empty_examples(TextExamples(examples.spec, examples.texts[:count], examples.labels[:count], examples.source), cfg.split)
+    examples = load_split(cfg.data, cfg.split, cfg.seed).head(cfg.limit)
+    reject_empty_examples(examples, cfg.split)
 
 
 def _run_info(cfg: InferConfig) -> dict[str, Any]:
@@ -196,7 +199,7 @@ def run_infer(
         todo = [batch for batch in batches if not store.is_done(batch)]
         log.info("%d batches (%d examples x %d combos), %d to run", len(batches), num_examples, len(cfg.combos), len(todo))
         if len(todo) < len(batches):
-            done = [batch for batch in batches if batch not in todo]
+            done = [batch for batch in batches if store.is_done(batch)]
             print(
                 f"infer: resuming {cfg.out}: {len(done)} of {len(batches)} batches "
                 f"({sum(len(b.example_ids) for b in done)} examples) already finished", file=sys.stderr,
@@ -205,8 +208,7 @@ def run_infer(
         try:
             _run_batches(pool, cfg, [items[batch.key] for batch in todo], len(batches), progress, on_batch)
         finally:  # also after a failure or an interruption: the driver's counts
-            status = _status(cfg, store, batches, num_examples, pool.failures, time.monotonic() - tic)
-            status["truncated_examples"] = truncated
+            status = _status(cfg, store, batches, num_examples, truncated, pool.failures, time.monotonic() - tic)
             store.write_status(status)
         if status["complete"]:
             header = {key: status[key] for key in _SUMMARY_HEADER}
@@ -265,13 +267,16 @@ _SUMMARY_HEADER = (
 )
 
 
-def _status(cfg: InferConfig, store, batches, num_examples: int, failures, wall_s: float) -> dict[str, Any]:
+def _status(
+    cfg: InferConfig, store, batches, num_examples: int, truncated: int, failures, wall_s: float
+) -> dict[str, Any]:
     """The driver's view of the run: counts and paths only (which batch files exist)."""
     done = {combo: sum(store.is_done(b) for b in batches if b.combo == combo) for combo in cfg.combos}
     return {
         "model": cfg.model,
         "split": cfg.split,
         "examples": num_examples,
+        "truncated_examples": truncated,  # longer than data.max_length, cut to it
         "batch_size": cfg.batch_size,
         "groups": cfg.pool.groups,
         "combos": {combo: {"batches": count} for combo, count in done.items()},  # committed

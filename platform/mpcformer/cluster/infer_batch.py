@@ -193,17 +193,16 @@ def client_prepare(rank: int, run: RunData) -> dict[str, Any]:
     bundle and tidy the output folder. Writes nothing when a check fails. Returns counts and paths."""
     from mpcformer.cluster.batches import BatchStore, plan_batches
     from mpcformer.cluster.bundle import PublicBundle, bundle_tokenizer, install_public_bundle
-    from mpcformer.data import TextExamples, overlong_examples, reject_empty_examples
+    from mpcformer.data import overlong_examples, reject_empty_examples
     from mpcformer.mpc.compat import crypten
 
     sent = crypten.communicator.get().broadcast_obj(None, src=0)
     bundle = PublicBundle(sent["facts"], sent["files"])
     tokenizer = bundle_tokenizer(bundle)
-    examples = _client_examples(run.data, run.split, run.seed)
-    count = min(len(examples), run.limit) if run.limit else len(examples)
+    examples = _client_examples(run.data, run.split, run.seed).head(run.limit)
+    count = len(examples)
     if count == 0:
         raise UserError(f"the {run.split} split has no examples: nothing to infer")
-    examples = TextExamples(examples.spec, examples.texts[:count], examples.labels[:count], examples.source)
     reject_empty_examples(examples, run.split)
     truncated = len(overlong_examples(examples, tokenizer, _max_length(run)))
     for start in range(0, count, _CHECK_CHUNK):

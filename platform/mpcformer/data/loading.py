@@ -86,6 +86,10 @@ class TextExamples:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def head(self, limit: int | None) -> "TextExamples":
+        """The first ``limit`` examples (all of them when ``limit`` is None)."""
+        return TextExamples(self.spec, self.texts[:limit], self.labels[:limit], self.source)
+
 
 def resolve_task(cfg: DataConfig) -> TaskSpec:
     """The task spec for ``cfg``: a known task with column overrides, or a fully custom one."""
@@ -174,7 +178,7 @@ def read_table(path: str | Path) -> dict[str, list[Any]]:
     try:
         return reader(path)
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); save it as UTF-8") from None
+        raise UserError(f"{path}: not UTF-8 text (it holds the byte {err.object[err.start]:#04x}); save it as UTF-8") from None
 
 
 def _find_split_file(data_dir: Path, split: Split) -> Path:

@@ -100,30 +100,43 @@ def check_model_source(name: str) -> None:
         return
     from huggingface_hub import try_to_load_from_cache
 
-    if not isinstance(try_to_load_from_cache(name, "config.json"), str) and not _hub_reachable():
-        raise UserError(
-            f"'{name}' is not in the local Hugging Face cache and the hub is unreachable (offline?); "
-            "give a preset or a local model folder"
-        )
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # huggingface_hub's repo id validation: not a hub name
+        raise _unknown(name) from None
+    if not cached:
+        _check_on_hub(name)
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    import socket
+def _check_on_hub(name: str, timeout_s: float = 5.0) -> None:
+    """UserError unless the hub (``HF_ENDPOINT``, through the environment's proxies) serves ``name``."""
     import threading
 
-    reached: list[bool] = []
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    def connect() -> None:  # in a thread: name resolution has no timeout of its own
+    outcome: list[BaseException | None] = []
+
+    def ask() -> None:  # in a thread: name resolution has no timeout of its own
         try:
-            socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
-            reached.append(True)
-        except OSError:
-            pass
+            model_info(name, timeout=timeout_s)
+            outcome.append(None)
+        except GatedRepoError:  # it exists; the download will ask for the token
+            outcome.append(None)
+        except Exception as err:  # noqa: BLE001 - any failure to get an answer
+            outcome.append(err)
 
-    thread = threading.Thread(target=connect, daemon=True)
+    thread = threading.Thread(target=ask, daemon=True)
     thread.start()
-    thread.join(timeout_s)
-    return bool(reached)
+    thread.join(timeout_s + 1)
+    if outcome and outcome[0] is None:
+        return
+    if outcome and isinstance(outcome[0], RepositoryNotFoundError):
+        raise UserError(f"'{name}' is not a model on the hub; give a preset or a local model folder")
+    raise UserError(
+        f"'{name}' is not in the local Hugging Face cache and the hub did not answer (offline?); "
+        "give a preset or a local model folder"
+    )
 
 
 def _check_head(source: str, num_labels: int) -> None:
