@@ -304,6 +304,59 @@ def test_each_role_mounts_only_its_own_volumes():
                 assert "group.role_resources=true" in _entrypoint(doc), name
 
 
+def _mount_paths(group: dict) -> list[tuple[str, bool]]:
+    """(mount path, writable) of every volume a pod template's containers mount."""
+    return [(m["mountPath"], not m.get("readOnly", False))
+            for c in group["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])]
+
+
+def _reaches(group: dict, path: str, write: bool = False) -> bool:
+    return any(path == mount or path.startswith(mount.rstrip("/") + "/")
+               for mount, writable in _mount_paths(group) if writable or not write)
+
+
+def _role_groups(job: dict) -> dict[str, dict]:
+    """The head and each worker group of a RayJob, by the role its custom resource names."""
+    from mpcformer.cluster.config import ROLE_RESOURCES
+
+    roles = {ROLE_RESOURCES[0]: "owner", ROLE_RESOURCES[1]: "client", ROLE_RESOURCES["dealer"]: "dealer"}
+    spec = job["spec"]["rayClusterSpec"]
+    groups = {"head": spec["headGroupSpec"]}
+    for group in spec["workerGroupSpecs"]:
+        offered = json.loads(json.loads(group["rayStartParams"].get("resources", '"{}"')))
+        groups[roles[next(iter(offered))] if offered else group["groupName"]] = group
+    return groups
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl missing: run `bash scripts/install-system.sh`")
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_each_role_of_every_rendered_rayjob_mounts_what_it_reads_and_writes(overlay):
+    """What each process of a job opens (docs/ray-jobs.md, *Where things run and what they read*) lies
+    under a volume its pod mounts: the infer driver writes run.json/status.json under --out, party 0 reads
+    --model, party 1 reads --data and writes --out; the sweep driver reads its --config and writes the
+    storage path, and the trainers read the teacher and data and write the storage path."""
+    from mpcformer.sweep import SweepConfig
+
+    jobs = {d["metadata"]["name"]: d for d in _render(overlay) if d["kind"] == "RayJob"}
+    assert set(jobs) == {"mpcformer-infer", "mpcformer-sweep"}
+
+    infer, argv = _role_groups(jobs["mpcformer-infer"]), _entrypoint(jobs["mpcformer-infer"])
+    arg = lambda flag: argv[argv.index(flag) + 1]  # noqa: E731
+    assert _reaches(infer["head"], arg("--out"), write=True)
+    assert _reaches(infer["owner"], arg("--model"))
+    assert _reaches(infer["client"], arg("--data")) and _reaches(infer["client"], arg("--out"), write=True)
+    assert not _mount_paths(infer["dealer"])
+
+    sweep, argv = _role_groups(jobs["mpcformer-sweep"]), _entrypoint(jobs["mpcformer-sweep"])
+    assert _reaches(sweep["head"], argv[argv.index("--config") + 1])
+    configmap = next(d for d in _render(overlay) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mpcformer-sweep")
+    config = SweepConfig.model_validate(yaml.safe_load(configmap["data"]["sweep.yaml"]))
+    assert _reaches(sweep["head"], config.storage_path, write=True)
+    trainers = [g for role, g in sweep.items() if role != "head"]
+    assert trainers and all(_reaches(g, config.storage_path, write=True) for g in trainers)
+    assert all(_reaches(g, config.base["teacher"]) and _reaches(g, config.base["data"]["data_dir"]) for g in trainers)
+
+
 # ------------------------------------------------------------------------------- dashboards
 def test_grafana_configmap_is_generated_from_the_dashboards():
     committed = (K8S / "base" / "grafana-dashboards.yaml").read_text()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from mpcformer.observability.dashboards import dashboard_files, load_dashboard, panel_queries, substitute, variables
-from mpcformer.observability.prometheus import PrometheusAPI, PrometheusServer, write_config
+from mpcformer.observability.prometheus import PrometheusAPI, PrometheusServer, free_ports, write_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from obs_support import LocalRayHead  # noqa: E402
@@ -243,3 +243,27 @@ def test_monitor_job_scrapes_through_a_discovery_file_and_stops_on_ctrl_c_or_sig
     assert code == 0, log_path.read_text()
     assert "Prometheus stopped." in log_path.read_text()
     assert not outlived, "Prometheus outlived the monitor"
+
+
+@pytest.mark.timeout(120)
+def test_a_node_added_to_a_linked_discovery_file_is_found_within_a_few_scrape_intervals(tmp_path):
+    """Ray's discovery file is a link into its session folder, and the head rewrites the file there
+    (the link's folder sees no event). Prometheus must still find a new node's target by the next
+    refresh (one scrape interval), not after file SD's 5-minute default."""
+    session = tmp_path / "ray" / "session_1"
+    session.mkdir(parents=True)
+    (session / "prom_metrics_service_discovery.json").write_text("[]")
+    (tmp_path / "ray" / "prom_metrics_service_discovery.json").symlink_to(session / "prom_metrics_service_discovery.json")
+    config = write_config(tmp_path / "prometheus.yml", ray_sd_files=[tmp_path / "ray" / "prom_metrics_service_discovery.json"],
+                          scrape_interval="1s")
+    with PrometheusServer(config, tmp_path / "tsdb") as prom:
+        time.sleep(2)  # Prometheus has read the empty file
+        target = f"127.0.0.1:{free_ports(1)[0]}"
+        new = session / "new.json"  # the head writes a new file and renames it over the old one
+        new.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": [target]}]))
+        new.replace(session / "prom_metrics_service_discovery.json")
+        deadline, found = time.monotonic() + 30, []  # 30 scrape intervals; the default refresh is 300 s
+        while time.monotonic() < deadline and not found:
+            found = [t for t in prom.api.active_targets() if t["labels"].get("instance") == target]
+            time.sleep(0.5)
+    assert found, f"Prometheus did not find {target} in the linked discovery file within 30 s"

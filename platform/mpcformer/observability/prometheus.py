@@ -95,7 +95,10 @@ def write_config(
     """
     scrape_configs: list[dict[str, Any]] = []
     if ray_sd_files:
-        ray_job: dict[str, Any] = {"job_name": "ray", "file_sd_configs": [{"files": [str(f) for f in ray_sd_files]}]}
+        # Ray's discovery file is a link into the session folder, so Prometheus's file watch misses its
+        # updates; re-reading it every scrape interval finds a new node's target by the next scrape.
+        sd_config = {"files": [str(f) for f in ray_sd_files], "refresh_interval": scrape_interval}
+        ray_job: dict[str, Any] = {"job_name": "ray", "file_sd_configs": [sd_config]}
         if loopback:
             ray_job["relabel_configs"] = _loopback_relabel()
         scrape_configs.append(ray_job)
