@@ -100,7 +100,7 @@ class PartyActor:
 
     def open(self, rendezvous: str) -> None:
         """Join the MPC session (blocks until every party and the dealer joined, or the deadline)."""
-        from mpcformer.cluster.context import PartyContext, set_party_context
+        from mpcformer.mpc.party_context import PartyContext, set_party_context
         from mpcformer.mpc import progress
         from mpcformer.mpc.session import MPCSession
 
@@ -126,7 +126,7 @@ class PartyActor:
 
     def close(self) -> None:
         """Leave the session (on rank 0 this also ends the dealer). Safe to call twice."""
-        from mpcformer.cluster.context import set_party_context
+        from mpcformer.mpc.party_context import set_party_context
         from mpcformer.mpc import progress
 
         session, self._session = self._session, None

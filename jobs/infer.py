@@ -100,7 +100,7 @@ def _flag_names(args: argparse.Namespace) -> dict[str, str]:
 
 
 def build_infer_config(args: argparse.Namespace):
-    from mpcformer.cluster.infer import InferConfig
+    from mpcformer.inference.job import InferConfig
     from mpcformer.config import build_config, load_config
 
     overrides, names = _overrides(args), _flag_names(args)
@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from mpcformer.cluster.batches import BatchStore
-    from mpcformer.cluster.infer import check_local_inputs, run_infer
+    from mpcformer.inference.batches import BatchStore
+    from mpcformer.inference.job import check_local_inputs, run_infer
     from mpcformer.cluster.scheduler import JobFailed
     from mpcformer.cluster_connect import connect
     from mpcformer.errors import UserError

@@ -51,7 +51,7 @@ def private_inference_jobs(rank: int, jobs: list[dict[str, Any]]) -> list[dict[s
     :func:`inv_sqrt_values` instead (one session for every encrypted check).
     """
     from mpcformer.errors import UserError
-    from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.inference.protocol import run_private_inference
     from mpcformer.mpc.compat import crypten
 
     results = []
@@ -110,7 +110,7 @@ def broadcast_fingerprints(rank: int, model_name: str, times: int) -> dict[str, 
     """The weights key the owner broadcasts, ``times`` times in this session (the client receives
     it), and the unkeyed hash of the weights the owner keeps to itself."""
     from mpcformer.approx import Combo
-    from mpcformer.models.private_inference import _exchange_architecture, weights_fingerprint
+    from mpcformer.inference.protocol import _exchange_architecture, weights_fingerprint
     from mpcformer.mpc.session import session_device
 
     model = build_model(model_name) if rank == 0 else None

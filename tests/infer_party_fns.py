@@ -63,9 +63,9 @@ def sealed(rank: int, folder: str, operation: str, args: tuple, kwargs: dict) ->
 @party_operation
 def tampered(rank: int, key: str, value: int, operation: str, args: tuple, kwargs: dict) -> Any:
     """Run ``operation`` with ``tensors[key][0, -1] = value`` in every batch the client tokenises."""
-    import mpcformer.cluster.infer_batch as infer_batch
+    import mpcformer.inference.party_ops as party_ops
 
-    real = getattr(infer_batch._tensors, "__wrapped__", infer_batch._tensors)
+    real = getattr(party_ops._tensors, "__wrapped__", party_ops._tensors)
 
     def altered(*a, **k):
         tensors, labels = real(*a, **k)
@@ -73,5 +73,5 @@ def tampered(rank: int, key: str, value: int, operation: str, args: tuple, kwarg
         return tensors, labels
 
     altered.__wrapped__ = real
-    infer_batch._tensors = altered
+    party_ops._tensors = altered
     return resolve_operation(operation)(rank, *args, **kwargs)

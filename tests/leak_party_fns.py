@@ -74,7 +74,7 @@ def private_inference_tapped(rank: int, out_dir: str, preset: str, combos: list,
     """Private inference on ``preset`` (the owner builds it from the seed) once per combo, each
     combo's traffic recorded apart (``<combo>-party<rank>.pt``)."""
     from mpcformer.models.presets import load_preset
-    from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.inference.protocol import run_private_inference
     from mpcformer.mpc.leak_tap import LeakTap
 
     model = None
@@ -103,7 +103,7 @@ def private_inference_batches_tapped(
     traffic and held buffers recorded apart (``<combo>-<batch index>-party<rank>.pt``). With
     ``stock_reveal`` the logits are opened with CrypTen's ``get_plain_text(dst=client)`` instead
     (the positive control). Returns the client's decrypted logits (``None`` on the owner)."""
-    from mpcformer.models import private_inference
+    from mpcformer.inference import protocol as private_inference
     from mpcformer.models.presets import load_preset
     from mpcformer.mpc.leak_tap import LeakTap
 

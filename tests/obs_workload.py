@@ -1,6 +1,6 @@
 """A Ray job that produces every mpcformer metric from real work (test driver).
 
-Inference is the real encrypted inference job, :func:`mpcformer.cluster.infer.run_infer` (the
+Inference is the real encrypted inference job, :func:`mpcformer.inference.job.run_infer` (the
 ``tiny`` preset, one combo after another, on the first ``--limit`` sentences of SST-2 dev): its
 parties record their forwards, the scheduler party-group health and batches in flight, the driver
 batches. The sweep is small: tiny plaintext students fitted as Ray tasks, one per approximation.
@@ -49,7 +49,7 @@ def fit_student(combo_name: str, steps: int, seed: int) -> dict:
 def run_inference(job: str, combos: list[str], data_dir: str, limit: int, batch_size: int, out: str) -> dict:
     """The real encrypted inference job on the connected cluster; returns its summary."""
     from mpcformer.cluster.config import PartyGroupConfig
-    from mpcformer.cluster.infer import InferConfig, run_infer
+    from mpcformer.inference.job import InferConfig, run_infer
     from mpcformer.data.loading import DataConfig
     from mpcformer.mpc.config import MPCConfig
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpcformer.models.private_inference import plaintext_logits
+from mpcformer.inference.protocol import plaintext_logits
 from mpcformer.mpc.config import MPCConfig
 from mpcformer.mpc.launcher import run_local
 

@@ -22,7 +22,7 @@ from mpcformer.models.encrypted_bert import (
     embeddings_input_scale,
     hf_key,
 )
-from mpcformer.models.private_inference import plaintext_logits
+from mpcformer.inference.protocol import plaintext_logits
 from mpcformer.models.surgery import approximate
 from mpcformer.mpc.launcher import run_local
 

@@ -13,7 +13,7 @@ from unittest import mock
 import pytest
 
 from mpcformer.cli import main
-from mpcformer.cluster.batches import BatchStore, commit_batch
+from mpcformer.inference.batches import BatchStore, commit_batch
 from mpcformer.data import write_synthetic_sentiment
 from mpcformer.errors import UserError
 
@@ -30,7 +30,7 @@ def _run_blocked(argv: list[str]) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch("mpcformer.cluster_connect.connect", reached))
-        stack.enter_context(mock.patch("mpcformer.cluster.infer.run_infer", reached))
+        stack.enter_context(mock.patch("mpcformer.inference.job.run_infer", reached))
         stack.enter_context(contextlib.redirect_stderr(err))
         stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
         code = main(argv)

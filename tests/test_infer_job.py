@@ -18,7 +18,7 @@ from conftest import PARTY_FNS_RUNTIME_ENV, leftovers
 
 ray = pytest.importorskip("ray")
 
-from mpcformer.cluster.infer import InferConfig, run_infer  # noqa: E402
+from mpcformer.inference.job import InferConfig, run_infer  # noqa: E402
 from mpcformer.config import load_config  # noqa: E402
 from mpcformer.data import write_synthetic_sentiment  # noqa: E402
 
@@ -67,7 +67,7 @@ def plaintext_predictions(data_dir: Path, count: int) -> list[int]:
     """The plaintext approximated model on the same tokens, computed here in the test process."""
     from mpcformer.data import DataConfig, collate, encode, load_split
     from mpcformer.models.presets import load_preset
-    from mpcformer.models.private_inference import plaintext_logits
+    from mpcformer.inference.protocol import plaintext_logits
 
     model, tokenizer = load_preset("tiny", num_labels=2, seed=0)
     examples = load_split(DataConfig(task="sst2", data_dir=str(data_dir), max_length=16), "dev")
@@ -159,8 +159,8 @@ def test_the_driver_sends_each_party_paths_and_ids_only(data_dir, tmp_path):
     """Data locality: the owner's request names its model and the combo, the client's its data
     file and example ids and, only in the evaluation mode check_plaintext, the owner's model;
     neither carries the other side's plaintext."""
-    from mpcformer.cluster.infer import plan_run, prepare_item, with_absolute_paths
-    from mpcformer.cluster.infer_batch import client_batch, client_prepare, owner_batch, owner_prepare
+    from mpcformer.inference.job import plan_run, prepare_item, with_absolute_paths
+    from mpcformer.inference.party_ops import client_batch, client_prepare, owner_batch, owner_prepare
 
     cfg = with_absolute_paths(tiny_config(data_dir, tmp_path / "out", check_plaintext=False))
     owner_prepares, client_prepares = prepare_item(cfg).calls
@@ -179,7 +179,7 @@ def test_the_driver_sends_each_party_paths_and_ids_only(data_dir, tmp_path):
 
 
 def test_commits_are_atomic_and_once_and_percentiles_use_nearest_rank(tmp_path):
-    from mpcformer.cluster.batches import BatchStore, commit_batch, percentiles, plan_batches
+    from mpcformer.inference.batches import BatchStore, commit_batch, percentiles, plan_batches
 
     batches = plan_batches(5, 2, ["exact", COMBO])
     assert [(b.combo, b.example_ids) for b in batches[:3]] == [("exact", (0, 1)), ("exact", (2, 3)), ("exact", (4,))]
@@ -251,7 +251,7 @@ def test_infer_succeeds_when_the_client_cannot_read_the_owners_folder(local_ray,
     from infer_party_fns import sealed
 
     from mpcformer.cli import main
-    from mpcformer.models.private_inference import plaintext_logits
+    from mpcformer.inference.protocol import plaintext_logits
     from mpcformer.models.presets import load_preset
     from mpcformer.data import DataConfig, collate, encode, load_split
 

@@ -326,7 +326,7 @@ def test_tiny_secrets_would_be_found(tiny_inputs):
 
 @pytest.mark.parametrize("combo", TINY_COMBOS)
 def test_private_inference_on_tiny_leaks_nothing(tiny_run, combo):
-    from mpcformer.models.private_inference import plaintext_logits
+    from mpcformer.inference.protocol import plaintext_logits
 
     model, ids, mask, out, results = tiny_run
     expected = plaintext_logits(model, combo, ids, mask)

@@ -104,7 +104,7 @@ def test_stdlib_platform_is_not_shadowed_from_repo_root():
 
 def test_leaving_a_session_runs_the_close_hooks(tmp_path):
     """What only one session can use (the encrypted model and its masks) is dropped when it ends."""
-    from mpcformer.models import private_inference
+    from mpcformer.inference import protocol as private_inference
     from mpcformer.mpc import session
 
     generations = run_local(fns.hook_on_close, args=(str(tmp_path / "closed"),))

@@ -20,7 +20,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from mpcformer.cluster.config import PartyGroupConfig  # noqa: E402
 from mpcformer.cluster.party_group import GroupFailure, PartyCall, PartyGroup, PlacementError, plan_placement  # noqa: E402
-from mpcformer.cluster.probe import encrypted_matmul, encrypted_steps  # noqa: E402
+from probe_party_fns import encrypted_matmul, encrypted_steps  # noqa: E402
 from mpcformer.operations import OperationRefused  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,8 +92,8 @@ def test_a_party_runs_only_registered_operations(three_nodes):
         with pytest.raises(OperationRefused, match="not a party operation"):  # the driver will not send it
             group.run([PartyCall(not_an_operation)] * 2)
         party = ray.get_actor(f"{group.name}/party-0")
-        assert ray.get(party.run.remote("mpcformer.cluster.infer_batch:owner_idle")) is None  # registered
-        for name in ("group_party_fns:not_an_operation", "os:system", "mpcformer.cluster.infer:run_infer", "no-colon"):
+        assert ray.get(party.run.remote("mpcformer.inference.party_ops:owner_idle")) is None  # registered
+        for name in ("group_party_fns:not_an_operation", "os:system", "mpcformer.inference.job:run_infer", "no-colon"):
             with pytest.raises(ray.exceptions.RayTaskError) as refused:
                 ray.get(party.run.remote(name, ("echo ran",)))
             assert isinstance(refused.value.cause, OperationRefused), name

@@ -414,7 +414,7 @@ class _ReachedHeavyWork(BaseException):
 
 
 _HEAVY = [
-    ("mpcformer.cluster.infer", "run_infer"),
+    ("mpcformer.inference.job", "run_infer"),
     ("mpcformer.cluster_connect", "connect"),
     ("mpcformer.bench.runner", "run_bench"),
     ("mpcformer.bench.runner", "write_report"),
@@ -663,10 +663,10 @@ def test_check_model_inputs(ids, vocab, max_positions):
     st.integers(1, 32), st.integers(1, 6), st.integers(1, 40),
 )
 def test_the_clients_live_check_against_the_owners_public_bundle(ids, mask, vocab, max_positions, tokenizer_vocab):
-    """What the client runs on every batch before anything is shared (cluster/infer_batch.py)."""
+    """What the client runs on every batch before anything is shared (inference/party_ops.py)."""
     import torch
 
-    from mpcformer.cluster.infer_batch import check_client_tensors
+    from mpcformer.inference.party_ops import check_client_tensors
     from mpcformer.validation import InputError
 
     width = min(len(row) for row in ids + mask)

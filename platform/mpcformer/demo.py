@@ -69,7 +69,7 @@ def resolve_demo_data(cfg: DemoConfig, say: Callable[[str], None]) -> tuple[Data
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the four steps on the connected Ray cluster; returns the figures behind the table."""
-    from mpcformer.cluster.infer import InferConfig, run_infer
+    from mpcformer.inference.job import InferConfig, run_infer
     from mpcformer.training.config import DistillConfig, FinetuneConfig
     from mpcformer.training.distill import run_distill
     from mpcformer.training.finetune import run_finetune

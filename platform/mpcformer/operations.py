@@ -6,7 +6,7 @@ function registered under that name in its own process:
     @party_operation                       # in an installed module, at module level
     def owner_batch(rank, request): ...
 
-    PartyCall(owner_batch, (request,))     # the driver sends "mpcformer.cluster.infer_batch:owner_batch"
+    PartyCall(owner_batch, (request,))     # the driver sends "mpcformer.inference.party_ops:owner_batch"
 
 A name is ``<module>:<function>``. The actor finds an operation that is not registered yet by
 importing its module, for modules of the ``mpcformer`` package and for the modules listed in the

@@ -83,7 +83,7 @@ def bench_party(
     import torch
 
     from mpcformer.models.presets import load_preset_model
-    from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.inference.protocol import run_private_inference
     from mpcformer.mpc import progress
     from mpcformer.mpc.costs import CostLedger
 

@@ -145,7 +145,7 @@ def recording(rank: int, ledger: Any) -> Iterator[_Recorder]:
 def truncation_party(rank: int, model_name: str, combo: str, sequences: list[list[int]], seed: int) -> list[dict]:
     """One party's side: one encrypted forward per sequence, each division recorded (party 0's tallies)."""
     from mpcformer.models.presets import load_preset_model
-    from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.inference.protocol import run_private_inference
     from mpcformer.mpc.costs import CostLedger
 
     model = None

@@ -3,7 +3,7 @@
 A run is three steps, each a pair of calls (party 0, party 1) on one party group:
 
 1. **prepare**: the model owner (party 0) publishes the public bundle of its model
-   (:mod:`mpcformer.cluster.bundle`: tokenizer files and architecture facts, never weights) to the
+   (:mod:`mpcformer.inference.bundle`: tokenizer files and architecture facts, never weights) to the
    client over the session's channel. The client (party 1) loads its examples, tokenises them
    with the bundle's tokenizer and checks every one against the bundle's facts
    (:mod:`mpcformer.validation`) before anything is shared or written; then it keeps the bundle
@@ -175,7 +175,7 @@ def check_client_tensors(facts: dict[str, Any], tokenizer_vocab: int, tensors: d
 @party_operation
 def owner_prepare(rank: int, source: ModelSource) -> dict[str, Any]:
     """Party 0: send the public bundle of its model to the client; return the bundle's digest."""
-    from mpcformer.cluster.bundle import build_public_bundle
+    from mpcformer.inference.bundle import build_public_bundle
     from mpcformer.mpc.compat import crypten
 
     model, tokenizer = _load_owner(source)
@@ -191,8 +191,8 @@ _CHECK_CHUNK = 256  # examples tokenised and checked at a time in prepare
 def client_prepare(rank: int, run: RunData) -> dict[str, Any]:
     """Party 1: receive the owner's bundle, check every example of the run against it, then keep the
     bundle and tidy the output folder. Writes nothing when a check fails. Returns counts and paths."""
-    from mpcformer.cluster.batches import BatchStore, plan_batches
-    from mpcformer.cluster.bundle import PublicBundle, bundle_tokenizer, install_public_bundle
+    from mpcformer.inference.batches import BatchStore, plan_batches
+    from mpcformer.inference.bundle import PublicBundle, bundle_tokenizer, install_public_bundle
     from mpcformer.data import overlong_examples, reject_empty_examples
     from mpcformer.mpc.compat import crypten
 
@@ -219,7 +219,7 @@ def client_prepare(rank: int, run: RunData) -> dict[str, Any]:
 @party_operation
 def owner_batch(rank: int, request: OwnerBatch) -> dict[str, Any]:
     """Party 0: share the model, run the encrypted forward; send its own cost totals to the client."""
-    from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.inference.protocol import run_private_inference
     from mpcformer.mpc.compat import crypten
 
     model = load_owner_model(request.model)
@@ -234,9 +234,9 @@ def owner_batch(rank: int, request: OwnerBatch) -> dict[str, Any]:
 def client_batch(rank: int, request: ClientBatch) -> dict[str, Any]:
     """Party 1: check its tokens, run the encrypted forward on them, learn the logits, commit the
     records; return figures."""
-    from mpcformer.cluster.batches import commit_batch
-    from mpcformer.cluster.bundle import load_public_bundle
-    from mpcformer.models.private_inference import run_private_inference
+    from mpcformer.inference.batches import commit_batch
+    from mpcformer.inference.bundle import load_public_bundle
+    from mpcformer.inference.protocol import run_private_inference
     from mpcformer.mpc.compat import crypten
 
     tokenizer, bundle = load_public_bundle(request.run.bundle_dir, request.bundle_digest)
@@ -277,7 +277,7 @@ def owner_idle(rank: int) -> None:
 @party_operation
 def client_summarize(rank: int, request: ClientSummary) -> dict[str, Any]:
     """Party 1: write ``summary.json`` from its committed records; return counts and its path."""
-    from mpcformer.cluster.batches import BatchStore, plan_batches, summarize_records
+    from mpcformer.inference.batches import BatchStore, plan_batches, summarize_records
 
     run = request.run
     store = BatchStore(run.out_dir)
@@ -322,7 +322,7 @@ def _cost_totals(costs: dict[str, Any]) -> dict[str, float]:
 
 def _plaintext_reference(request: ClientBatch, tensors: dict[str, Any]) -> list[list[float]]:
     """Logits (B, L) of the same approximated model in plaintext (evaluation mode, see module doc)."""
-    from mpcformer.models.private_inference import plaintext_logits
+    from mpcformer.inference.protocol import plaintext_logits
 
     model = load_owner_model(request.reference)
     logits = plaintext_logits(

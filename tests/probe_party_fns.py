@@ -23,7 +23,7 @@ def encrypted_matmul(
     """
     import torch
 
-    from mpcformer.cluster.context import get_party_context
+    from mpcformer.mpc.party_context import get_party_context
     from mpcformer.mpc.compat import crypten
     from mpcformer.mpc.costs import CostLedger
     from mpcformer.mpc.reveal import reveal_to as reveal

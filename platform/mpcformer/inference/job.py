@@ -4,7 +4,7 @@
     status = run_infer(cfg)            # Ray must be connected (see mpcformer.cluster_connect)
 
 A run is three steps on a pool of ``pool.groups`` party groups (the party operations are in
-:mod:`mpcformer.cluster.infer_batch`):
+:mod:`mpcformer.inference.party_ops`):
 
 1. prepare: party 0 publishes its model's public bundle to the client; the client checks every
    example of the run against it and returns how many there are (a driver that joins a cluster
@@ -12,7 +12,7 @@ A run is three steps on a pool of ``pool.groups`` party groups (the party operat
    with :func:`check_local_inputs`);
 2. batches: the split is cut into batches of ``batch_size`` sequences (one MPC forward each), for
    every combo, run concurrently by the K groups; each client actor commits its batch to ``out``
-   as soon as it completes (see :mod:`mpcformer.cluster.batches` for the layout). Running again
+   as soon as it completes (see :mod:`mpcformer.inference.batches` for the layout). Running again
    with the same ``out`` skips the finished batches. Failed groups are rebuilt and their batch
    re-run (``pool.max_attempts``);
 3. summary: once every batch is in, the client writes ``summary.json`` from its records.
@@ -96,7 +96,7 @@ def check_local_inputs(cfg: InferConfig) -> None:
     """What a driver that runs on the parties' own machine (a local cluster) checks before Ray
     starts: the output folder, the model name or folder, the data file and its format. Each
     failure is a one-line ``UserError``; the parties check again where they run."""
-    from mpcformer.cluster.batches import BatchStore
+    from mpcformer.inference.batches import BatchStore
     from mpcformer.data.loading import load_split, reject_empty_examples
     from mpcformer.models.presets import check_model_source
 
@@ -117,7 +117,7 @@ def _run_info(cfg: InferConfig) -> dict[str, Any]:
 
 
 def _sources(cfg: InferConfig):
-    from mpcformer.cluster.infer_batch import ModelSource, RunData
+    from mpcformer.inference.party_ops import ModelSource, RunData
 
     source = ModelSource(cfg.model, cfg.num_labels, cfg.seed)
     out_dir = str(Path(cfg.out).resolve())  # the client actors write here: shared storage on a multi-node cluster
@@ -129,7 +129,7 @@ def _sources(cfg: InferConfig):
 
 def prepare_item(cfg: InferConfig):
     """The run's first step: party 0 publishes its public bundle, party 1 checks its examples."""
-    from mpcformer.cluster.infer_batch import client_prepare, owner_prepare
+    from mpcformer.inference.party_ops import client_prepare, owner_prepare
     from mpcformer.cluster.party_group import PartyCall
     from mpcformer.cluster.scheduler import WorkItem
 
@@ -139,8 +139,8 @@ def prepare_item(cfg: InferConfig):
 
 def plan_run(cfg: InferConfig, num_examples: int, bundle_digest: str):
     """Batches of the run and the work item (one call per party) of each."""
-    from mpcformer.cluster.batches import plan_batches
-    from mpcformer.cluster.infer_batch import ClientBatch, OwnerBatch, client_batch, owner_batch
+    from mpcformer.inference.batches import plan_batches
+    from mpcformer.inference.party_ops import ClientBatch, OwnerBatch, client_batch, owner_batch
     from mpcformer.cluster.party_group import PartyCall
     from mpcformer.cluster.scheduler import WorkItem
 
@@ -159,7 +159,7 @@ def plan_run(cfg: InferConfig, num_examples: int, bundle_digest: str):
 
 def summary_item(cfg: InferConfig, num_examples: int, header: dict[str, Any]):
     """The run's last step: the client summarises its committed records into ``summary.json``."""
-    from mpcformer.cluster.infer_batch import ClientSummary, client_summarize, owner_idle
+    from mpcformer.inference.party_ops import ClientSummary, client_summarize, owner_idle
     from mpcformer.cluster.party_group import PartyCall
     from mpcformer.cluster.scheduler import WorkItem
 
@@ -172,7 +172,7 @@ def run_infer(
 ) -> dict[str, Any]:
     """Run (or resume) the job on the connected Ray cluster; return the driver's status (counts and
     paths, also in ``status.json``). The client writes the figures to ``summary.json``."""
-    from mpcformer.cluster.batches import BatchStore
+    from mpcformer.inference.batches import BatchStore
     from mpcformer.cluster.scheduler import GroupPool
 
     if cfg.group.world_size != 2:
