@@ -59,5 +59,5 @@ def leftovers() -> tuple[list[str], list[str]]:
 #: (tests/*_party_fns.py, imported by name in the actors: see mpcformer.operations).
 PARTY_FNS_RUNTIME_ENV = {"env_vars": {
     "PYTHONPATH": str(REPO_ROOT / "tests"),
-    "MPCFORMER_PARTY_OPERATIONS": "group_party_fns,infer_party_fns",
+    "MPCFORMER_PARTY_OPERATIONS": "group_party_fns,infer_party_fns,probe_party_fns",
 }}

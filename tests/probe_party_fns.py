@@ -1,4 +1,4 @@
-"""A tiny encrypted computation to check that a party group works (used by tests and smoke checks).
+"""Tiny encrypted computations that check a party group works (test party operations).
 
     group.run([PartyCall(encrypted_matmul, (a, None)), PartyCall(encrypted_matmul, (None, b))])
 """
