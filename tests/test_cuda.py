@@ -50,16 +50,12 @@ def test_encrypted_forward_on_gpu_matches_plaintext(combo):
 
 
 def test_ray_bench_runs_parties_and_dealer_on_one_gpu(tmp_path):
-    import ray
-
     from mpcformer.bench.runner import BenchConfig, run_bench
+    from ray_support import embedded_ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    try:
+    with embedded_ray(num_cpus=4):
         cfg = BenchConfig(model="tiny", seq_len=8, approx=["exact", "quad+2quad"], launcher="ray", mpc=CUDA)
         report = run_bench(cfg)
-    finally:
-        ray.shutdown()
     assert report["environment"]["gpu"]
     assert [c["approx"] for c in report["combinations"]] == ["exact", "quad+2quad"]
     assert all(c["latency_s"] > 0 and c["rounds"] > 0 for c in report["combinations"])

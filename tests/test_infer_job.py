@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PARTY_FNS_RUNTIME_ENV, leftovers
+from ray_support import embedded_ray
 
 ray = pytest.importorskip("ray")
 
@@ -30,11 +31,8 @@ COMBO = "quad+2quad"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env=PARTY_FNS_RUNTIME_ENV)
-    try:
+    with embedded_ray(num_cpus=4, runtime_env=PARTY_FNS_RUNTIME_ENV):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

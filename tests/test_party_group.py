@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 from conftest import PARTY_FNS_RUNTIME_ENV, leftovers
@@ -68,7 +67,8 @@ def test_role_resources_send_each_role_to_its_own_nodes():
 def test_strict_spread_puts_each_actor_on_its_own_node_and_matches_plaintext(three_nodes):
     torch.manual_seed(0)
     a, b = torch.randn(3, 5), torch.randn(5, 2)
-    with PartyGroup(PartyGroupConfig(strategy="STRICT_SPREAD", mpc={"timeout_s": 30}), name="spread") as group:
+    # a deadline far beyond the test's own timeout: only failing fast can end the rejecting call below
+    with PartyGroup(PartyGroupConfig(strategy="STRICT_SPREAD", mpc={"timeout_s": 3600}), name="spread") as group:
         nodes = [info["node_id"] for info in group.actors_info]
         assert len(set(nodes)) == 3, f"parties and dealer share nodes: {nodes}"
         assert [info["rank"] for info in group.actors_info] == [0, 1, 2]
@@ -77,11 +77,9 @@ def test_strict_spread_puts_each_actor_on_its_own_node_and_matches_plaintext(thr
         assert owner["product"] is None  # revealed to the client only
         assert torch.allclose(torch.tensor(client["product"]), a @ b, atol=1e-3)
         assert client["rounds"] > 0 and client["bytes"] > 0
-        # a party rejecting its input fails the group at once (the peer's 30 s wait is cut short)
-        tic = time.monotonic()
+        # a party rejecting its input fails the group at once (the peer's wait is cut short)
         with pytest.raises(GroupFailure) as failure:
             group.run([PartyCall(reject_input)] * 2)
-        assert time.monotonic() - tic < 15
         assert failure.value.who == "party 1" and "bad input on the client" in str(failure.value)
         assert not failure.value.retryable and not group.is_running
     assert leftovers() == ([], [])
@@ -104,11 +102,9 @@ def test_a_party_runs_only_registered_operations(three_nodes):
 
 
 def test_unplaceable_group_fails_fast_with_what_was_needed(three_nodes):
-    tic = time.monotonic()
     config = PartyGroupConfig(world_size=3, strategy="STRICT_SPREAD", placement_timeout_s=3)
     with pytest.raises(PlacementError) as error:
         PartyGroup(config, name="too-big").start()
-    assert time.monotonic() - tic < 20
     message = str(error.value)
     assert "4 distinct nodes" in message and "3 alive node(s)" in message and "strategy: PACK" in message
     assert leftovers() == ([], [])
@@ -122,11 +118,9 @@ def test_dead_or_stalled_actor_fails_the_group_fast_and_names_it(three_nodes, vi
     pid = group.actors_info[victim]["pid"]
     timer = threading.Timer(1.5, os.kill, (pid, sig))
     timer.start()
-    tic = time.monotonic()
     try:
         with pytest.raises(GroupFailure) as failure:
             group.run([PartyCall(encrypted_steps, (10_000, 0.01))] * 2)
-        elapsed = time.monotonic() - tic
     finally:
         timer.cancel()
         if sig == signal.SIGSTOP:
@@ -135,7 +129,6 @@ def test_dead_or_stalled_actor_fails_the_group_fast_and_names_it(three_nodes, vi
     assert failure.value.who == who, str(failure.value)
     expected_state = "unresponsive" if sig == signal.SIGSTOP else "dead"
     assert expected_state in failure.value.states[who]
-    assert elapsed < (15 if sig == signal.SIGSTOP else 8), f"took {elapsed:.1f}s to notice"
     assert leftovers() == ([], [])
 
 

@@ -27,7 +27,7 @@ from mpcformer.observability.dashboards import dashboard_files, load_dashboard, 
 from mpcformer.observability.prometheus import PrometheusAPI, PrometheusServer, free_ports, write_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from obs_support import LocalRayHead  # noqa: E402
+from ray_support import LocalRayHead  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="no prometheus binary: run `bash scripts/install-system.sh` (Debian package)")

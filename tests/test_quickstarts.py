@@ -18,6 +18,7 @@ import pytest
 
 from mpcformer.data import write_synthetic_sentiment
 from mpcformer.observability.prometheus import free_ports
+from ray_support import processes_naming
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts" / "quickstart"))
@@ -41,18 +42,6 @@ def test_a_doc_that_drifted_from_its_script_is_caught(tmp_path):
     doc.write_text("<!-- quickstart: scripts/quickstart/ray-jobs.sh -->\n```bash\necho stale\n```\n")
     [(script, body)] = sync_docs.includes(doc)
     assert body != sync_docs.script_body(ROOT / script)
-
-
-def processes_naming(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
 
 
 def run_quick_start(name: str, tmp_path: Path, *port_variables: str) -> subprocess.CompletedProcess:

@@ -1,20 +1,14 @@
 """`ray job submit` of the infer job to a real head (`ray start --head`) with token auth on.
 
-The head gets its own ports and temp dir and runs as `ray start --block`, a child process of this
-test: SIGTERM makes it stop everything it started; any process still holding the temp dir after
-that is killed by PID.
+The head is :class:`ray_support.LocalRayHead`: its own ports, temp dir and token, stopped by PID.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,111 +18,37 @@ import pytest
 pytest.importorskip("ray")
 
 from mpcformer.data import write_synthetic_sentiment  # noqa: E402
-from mpcformer.observability.prometheus import free_ports  # noqa: E402
+from ray_support import LocalRayHead  # noqa: E402
 
 pytestmark = pytest.mark.timeout(420)
 
-VENV_BIN = Path(sys.executable).parent
-RAY = str(VENV_BIN / "ray")
-
-
-def free_port_range(size: int, avoid: set[int]) -> int:
-    """First port of ``size`` consecutive ports that are free now and not in ``avoid`` (for Ray's worker ports)."""
-    for base in range(21000, 60000, 997):
-        if avoid & set(range(base, base + size)):
-            continue
-        try:
-            probes = []
-            for port in range(base, base + size):
-                sock = socket.socket()
-                probes.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in probes:
-                sock.close()
-    raise RuntimeError("no free port range")
-
-
-def pids_using(marker: str) -> list[int]:
-    """Processes whose command line mentions ``marker`` (our head's unique temp dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+RAY = str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A token-authenticated head on private ports; yields (dashboard URL, env with the token)."""
-    temp_dir = tempfile.mkdtemp(prefix="mpcf-rj-", dir="/tmp")  # short: Ray's socket paths must fit
-    gcs, node_manager, object_manager, client, dashboard, agent_grpc, agent_http, metrics, runtime_env = free_ports(9)
-    workers = free_port_range(64, avoid={gcs, node_manager, object_manager, client, dashboard, agent_grpc,
-                                         agent_http, metrics, runtime_env})
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
-        "HF_HUB_OFFLINE": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+    """A token-authenticated head on private ports; yields (job server URL, env with the token)."""
+    head = LocalRayHead(num_cpus=2)
+    env = {**head.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
-    command = [
-        RAY, "start", "--head", "--block", "--temp-dir", temp_dir, "--num-cpus", "2",
-        "--port", str(gcs), "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-        "--ray-client-server-port", str(client), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(dashboard), "--dashboard-agent-grpc-port", str(agent_grpc),
-        "--dashboard-agent-listen-port", str(agent_http), "--metrics-export-port", str(metrics),
-        "--runtime-env-agent-port", str(runtime_env), "--min-worker-port", str(workers),
-        "--max-worker-port", str(workers + 63), "--disable-usage-stats",
-    ]
-    log = open(Path(temp_dir) / "ray-start.log", "w")
-    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dashboard}"
-    try:
-        wait_for_job_server(url, env, head, Path(temp_dir) / "ray-start.log")
-        yield url, env
-    finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait(timeout=10)
-        deadline = time.monotonic() + 20
-        while (left := pids_using(temp_dir)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in pids_using(temp_dir):  # anything that outlived the head
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not left, f"processes outlived the head: {left}"
+    head.env = env
+    with head:
+        wait_for_job_server(head.job_server, env, head)
+        yield head.job_server, env
 
 
 def ray_cli(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def wait_for_job_server(url: str, env: dict, head: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+def wait_for_job_server(url: str, env: dict, head: LocalRayHead, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}")
         if ray_cli(env, "job", "list", "--address", url, timeout=60).returncode == 0:
             return
         time.sleep(2)
-    raise RuntimeError(f"the job server at {url} did not come up within {timeout_s:.0f}s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"the job server at {url} did not come up within {timeout_s:.0f}s:\n{head._log_tail()}")
 
 
 def wait_for_job(url: str, env: dict, job_id: str, timeout_s: float = 300) -> str:

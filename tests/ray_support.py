@@ -1,11 +1,18 @@
-"""Test support: a real local Ray head (`ray start --head --block`) with its own ports and temp dir.
+"""Ray clusters for tests, in one place.
 
-Stopped by PID: SIGTERM to the blocking `ray start` (which takes its daemons down), then any
-process still naming this head's private temp dir is killed by its PID.
+- :func:`embedded_ray`: ``ray.init(address="local")`` in this process (most tests), shut down after.
+- :class:`LocalRayHead`: a head of its own (`ray start --head --block`) with its own ports, temp dir
+  and token, for drivers that join a cluster (``ray job submit``, Prometheus scraping). Stopped by
+  PID: SIGTERM to the blocking `ray start` (which takes its daemons down), then any process still
+  naming this head's private temp dir is killed by its PID.
+- :func:`processes_naming`: processes whose command line names a marker (a temp dir), for clean-up.
+
+Multi-node layouts use ``ray.cluster_utils.Cluster`` directly (tests/test_party_group.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,16 +23,43 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Iterator
 
 from mpcformer.observability.prometheus import free_ports, ray_sd_file
 
-__all__ = ["LocalRayHead"]
+__all__ = ["LocalRayHead", "embedded_ray", "processes_naming"]
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 # every port `ray start --head` would otherwise pick itself or take from fixed defaults
 RAY_PORT_FLAGS = ("--port", "--metrics-export-port", "--dashboard-port", "--dashboard-agent-listen-port",
                   "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--ray-client-server-port",
                   "--node-manager-port", "--object-manager-port")
+
+
+@contextlib.contextmanager
+def embedded_ray(num_cpus: int, runtime_env: dict[str, Any] | None = None, **init_args: Any) -> Iterator[None]:
+    """An embedded local cluster for the duration of the block (no dashboard, quiet workers)."""
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env=runtime_env, **init_args)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def processes_naming(marker: str) -> list[int]:
+    """PIDs of other processes whose command line contains ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
 
 
 class LocalRayHead:
@@ -63,6 +97,11 @@ class LocalRayHead:
         return f"127.0.0.1:{self.gcs_port}"
 
     @property
+    def job_server(self) -> str:
+        """URL of the head's job server (`ray job submit --address`)."""
+        return f"http://127.0.0.1:{self.ports['--dashboard-port']}"
+
+    @property
     def sd_file(self) -> Path:
         return ray_sd_file(self.temp_dir)
 
@@ -95,16 +134,7 @@ class LocalRayHead:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def _leftover_pids(self) -> list[int]:
-        marker = str(self.temp_dir).encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                try:
-                    if marker in (entry / "cmdline").read_bytes():
-                        pids.append(int(entry.name))
-                except OSError:
-                    pass
-        return pids
+        return processes_naming(str(self.temp_dir))
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process is not None and self.process.poll() is None:
