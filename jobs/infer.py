@@ -79,14 +79,6 @@ def _is_folder(path: Path) -> bool:
     return path.is_dir() or (not path.exists() and not path.suffix)
 
 
-def _config_path(config: Path) -> Path:
-    """A YAML path, or the name of a config shipped in ``mpcformer/jobs/configs`` (``infer-tiny``)."""
-    if config.is_file():
-        return config
-    shipped = Path(__file__).parent / "configs" / f"{config.name.removesuffix('.yaml')}.yaml"
-    return shipped if shipped.is_file() else config
-
-
 def _flag_names(args: argparse.Namespace) -> dict[str, str]:
     """Dotted config key -> the flag that set it, so errors name the flag (``--set`` wins, as in
     :func:`_overrides`)."""
@@ -105,7 +97,7 @@ def build_infer_config(args: argparse.Namespace):
 
     overrides, names = _overrides(args), _flag_names(args)
     if args.config:
-        return load_config(InferConfig, _config_path(args.config), overrides, names)
+        return load_config(InferConfig, args.config, overrides, names)  # a path or a shipped name
     return build_config(InferConfig, {}, overrides, source="command line", override_names=names)
 
 

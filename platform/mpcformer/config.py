@@ -10,7 +10,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mpcformer.errors import UserError
 
-__all__ = ["StrictModel", "ConfigError", "load_config", "build_config", "apply_overrides", "parse_set"]
+__all__ = [
+    "StrictModel", "ConfigError", "load_config", "build_config", "apply_overrides", "parse_set", "config_path",
+    "shipped_config_names",
+]
 
 ModelT = TypeVar("ModelT", bound="StrictModel")
 
@@ -40,15 +43,40 @@ def _format_validation_error(
     return f"{source}: invalid {cls.__name__} field '{where}': {first['msg']}"
 
 
+def _shipped_configs_dir() -> Path:
+    import mpcformer.jobs  # light: the job modules themselves are not imported
+
+    return Path(mpcformer.jobs.__file__).parent / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    """Names of the configs shipped in ``mpcformer/jobs/configs`` (``infer-tiny``, ``sweep-quick``, ...)."""
+    return sorted(p.stem for p in _shipped_configs_dir().glob("*.yaml"))
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` when it is a file; else, for a bare name (``sweep-quick`` or ``sweep-quick.yaml``),
+    the config shipped under that name; else ``path`` unchanged (loading it then says it is missing)."""
+    path = Path(path)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    shipped = _shipped_configs_dir() / f"{path.name.removesuffix('.yaml')}.yaml"
+    return shipped if shipped.is_file() else path
+
+
 def load_config(
     cls: type[ModelT], path: str | Path, overrides: dict[str, Any] | None = None,
     override_names: dict[str, str] | None = None,
 ) -> ModelT:
-    """Load ``cls`` from a YAML file, then apply dotted ``overrides`` (``{"mpc.precision_bits": 20}``;
-    ``override_names``: the flag that gave each, for error messages)."""
-    path = Path(path)
+    """Load ``cls`` from a YAML file or a shipped config's name (:func:`config_path`), then apply
+    dotted ``overrides`` (``{"mpc.precision_bits": 20}``; ``override_names``: the flag that gave each,
+    for error messages)."""
+    path = config_path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (pass an existing YAML file)")
+        raise ConfigError(
+            f"config file not found: {path} (pass an existing YAML file or a shipped config's name: "
+            f"{', '.join(shipped_config_names())})"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:

@@ -4,7 +4,7 @@ Sentences are built from templates: a subject, an optional intensifier, a polar 
 an optional negation (``not``/``never``) that flips the label; a few neutral filler clauses make
 lengths vary. Label 1 = positive. The same ``seed`` always gives the same sentences. Written as
 ``train.tsv`` / ``dev.tsv`` with a ``sentence<TAB>label`` header, the set goes through the normal
-local-file loader (task ``sst2``).
+local-file loader (task ``sst2``). From the command line: ``python -m mpcformer.data.make_synthetic FOLDER``.
 """
 
 from __future__ import annotations

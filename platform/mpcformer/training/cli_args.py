@@ -35,7 +35,8 @@ _COMMON = {
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config``, ``--set`` and the data/output/seed flags every training job takes."""
-    parser.add_argument("--config", help="YAML config file (default: the built-in defaults)")
+    parser.add_argument("--config", help="YAML config file or a shipped config's name, e.g. finetune-tiny "
+                                            "(default: the built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, dotted (e.g. stage2.temperature=2); repeatable")
     parser.add_argument("--task", help="task name: sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte, imdb (glue/ prefix ok)")
