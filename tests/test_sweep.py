@@ -18,16 +18,15 @@ from mpcformer.sweep import (
     SweepConfig, error_cause, failure_lines, resolve_paths, run_sweep, trial_config, trial_configs, validate_grid,
 )
 
+from ray_support import embedded_ray  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+    with embedded_ray(num_cpus=2):
+        yield
 
 
 @pytest.fixture(scope="module")
