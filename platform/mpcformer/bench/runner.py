@@ -27,6 +27,7 @@ from mpcformer.operations import party_operation
 
 if TYPE_CHECKING:
     from mpcformer.cluster.config import PartyGroupConfig
+    from mpcformer.mpc.launcher import Launcher
 
 __all__ = ["BenchConfig", "run_bench", "run_combo", "bench_party"]
 
@@ -198,6 +199,17 @@ def ray_group_config(cfg: BenchConfig) -> "PartyGroupConfig":
     return group.model_copy(update={"gpus_per_party": share, "gpus_for_dealer": share})
 
 
+def launcher(cfg: BenchConfig) -> "Launcher":
+    """Where the parties run: local processes, or a party group of Ray actors (``cfg.launcher``)."""
+    if cfg.launcher == "ray":
+        from mpcformer.cluster.party_group import RayLauncher
+
+        return RayLauncher(ray_group_config(cfg))
+    from mpcformer.mpc.launcher import LocalLauncher
+
+    return LocalLauncher(cfg.mpc, timeout_s=cfg.deadline_s)
+
+
 PartyProgress = Callable[[dict[str, Any]], None]
 _CLIENT = 1  # the client's view is the user-visible one: its wall time, its progress
 
@@ -215,16 +227,7 @@ def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = N
     risk = cfg.truncation_risk and not exact_under(cfg.mpc) and cfg.mpc.device == "cpu"  # the recorder: gloo, CPU
     args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats, cfg.warmup, risk)
     relay = None if on_progress is None else (lambda rank, event: on_progress(event) if rank == _CLIENT else None)
-    if cfg.launcher == "ray":
-        from mpcformer.cluster.party_group import run_on_party_group
-
-        results = run_on_party_group(
-            bench_party, args=args, config=cfg.mpc, group_config=ray_group_config(cfg), on_progress=relay
-        )
-    else:
-        from mpcformer.mpc.launcher import run_local
-
-        results = run_local(bench_party, args=args, config=cfg.mpc, timeout_s=cfg.deadline_s, on_progress=relay)
+    results = launcher(cfg).run(bench_party, args=args, on_progress=relay)
     owner = results[1 - _CLIENT]
     return {
         **results[_CLIENT]["costs"], "dealer": owner["costs"]["dealer"], "setup": results[_CLIENT]["setup"],

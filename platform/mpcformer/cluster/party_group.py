@@ -38,10 +38,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from mpcformer.cluster.config import ROLE_RESOURCES, PartyGroupConfig
 from mpcformer.errors import PartyFailure, UserError
 from mpcformer.mpc.config import MPCConfig
+from mpcformer.mpc.launcher import PartyProgress
 from mpcformer.operations import OperationRefused, operation_name
 
 __all__ = [
     "PartyCall", "PartyGroup", "GroupFailure", "PlacementError", "Placement", "plan_placement", "run_on_party_group",
+    "RayLauncher",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,6 @@ _PING_TIMEOUT_S = 3.0
 #: Seconds between two polls of the parties' progress events while a run is waiting.
 _PROGRESS_POLL_S = 0.5
 
-PartyProgress = Callable[[int, dict[str, Any]], None]
 
 
 class PlacementError(UserError):
@@ -446,6 +447,20 @@ class PartyGroup:
             except Exception as err:
                 states[who] = "dead" if isinstance(err, ray.exceptions.RayActorError) else _describe_error(err)
         return states
+
+
+@dataclass(frozen=True)
+class RayLauncher:
+    """Parties and the dealer as Ray actors of a fresh party group per call (:func:`run_on_party_group`);
+    the :class:`mpcformer.mpc.launcher.Launcher` for Ray."""
+
+    group_config: PartyGroupConfig
+
+    def run(
+        self, fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+        on_progress: PartyProgress | None = None,
+    ) -> list[Any]:
+        return run_on_party_group(fn, args, kwargs, group_config=self.group_config, on_progress=on_progress)
 
 
 def run_on_party_group(

@@ -1,9 +1,13 @@
-"""Run N parties and the dealer as local processes (spawned, never forked).
+"""Launchers: run one function on every party of an MPC session (and the dealer beside them).
 
-Used by tests, ``bench`` and as the baseline the Ray platform is compared with. The party function
-must be importable (module level) and return plain data: tensors cross back as lists or numbers.
+A :class:`Launcher` has one method, ``run(fn, args, kwargs, on_progress)``, returning what each party
+returned, by rank, or raising :class:`~mpcformer.errors.PartyFailure` naming the party that failed.
+Two implement it: :class:`LocalLauncher` (local processes, spawned, never forked: tests, ``bench``
+and the baseline the Ray platform is compared with) and
+:class:`mpcformer.cluster.party_group.RayLauncher` (a fresh party group of Ray actors). The party
+function must be importable (module level) and return plain data: tensors cross back as lists or numbers.
 
-    results = run_local(my_party_fn, args=(x,), world_size=2, config=MPCConfig())
+    results = LocalLauncher(MPCConfig()).run(my_party_fn, args=(x,))
     results[0]  # what rank 0 returned
 """
 
@@ -17,12 +21,41 @@ import shutil
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
 
 from mpcformer.errors import PartyFailure
 from mpcformer.mpc.config import MPCConfig
 
-__all__ = ["run_local", "PartyFailure"]
+__all__ = ["Launcher", "LocalLauncher", "run_local", "PartyFailure"]
+
+#: ``on_progress(rank, event)``: what the parties report with :func:`mpcformer.mpc.progress.report`.
+PartyProgress = Callable[[int, dict[str, Any]], None]
+
+
+class Launcher(Protocol):
+    """Runs ``fn(rank, *args, **kwargs)`` on every party; results by rank, or :class:`PartyFailure`."""
+
+    def run(
+        self, fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+        on_progress: PartyProgress | None = None,
+    ) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class LocalLauncher:
+    """Parties and the dealer as local processes, each call a fresh session (:func:`run_local`)."""
+
+    config: MPCConfig
+    timeout_s: float = 600.0
+    world_size: int = 2
+
+    def run(
+        self, fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+        on_progress: PartyProgress | None = None,
+    ) -> list[Any]:
+        return run_local(fn, args, kwargs, world_size=self.world_size, config=self.config,
+                         timeout_s=self.timeout_s, on_progress=on_progress)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +111,7 @@ def run_local(
     config: MPCConfig | None = None,
     timeout_s: float = 600.0,
     threads_per_party: int | None = None,
-    on_progress: Callable[[int, dict[str, Any]], None] | None = None,
+    on_progress: PartyProgress | None = None,
 ) -> list[Any]:
     """Run ``fn(rank, *args, **kwargs)`` on ``world_size`` parties (+ the dealer) and return by rank.
 
