@@ -40,6 +40,15 @@ def sst2_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    """The GLUE task folders (CoLA, MRPC, STS-B, RTE, WNLI), each with train.tsv and dev.tsv."""
+    path = SHARED / "data" / "glue"
+    if not (path / "README.md").is_file():
+        pytest.skip(f"GLUE data not found at {path} (../shared is absent on this machine)")
+    return path
+
+
 def leftovers() -> tuple[list[str], list[str]]:
     """Names of live actors and states of placement groups not yet removed (after a short grace)."""
     import time
