@@ -11,7 +11,9 @@
 Each trial's output folder is derived from its parameters (not from Tune's trial id), so a trial
 that crashes and is retried, or a sweep restored after an interruption, resumes its distillation
 from the last checkpoint. Results are gathered into ``results.csv`` / ``results.md`` and the best
-checkpoint per approximation is listed in ``best.json``.
+checkpoint per approximation is listed in ``best.json``. "Best" is the highest *validation* score
+(the split every trial holds out of the training file with the same ``data.validation_seed``);
+the dev split is the test set, reported beside it (``dev_*``) and never ranked on.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def validate_grid(sweep: SweepConfig, sweep_dir: Path) -> None:
 
     keys = list(sweep.grid)
     for values in itertools.product(*(sweep.grid[k] for k in keys)):
-        trial_config(sweep, dict(zip(keys, values)), sweep_dir)
+        cfg = trial_config(sweep, dict(zip(keys, values)), sweep_dir)
+        if cfg.data.validation_fraction == 0:
+            raise UserError("a sweep ranks trials on the validation split: data.validation_fraction must be above 0")
 
 
 def _trainable(params: dict[str, Any]) -> None:
@@ -86,12 +90,13 @@ def _trainable(params: dict[str, Any]) -> None:
     metrics = run_distill(cfg)
     primary = metrics.get("primary_metric", "accuracy")
     tune.report({
-        "score": float(metrics["dev"][primary]),
+        "score": float(metrics["validation"][primary]),  # the validation split chooses; dev is the test set
         "primary_metric": primary,
         "combo": cfg.combo,
         "baseline": cfg.baseline,
         "checkpoint_dir": str(metrics.get("checkpoint", "")),
         **{f"dev_{k}": float(v) for k, v in metrics["dev"].items() if isinstance(v, (int, float))},
+        **{f"validation_{k}": float(v) for k, v in metrics["validation"].items() if isinstance(v, (int, float))},
         # the last logged training loss of each phase (stage1, stage2 or task)
         **{f"loss_{phase}": float(v["last"]) for phase, v in (metrics.get("final_losses") or {}).items()},
     })
