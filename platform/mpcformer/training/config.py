@@ -41,8 +41,8 @@ class TrainDataConfig(DataConfig):
     split held out of the training file (10%, at least 200 examples) on which checkpoints are chosen;
     the dev split is the test set, reported and never used for a choice."""
 
-    max_train_examples: int | None = 20_000
-    max_length: int = 64
+    max_train_examples: int | None = Field(20_000, ge=1)  # redeclared defaults keep the base's bounds
+    max_length: int = Field(64, ge=2, le=8192)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
 
 
