@@ -23,6 +23,7 @@ SLOW_MODULES = {
     "test_bench", "test_infer_job", "test_device_script", "test_leaks", "test_network", "test_truncation",
     "test_encrypted_model", "test_prometheus_scrape", "test_ray_job_submit", "test_party_group",
     "test_mpc_session", "test_keys", "test_host_staging", "test_sweep", "test_prg", "test_training",
+    "test_glue_regression",
 }
 
 
@@ -37,6 +38,15 @@ def sst2_dir() -> Path:
     path = SHARED / "data" / "sst2"
     if not (path / "dev.tsv").is_file():
         pytest.skip(f"SST-2 data not found at {path} (../shared is absent on this machine)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    """The GLUE task folders (CoLA, MRPC, STS-B, RTE, WNLI), each with train.tsv and dev.tsv."""
+    path = SHARED / "data" / "glue"
+    if not (path / "README.md").is_file():
+        pytest.skip(f"GLUE data not found at {path} (../shared is absent on this machine)")
     return path
 
 
@@ -58,6 +68,7 @@ def leftovers() -> tuple[list[str], list[str]]:
 #: Ray runtime environment of test clusters whose party actors run the tests' own party operations
 #: (tests/*_party_fns.py, imported by name in the actors: see mpcformer.operations).
 PARTY_FNS_RUNTIME_ENV = {"env_vars": {
-    "PYTHONPATH": str(REPO_ROOT / "tests"),
+    # the caller's PYTHONPATH stays behind the tests' folder (a checkout run from source keeps its code)
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH")])),
     "MPCFORMER_PARTY_OPERATIONS": "group_party_fns,infer_party_fns,probe_party_fns",
 }}

@@ -125,8 +125,10 @@ def test_hub_path_reports_offline_failure_as_user_error(monkeypatch):
 
 
 def test_shared_sst2_loads_through_the_local_path(sst2_dir):
-    dev = load_split(DataConfig(task="sst2", data_dir=str(sst2_dir)), "dev")
-    assert len(dev) == 872 and set(dev.labels) == {0, 1}
+    cfg = DataConfig(task="sst2", data_dir=str(sst2_dir))
+    train, dev = load_split(cfg, "train"), load_split(cfg, "dev")
+    assert len(train) == 67_349 and len(dev) == 872 and set(dev.labels) == set(train.labels) == {0, 1}
+    assert all(len(t) == 1 and t[0].strip() for t in train.texts)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -168,3 +170,79 @@ def test_synthetic_set_is_deterministic_and_balanced(tmp_path):
     assert len(train) == 200 and len(dev) == 40
     assert 0.3 < sum(train.labels) / len(train) < 0.7
     assert not set(train.texts) >= set(dev.texts)  # dev is drawn with another seed
+
+
+# ----------------------------------------------------------------------------- the GLUE release files
+#: (task, folder, train rows, dev rows, pairs, train label counts) from /work/shared/data/glue/README.md
+GLUE_FILES = [
+    ("cola", "CoLA", 8551, 1043, False, {1: 6023, 0: 2528}),
+    ("mrpc", "MRPC", 3668, 408, True, {1: 2474, 0: 1194}),
+    ("stsb", "STS-B", 5749, 1500, True, None),
+    ("rte", "RTE", 2490, 277, True, {0: 1249, 1: 1241}),  # entailment = 0, not_entailment = 1
+    ("wnli", "WNLI", 635, 71, True, {0: 323, 1: 312}),
+]
+
+
+@pytest.mark.parametrize("task, folder, train_rows, dev_rows, pairs, train_counts", GLUE_FILES)
+def test_glue_release_files_load_with_their_exact_row_counts(glue_dir, task, folder, train_rows, dev_rows, pairs,
+                                                            train_counts):
+    from collections import Counter
+
+    cfg = DataConfig(task=task, data_dir=str(glue_dir / folder))
+    train, dev = load_split(cfg, "train"), load_split(cfg, "dev")
+    assert (len(train), len(dev)) == (train_rows, dev_rows)
+    for split in (train, dev):
+        assert all(len(t) == (2 if pairs else 1) and all(s.strip() for s in t) for t in split.texts)
+    if train_counts is None:  # STS-B: float similarity scores in [0, 5]
+        assert train.spec.is_regression and all(isinstance(y, float) and 0 <= y <= 5 for y in train.labels + dev.labels)
+        assert len(set(train.labels)) > 100
+    else:
+        assert dict(Counter(train.labels)) == train_counts and set(dev.labels) == {0, 1}
+    # the same folder through the glue/ name and GLUE's folder name
+    assert len(load_split(DataConfig(task=f"glue/{task}", data_dir=str(glue_dir / folder)), "dev")) == dev_rows
+    assert len(load_split(DataConfig(task=folder, data_dir=str(glue_dir / folder)), "dev")) == dev_rows
+
+
+def test_glue_quote_characters_are_text_and_the_mrpc_bom_is_dropped(glue_dir):
+    mrpc = load_split(DataConfig(task="mrpc", data_dir=str(glue_dir / "MRPC")), "train")
+    assert mrpc.texts[0][0].startswith("Amrozi accused his brother , whom he called \" the witness \"")
+    cola = load_split(DataConfig(task="cola", data_dir=str(glue_dir / "CoLA")), "dev")
+    assert cola.texts[0] == ("The sailors rode the breeze clear of the rocks.",) and cola.labels[0] == 1
+
+
+def test_headerless_and_bom_files(tmp_path):
+    (tmp_path / "train.tsv").write_text('gj04\t1\t\t"Quoted" start.\ngj04\t0\t*\tBad it is.\n')
+    cola = load_split(DataConfig(task="cola", train_file=str(tmp_path / "train.tsv")), "train")
+    assert cola.texts == [('"Quoted" start.',), ("Bad it is.",)] and cola.labels == [1, 0]
+    (tmp_path / "named.tsv").write_text("sentence\tlabel\nfine\t1\n")  # a CoLA file with a header still loads
+    assert load_split(DataConfig(task="cola", train_file=str(tmp_path / "named.tsv")), "train").labels == [1]
+    (tmp_path / "mrpc.tsv").write_bytes("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\ta\tb\n".encode())
+    assert load_split(DataConfig(task="mrpc", train_file=str(tmp_path / "mrpc.tsv")), "train").labels == [0]
+
+
+# ----------------------------------------------------------------------------- the validation split
+def test_validation_split_is_seeded_disjoint_and_sized(tmp_path):
+    from mpcformer.data.loading import validation_size
+
+    rows = [(f"s{i}", i % 2) for i in range(3000)]
+    _write(tmp_path / "train.tsv", "tsv", rows=rows)
+    cfg = DataConfig(task="sst2", train_file=str(tmp_path / "train.tsv"), validation_fraction=0.1)
+
+    def ids(examples):
+        return [int(t[0][1:]) for t in examples.texts]
+
+    train, validation = load_split(cfg, "train", seed=5), load_split(cfg, "validation", seed=5)
+    assert len(validation) == 300 and len(train) == 2700  # 10%
+    assert sorted(ids(train) + ids(validation)) == list(range(3000))  # a partition of the file
+    assert ids(validation) == ids(load_split(cfg, "validation", seed=9))  # the run's seed does not move it
+    other = cfg.model_copy(update={"validation_seed": 1})
+    assert ids(load_split(other, "validation")) != ids(validation)
+    subset = load_split(cfg.model_copy(update={"max_train_examples": 100}), "train", seed=5)
+    assert len(subset) == 100 and not set(ids(subset)) & set(ids(validation))  # subsets come from the rest
+    assert validation_size(500, cfg) == 200 and validation_size(5749, cfg) == 575  # at least 200
+    small = tmp_path / "small.tsv"
+    _write(small, "tsv", rows=rows[:150])
+    with pytest.raises(UserError, match="too few"):
+        load_split(cfg.model_copy(update={"train_file": str(small)}), "train")
+    with pytest.raises(UserError, match="validation_fraction"):
+        load_split(cfg.model_copy(update={"validation_fraction": 0.0}), "validation")

@@ -36,7 +36,8 @@ def tiny_setup(tmp_path_factory):
     from mpcformer.training.finetune import run_finetune
 
     root = tmp_path_factory.mktemp("sweep")
-    data = write_synthetic_sentiment(root / "data", num_train=160, num_dev=48, seed=0)
+    # 400 sentences: 200 held out as the validation split that ranks the trials, 200 to train on
+    data = write_synthetic_sentiment(root / "data", num_train=400, num_dev=48, seed=0)
     teacher = run_finetune(FinetuneConfig(
         model="tiny", output_dir=str(root / "teacher"), progress=False,
         data={"data_dir": str(data), "max_length": 24},
@@ -65,6 +66,14 @@ def test_bad_grid_fails_before_any_trial(tmp_path):
         build_config(SweepConfig, {"grid": {"combo": []}})
 
 
+def test_a_sweep_without_a_validation_split_is_refused(tmp_path):
+    from mpcformer.errors import UserError
+
+    sweep = build_config(SweepConfig, {"grid": {"data.validation_fraction": [0.0]}})
+    with pytest.raises(UserError, match="validation_fraction"):
+        validate_grid(sweep, tmp_path)
+
+
 def test_trial_folders_are_stable_per_parameters(tmp_path):
     sweep = build_config(SweepConfig, {"grid": {"combo": ["quad+2quad"]}})
     a = trial_config(sweep, {"combo": "quad+2quad", "stage2.lr": 1e-5}, tmp_path)
@@ -87,6 +96,9 @@ def test_two_trial_sweep_completes_and_resumes(tiny_setup, ray_cluster, monkeypa
     assert set(best) == {"quad+2quad", "quad+2relu"}
     for entry in best.values():
         assert Path(entry["checkpoint_dir"]).is_dir() and 0.0 <= entry["score"] <= 1.0
+        trial = json.loads((Path(entry["checkpoint_dir"]).parent / "metrics.json").read_text())
+        assert entry["score"] == trial["validation"]["accuracy"]  # ranked on validation; dev is the test set
+        assert entry["params"]["score"] == entry["score"]
     assert "quad+2relu" in (sweep_dir / "results.md").read_text()
     assert [r["attempts"] for r in first["rows"]] == [1, 1]
     mtimes = {p: p.stat().st_mtime for p in sweep_dir.glob("trials/*/metrics.json")}

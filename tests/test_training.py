@@ -114,10 +114,12 @@ def synthetic_dir(tmp_path_factory):
     return write_synthetic_sentiment(tmp_path_factory.mktemp("synthetic"), num_train=400, num_dev=100, seed=0)
 
 
-def _finetune_cfg(synthetic_dir, out, **optim) -> FinetuneConfig:
+def _finetune_cfg(synthetic_dir, out, validation_fraction: float = 0.0, **optim) -> FinetuneConfig:
+    """Fine-tuning on all 400 synthetic sentences by default (the last checkpoint is kept): the learning
+    checks here are sized for them; selection on a held-out validation split is tested on its own below."""
     return FinetuneConfig(
         model="tiny", output_dir=str(out), seed=0, progress=False,
-        data={"data_dir": str(synthetic_dir), "max_length": 32},
+        data={"data_dir": str(synthetic_dir), "max_length": 32, "validation_fraction": validation_fraction},
         optim={"max_steps": 60, "lr": 3e-3, "batch_size": 16, **optim},
     )
 
@@ -193,7 +195,7 @@ def test_distillation_reduces_both_stage_losses(tiny_teacher, synthetic_dir, tmp
     teacher_dir, _ = tiny_teacher
     cfg = DistillConfig(
         teacher=str(teacher_dir / "best"), combo="quad+2quad", output_dir=str(tmp_path / "d"), progress=False,
-        data={"data_dir": str(synthetic_dir), "max_length": 32},
+        data={"data_dir": str(synthetic_dir), "max_length": 32, "validation_fraction": 0.0},
         stage1={"max_steps": 30, "lr": 2e-3, "batch_size": 16},
         stage2={"max_steps": 30, "lr": 2e-3, "batch_size": 16},
     )
@@ -272,7 +274,9 @@ def test_quick_budget_runs_finetune_then_distill_beside_full_runs(synthetic_dir,
                  "--quick", "--no-progress", "--output-dir", "runs/d"])  # an explicit folder wins
     assert code == 0
     metrics = json.loads((tmp_path / "runs/d/metrics.json").read_text())
-    assert metrics["train_examples"] == 256 and metrics["dev_examples"] == 100  # the synthetic dev set has 100
+    # 400 synthetic training sentences: 200 held out for validation (the minimum), 200 left of the 256 asked
+    assert metrics["train_examples"] == 200 and metrics["dev_examples"] == 100  # the synthetic dev set has 100
+    assert metrics["selection"]["validation_examples"] == 200
     assert metrics["config"]["stage1"]["max_steps"] == metrics["config"]["stage2"]["max_steps"] == 8
     assert set(metrics["final_losses"]) == {"stage1", "stage2"}
 
@@ -280,9 +284,49 @@ def test_quick_budget_runs_finetune_then_distill_beside_full_runs(synthetic_dir,
 
     assert report.main(["runs/finetune/sst2-minilm-quick", "runs/d", "--out", "cmp/runs"]) == 0
     table = (tmp_path / "cmp/runs.md").read_text().splitlines()
-    assert len(table) == 4 and table[2].startswith("| sst2-minilm-quick | teacher | exact |")
-    assert table[3].startswith("| d | mpcformer | quad+2relu |") and f"{100 * metrics['dev']['accuracy']:.2f}%" in table[3]
+    assert len(table) == 4 and table[2].startswith("| sst2-minilm-quick | sst2 | teacher | exact | accuracy |")
+    row = [cell.strip() for cell in table[3].split("|")[1:-1]]
+    assert row[:5] == ["d", "sst2", "mpcformer", "quad+2relu", "accuracy"]
+    assert row[5] == f"{100 * metrics['validation']['accuracy']:.2f}%"  # the kept checkpoint, chosen on validation
+    assert row[6] == f"{100 * metrics['dev']['accuracy']:.2f}%"  # its dev (test) score
+    assert row[8] == f"{100 * metrics['last']['dev']['accuracy']:.2f}%" and row[10] == "validation"
     assert (tmp_path / "cmp/runs.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit) as err:
         report.main([str(tmp_path)])  # not a run folder
     assert err.value.code == 2 and "metrics.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- checkpoint selection
+
+
+@pytest.mark.timeout(400)
+def test_the_kept_checkpoint_is_chosen_on_validation_never_on_dev(tmp_path):
+    """Dev labels flipped: the better the model, the worse its dev score. A choice made on dev would keep
+    the checkpoint best on dev; the kept one must be the one best on the validation split."""
+    from mpcformer.data import encode, get_task, load_split
+    from mpcformer.training.finetune import load_checkpoint, run_finetune
+    from mpcformer.training.loop import evaluate
+
+    # 800 sentences: 200 held out as the validation split (the minimum), 600 to train on
+    synthetic_dir = write_synthetic_sentiment(tmp_path / "synthetic", num_train=800, num_dev=100, seed=0)
+    flipped = tmp_path / "flipped-dev.tsv"
+    rows = (synthetic_dir / "dev.tsv").read_text().splitlines()
+    flipped.write_text("\n".join([rows[0]] + [f"{t}\t{1 - int(y)}" for t, y in (r.split("\t") for r in rows[1:])]) + "\n")
+    cfg = _finetune_cfg(synthetic_dir, tmp_path / "run", validation_fraction=0.1).model_copy(update={"eval_every_steps": 20})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dev_file": str(flipped)})})
+    metrics = run_finetune(cfg)
+    evals = [r for r in json.loads((tmp_path / "run" / "history.json").read_text()) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [20, 38, 40, 60]  # every 20 updates and at the epoch's end (600 / 16)
+    validation = [r["validation"]["accuracy"] for r in evals]
+    dev = [r["dev"]["accuracy"] for r in evals]
+    best_on_validation, best_on_dev = validation.index(max(validation)), dev.index(max(dev))
+    assert best_on_validation != best_on_dev  # the set-up separates the two choices
+    assert metrics["best_step"] == evals[best_on_validation]["step"]
+    assert metrics["kept"]["validation"] == evals[best_on_validation]["validation"] == metrics["validation"]
+    assert metrics["dev"] == evals[best_on_validation]["dev"]  # reported, not chosen on
+    assert metrics["last"]["step"] == 60 and metrics["last"]["dev"] == evals[-1]["dev"]
+    assert metrics["selection"]["chosen_on"] == "validation" and metrics["selection"]["validation_examples"] == 200
+    # the saved best/ is that checkpoint: its flipped-dev score is the kept one's
+    model, tokenizer = load_checkpoint(tmp_path / "run" / "best")
+    dev_set = encode(load_split(cfg.data, "dev"), tokenizer, 32)
+    assert evaluate(model, dev_set, get_task("sst2"), 64, tokenizer.pad_token_id) == pytest.approx(metrics["dev"])

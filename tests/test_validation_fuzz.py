@@ -473,6 +473,7 @@ _BAD_SIZES: dict[str, st.SearchStrategy[str]] = {
         "epochs", "lr", "stage1_epochs", "stage1_lr", "stage2_epochs", "stage2_lr", "temperature", "timeout",
     )},
     "warmup_ratio": st.one_of(st.floats(-1e6, -1e-6), st.floats(1.0, 1e6)).map(repr),
+    "validation_fraction": st.one_of(st.floats(-1e6, -1e-6), st.floats(1.0, 1e6)).map(repr),
     "weight_decay": st.floats(-1e6, -1e-9).map(repr),
 }
 _COMBO_FLAGS = ("approx", "combo")

@@ -21,7 +21,9 @@ that crashes and is retried (``max_failures``), or a sweep restored after an int
 its distillation from the last checkpoint. An error no retry can fix (a :class:`UserError`, an
 invalid config, a missing file) ends its trial at once, without retries. Results are gathered into
 ``results.csv`` / ``results.md`` (with each failed trial's cause and every trial's attempts) and the
-best checkpoint per approximation is listed in ``best.json``.
+best checkpoint per approximation is listed in ``best.json``. "Best" is the highest *validation*
+score (the split every trial holds out of the training file with the same ``data.validation_seed``);
+the dev split is the test set, reported beside it (``dev_*``) and never ranked on.
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ def trial_configs(sweep: SweepConfig, sweep_dir: Path) -> list[DistillConfig]:
 
 def validate_grid(sweep: SweepConfig, sweep_dir: Path) -> None:
     """Build every trial's config up front, so a typo fails before any trial starts."""
-    trial_configs(sweep, sweep_dir)
+    for cfg in trial_configs(sweep, sweep_dir):
+        if cfg.data.validation_fraction == 0:
+            raise UserError("a sweep ranks trials on the validation split: data.validation_fraction must be above 0")
 
 
 # ----------------------------------------------------------------------------- prerequisites
@@ -289,13 +293,14 @@ def _trainable(params: dict[str, Any], run_trial: TrialRunner | None = None) -> 
         raise TrialStopped(cause) from None
     primary = metrics.get("primary_metric", "accuracy")
     tune.report({
-        "score": float(metrics["dev"][primary]),
+        "score": float(metrics["validation"][primary]),  # the validation split chooses; dev is the test set
         "primary_metric": primary,
         "combo": cfg.combo,
         "baseline": cfg.baseline,
         "checkpoint_dir": str(metrics.get("checkpoint", "")),
         "attempt": attempt,
         **{f"dev_{k}": float(v) for k, v in metrics["dev"].items() if isinstance(v, (int, float))},
+        **{f"validation_{k}": float(v) for k, v in metrics["validation"].items() if isinstance(v, (int, float))},
         # the last logged training loss of each phase (stage1, stage2 or task)
         **{f"loss_{phase}": float(v["last"]) for phase, v in (metrics.get("final_losses") or {}).items()},
     })

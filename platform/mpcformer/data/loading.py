@@ -4,7 +4,8 @@ One code path for every source: a reader returns the split as columns (``name ->
 :func:`_to_examples` picks the task's text and label columns, converts labels (ints, digit
 strings, label names, floats for regression) and checks them. Local formats, by file suffix:
 
-- ``.tsv``: GLUE release format, tab-separated, header row, no quoting;
+- ``.tsv``: GLUE release format, tab-separated, no quoting (quote characters are text), a header
+  row, except for tasks whose release file has none (CoLA: columns named by position);
 - ``.csv``: comma-separated with a header row and standard quoting;
 - ``.jsonl`` / ``.json``: one JSON object per line;
 - ``.parquet``: any Parquet table.
@@ -12,6 +13,13 @@ strings, label names, floats for regression) and checks them. Local formats, by 
 Where the files are comes from :class:`DataConfig`: ``train_file``/``dev_file``, or a
 ``data_dir`` holding ``train.<ext>`` and ``dev.<ext>`` (``validation``/``dev_matched`` also
 accepted), or neither, in which case the split is downloaded with ``datasets.load_dataset``.
+A UTF-8 byte-order mark at the start of a TSV or CSV file (MRPC's header has one) is dropped.
+
+Splits: ``dev`` is the dev file (GLUE's dev set, reported as the test set); ``train`` is the
+training file less a held-out ``validation`` split when ``validation_fraction > 0``: a seeded
+random ``max(ceil(fraction * N), min_validation_examples)`` of the file's ``N`` examples, drawn
+with ``validation_seed`` (not the run's seed, so that every run of a sweep is chosen on the same
+examples). Training jobs choose checkpoints on ``validation`` and never on ``dev``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
 import sys
 from dataclasses import dataclass, replace
@@ -44,12 +53,13 @@ __all__ = [
     "collate",
     "overlong_examples",
     "reject_empty_examples",
+    "validation_size",
     "SUFFIXES",
 ]
 
 log = logging.getLogger(__name__)
 
-Split = Literal["train", "dev"]
+Split = Literal["train", "validation", "dev"]
 SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 _DEV_STEMS = ("dev", "validation", "dev_matched")
 
@@ -72,6 +82,10 @@ class DataConfig(StrictModel):
     max_train_examples: int | None = Field(None, ge=1)  # seeded random subset, original order kept
     max_dev_examples: int | None = Field(None, ge=1)
     max_length: int = Field(128, ge=2, le=8192)  # tokens per example after truncation
+    # share of the training file held out as the validation split (checkpoint selection); 0 = none
+    validation_fraction: float = Field(0.0, ge=0, lt=1)
+    min_validation_examples: int = Field(200, ge=1)  # the held-out split's size is at least this
+    validation_seed: int = 0  # which examples are held out; fixed across the runs of a sweep
 
 
 @dataclass
@@ -107,15 +121,23 @@ def resolve_task(cfg: DataConfig) -> TaskSpec:
 
 
 # ----------------------------------------------------------------------------- readers
-def _read_tsv(path: Path) -> dict[str, list[Any]]:
+def _read_tsv(path: Path, spec: TaskSpec | None = None) -> dict[str, list[Any]]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: drops a byte-order mark
         rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if spec is not None and spec.headerless_columns and rows and not _is_header(rows[0], spec):
+        rows = [list(spec.headerless_columns), *rows]
     return _rows_to_columns(path, rows)
 
 
-def _read_csv(path: Path) -> dict[str, list[Any]]:
-    with path.open(newline="", encoding="utf-8") as fh:
+def _is_header(row: list[str], spec: TaskSpec) -> bool:
+    """Whether ``row`` names the task's text and label columns (else it is the first example)."""
+    names = {spec.column_aliases.get(name, name) for name in row}
+    return {*spec.text_fields, spec.label_field} <= names
+
+
+def _read_csv(path: Path, spec: TaskSpec | None = None) -> dict[str, list[Any]]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
     return _rows_to_columns(path, rows)
 
@@ -136,7 +158,7 @@ def _rows_to_columns(path: Path, rows: list[list[str]]) -> dict[str, list[Any]]:
     return columns
 
 
-def _read_jsonl(path: Path) -> dict[str, list[Any]]:
+def _read_jsonl(path: Path, spec: TaskSpec | None = None) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {}
     count = 0
     with path.open(encoding="utf-8") as fh:
@@ -155,7 +177,7 @@ def _read_jsonl(path: Path) -> dict[str, list[Any]]:
     return columns
 
 
-def _read_parquet(path: Path) -> dict[str, list[Any]]:
+def _read_parquet(path: Path, spec: TaskSpec | None = None) -> dict[str, list[Any]]:
     import pyarrow.parquet as pq
 
     try:
@@ -167,8 +189,10 @@ def _read_parquet(path: Path) -> dict[str, list[Any]]:
 _READERS = {".tsv": _read_tsv, ".csv": _read_csv, ".jsonl": _read_jsonl, ".json": _read_jsonl, ".parquet": _read_parquet}
 
 
-def read_table(path: str | Path) -> dict[str, list[Any]]:
-    """Read a local data file into columns; the suffix picks the format (see module docstring)."""
+def read_table(path: str | Path, spec: TaskSpec | None = None) -> dict[str, list[Any]]:
+    """Read a local data file into columns; the suffix picks the format (see module docstring).
+
+    ``spec`` names the columns of a TSV without a header row (its ``headerless_columns``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path} (check the path, or set data_dir to the folder holding it)")
@@ -176,13 +200,13 @@ def read_table(path: str | Path) -> dict[str, list[Any]]:
     if reader is None:
         raise UserError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
     try:
-        return reader(path)
+        return reader(path, spec)
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text (it holds the byte {err.object[err.start]:#04x}); save it as UTF-8") from None
 
 
 def _find_split_file(data_dir: Path, split: Split) -> Path:
-    stems = ("train",) if split == "train" else _DEV_STEMS
+    stems = _DEV_STEMS if split == "dev" else ("train",)
     for stem in stems:
         for suffix in SUFFIXES:
             candidate = data_dir / f"{stem}{suffix}"
@@ -198,7 +222,7 @@ def _read_hub(spec: TaskSpec, split: Split) -> dict[str, list[Any]]:
         raise UserError(f"task '{spec.name}' has no hub dataset; give data_dir or train_file/dev_file")
     import datasets
 
-    hub_split = spec.hub_splits[split]
+    hub_split = spec.hub_splits["dev" if split == "dev" else "train"]
     try:
         dataset = datasets.load_dataset(spec.hub_path, spec.hub_config, split=hub_split)
     except Exception as err:  # offline, unknown name, ...: the user must fix the source
@@ -267,15 +291,47 @@ def _subset(examples: TextExamples, limit: int | None, seed: int) -> TextExample
         return examples
     if limit <= 0:
         raise UserError(f"max examples must be positive, got {limit}")
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return TextExamples(
-        examples.spec, [examples.texts[i] for i in keep], [examples.labels[i] for i in keep], examples.source
-    )
+    return _pick(examples, sorted(random.Random(seed).sample(range(len(examples)), limit)))
+
+
+def validation_size(total: int, cfg: DataConfig) -> int:
+    """Examples held out of a training file of ``total``: ``max(ceil(fraction * total), minimum)``, 0 when off."""
+    if cfg.validation_fraction == 0:
+        return 0
+    return max(math.ceil(cfg.validation_fraction * total), cfg.min_validation_examples)
+
+
+def _held_out_ids(examples: TextExamples, cfg: DataConfig) -> list[int]:
+    """Indices of the training file's examples that form the validation split (seeded, sorted)."""
+    size = validation_size(len(examples), cfg)
+    if size >= len(examples):
+        raise UserError(
+            f"{examples.source}: {len(examples)} training examples are too few to hold out a validation split of "
+            f"{size} (data.validation_fraction = {cfg.validation_fraction}, at least "
+            f"data.min_validation_examples = {cfg.min_validation_examples}) and train on the rest; give more "
+            "data, lower data.min_validation_examples, or set data.validation_fraction=0 (the last checkpoint is kept)"
+        )
+    return sorted(random.Random(cfg.validation_seed).sample(range(len(examples)), size))
+
+
+def _pick(examples: TextExamples, ids: Sequence[int]) -> TextExamples:
+    return TextExamples(examples.spec, [examples.texts[i] for i in ids], [examples.labels[i] for i in ids], examples.source)
+
+
+def _carve(examples: TextExamples, cfg: DataConfig, split: Split) -> TextExamples:
+    """The ``train`` part (the file less the held-out examples) or the ``validation`` part of a training file."""
+    if split == "validation" and cfg.validation_fraction == 0:
+        raise UserError("no validation split: set data.validation_fraction (e.g. 0.1) to hold one out of the training file")
+    held = set(_held_out_ids(examples, cfg)) if cfg.validation_fraction else set()
+    wanted = (lambda i: i in held) if split == "validation" else (lambda i: i not in held)
+    return _pick(examples, [i for i in range(len(examples)) if wanted(i)])
 
 
 def split_file(cfg: DataConfig, split: Split) -> Path | None:
-    """The local file of ``split`` (None: the hub serves it); UserError when the folder has none."""
-    explicit = cfg.train_file if split == "train" else cfg.dev_file
+    """The local file of ``split`` (None: the hub serves it); UserError when the folder has none.
+
+    ``train`` and ``validation`` both come from the training file."""
+    explicit = cfg.dev_file if split == "dev" else cfg.train_file
     if explicit:
         return Path(explicit)
     if cfg.data_dir:
@@ -286,15 +342,21 @@ def split_file(cfg: DataConfig, split: Split) -> Path | None:
 
 
 def load_split(cfg: DataConfig, split: Split, seed: int = 0) -> TextExamples:
-    """Load ``split`` (``train`` or ``dev``) of ``cfg.task`` from local files or the hub."""
+    """Load ``split`` (``train``, ``validation`` or ``dev``) of ``cfg.task`` from local files or the hub.
+
+    ``seed`` draws the ``max_train_examples`` / ``max_dev_examples`` subsets; the validation split
+    is held out (with ``cfg.validation_seed``) before the training subset is drawn, and is used whole.
+    """
     spec = resolve_task(cfg)
     path = split_file(cfg, split)
     if path is None:
         columns, source = _read_hub(spec, split), f"{spec.hub_path}/{spec.hub_config or ''}:{split}"
     else:
-        columns, source = read_table(path), str(path)
+        columns, source = read_table(path, spec), str(path)
     examples = _to_examples(columns, spec, source)
-    limit = cfg.max_train_examples if split == "train" else cfg.max_dev_examples
+    if split != "dev":
+        examples = _carve(examples, cfg, split)
+    limit = {"train": cfg.max_train_examples, "dev": cfg.max_dev_examples}.get(split)
     examples = _subset(examples, limit, seed)
     log.info("loaded %d %s examples of %s from %s", len(examples), split, spec.name, source)
     return examples

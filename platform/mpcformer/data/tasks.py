@@ -15,7 +15,7 @@ from mpcformer.errors import UserError
 
 __all__ = ["TaskSpec", "KNOWN_TASKS", "get_task", "MetricName"]
 
-#: GLUE's metric per task: accuracy (SST-2, QNLI, RTE, MNLI, IMDb), F1 + accuracy (MRPC, QQP),
+#: GLUE's metric per task: accuracy (SST-2, QNLI, RTE, WNLI, MNLI, IMDb), F1 + accuracy (MRPC, QQP),
 #: Matthews correlation (CoLA), Pearson + Spearman (STS-B, regression).
 MetricName = Literal["accuracy", "f1", "matthews", "pearson_spearman"]
 
@@ -27,6 +27,8 @@ class TaskSpec:
     ``num_labels == 1`` means regression (float labels, MSE loss). ``label_names`` maps string
     labels found in some local files (e.g. ``entailment``) to class ids, in order.
     ``column_aliases`` renames columns of the original GLUE TSV release to the hub names.
+    ``headerless_columns`` names the columns of a release file that has no header row (CoLA's
+    ``source, label, author mark, sentence``), by position.
     """
 
     name: str
@@ -39,6 +41,7 @@ class TaskSpec:
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation"})
     label_names: tuple[str, ...] = ()
     column_aliases: dict[str, str] = field(default_factory=dict)
+    headerless_columns: tuple[str, ...] = ()
 
     @property
     def is_regression(self) -> bool:
@@ -70,7 +73,7 @@ KNOWN_TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
         _glue("sst2", ("sentence",), 2, "accuracy"),
-        _glue("cola", ("sentence",), 2, "matthews"),
+        _glue("cola", ("sentence",), 2, "matthews", headerless_columns=("source", "label", "author_mark", "sentence")),
         _glue(
             "mrpc", ("sentence1", "sentence2"), 2, "f1",
             column_aliases={"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"},
@@ -85,6 +88,7 @@ KNOWN_TASKS: dict[str, TaskSpec] = {
         ),
         _glue("qnli", ("question", "sentence"), 2, "accuracy", label_names=_NLI),
         _glue("rte", ("sentence1", "sentence2"), 2, "accuracy", label_names=_NLI),
+        _glue("wnli", ("sentence1", "sentence2"), 2, "accuracy"),
         TaskSpec(
             "imdb", ("text",), "label", 2, "accuracy", hub_path="stanfordnlp/imdb",
             hub_splits={"train": "train", "dev": "test"},
@@ -94,10 +98,12 @@ KNOWN_TASKS: dict[str, TaskSpec] = {
 
 
 def get_task(name: str) -> TaskSpec:
-    """Look up a task by ``sst2``, ``glue/sst2`` or ``imdb``; unknown names list the known ones."""
+    """Look up a task by ``sst2``, ``glue/sst2``, GLUE's folder name (``STS-B``, ``CoLA``) or ``imdb``;
+    unknown names list the known ones."""
     key = name.strip().lower()
     if key.startswith("glue/"):
         key = key[len("glue/"):]
+    key = key.replace("-", "")  # GLUE's folder name STS-B
     spec = KNOWN_TASKS.get(key)
     if spec is None:
         raise UserError(

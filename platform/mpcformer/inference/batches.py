@@ -224,18 +224,20 @@ def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> di
     return {**ranked, "mean": sum(ordered) / len(ordered), "max": ordered[-1]}
 
 
-def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarize_records(records: Sequence[dict[str, Any]], regression: bool = False) -> dict[str, Any]:
     """Accuracy, agreement with plaintext, batch latency percentiles, rounds and bytes per sequence.
 
     Records carry per-batch figures (``batch_latency_s``, ``rounds``, ``bytes``); each batch is
     counted once. ``agreement`` = mean(prediction == plaintext_prediction) where the plaintext
-    reference was computed.
+    reference was computed. A regression's predictions are scores: no accuracy nor agreement, but
+    ``max_abs_error_vs_plaintext`` = max |prediction - plaintext_prediction|.
     """
     batches: dict[int, dict[str, Any]] = {}
     for record in records:
         batches.setdefault(record["batch_id"], record)
-    labelled = [r for r in records if isinstance(r.get("label"), int)]  # classification (regression: task_metrics)
+    labelled = [] if regression else [r for r in records if isinstance(r.get("label"), int)]
     checked = [r for r in records if r.get("plaintext_prediction") is not None]
+    errors = [abs(r["prediction"] - r["plaintext_prediction"]) for r in checked] if regression else []
     examples = len(records)
     total_rounds = sum(b["rounds"] for b in batches.values())
     total_bytes = sum(b["bytes"] for b in batches.values())
@@ -244,8 +246,10 @@ def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "batches": len(batches),
         "accuracy": (sum(r["prediction"] == r["label"] for r in labelled) / len(labelled)) if labelled else None,
         "agreement_with_plaintext": (
-            sum(r["prediction"] == r["plaintext_prediction"] for r in checked) / len(checked) if checked else None
+            sum(r["prediction"] == r["plaintext_prediction"] for r in checked) / len(checked)
+            if checked and not regression else None
         ),
+        **({"max_abs_error_vs_plaintext": max(errors, default=None)} if regression else {}),
         "max_abs_logit_error": max((r["max_abs_logit_error"] for r in checked if "max_abs_logit_error" in r), default=None),
         "batch_latency_s": percentiles([b["batch_latency_s"] for b in batches.values()]),
         "seconds_per_sequence": sum(b["batch_latency_s"] for b in batches.values()) / examples if examples else None,

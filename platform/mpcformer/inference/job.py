@@ -40,6 +40,7 @@ from mpcformer.data.loading import DataConfig
 
 __all__ = [
     "InferConfig", "run_infer", "check_local_inputs", "prepare_item", "plan_run", "summary_item", "with_absolute_paths",
+    "model_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ class InferConfig(StrictModel):
     model: str = Field(
         default="tiny", description="preset (tiny, minilm, bert-base, bert-large), HF path or distilled folder"
     )
-    num_labels: int = Field(default=2, ge=1)
+    num_labels: int | None = Field(
+        default=None, ge=1, description="outputs of the model's head (1 = regression); default: the task's"
+    )
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     split: Literal["train", "dev"] = "dev"
@@ -110,16 +113,28 @@ def check_local_inputs(cfg: InferConfig) -> None:
 def _run_info(cfg: InferConfig) -> dict[str, Any]:
     """What must not change between a run and its resumption (the rest may: K, deadlines, ...)."""
     return json.loads(json.dumps({
-        "model": cfg.model, "num_labels": cfg.num_labels, "seed": cfg.seed, "data": cfg.data.model_dump(),
+        "model": cfg.model, "num_labels": model_labels(cfg), "seed": cfg.seed, "data": cfg.data.model_dump(),
         "split": cfg.split, "combos": cfg.combos, "batch_size": cfg.batch_size, "limit": cfg.limit,
         "check_plaintext": cfg.check_plaintext,
     }))
 
 
+def model_labels(cfg: InferConfig) -> int:
+    """The owner's head size: ``num_labels`` when given, else the task's (1 for STS-B)."""
+    from mpcformer.data.loading import resolve_task
+    from mpcformer.errors import UserError
+
+    spec = resolve_task(cfg.data)
+    if cfg.num_labels is not None and (cfg.num_labels == 1) != spec.is_regression:
+        kind = "a regression (num_labels 1)" if spec.is_regression else f"a classification ({spec.num_labels} labels)"
+        raise UserError(f"num_labels = {cfg.num_labels} but task '{spec.name}' is {kind}: fix num_labels or leave it out")
+    return cfg.num_labels if cfg.num_labels is not None else spec.num_labels
+
+
 def _sources(cfg: InferConfig):
     from mpcformer.inference.party_ops import ModelSource, RunData
 
-    source = ModelSource(cfg.model, cfg.num_labels, cfg.seed)
+    source = ModelSource(cfg.model, model_labels(cfg), cfg.seed)
     out_dir = str(Path(cfg.out).resolve())  # the client actors write here: shared storage on a multi-node cluster
     run = RunData(
         cfg.data.model_dump_json(), cfg.split, cfg.seed, cfg.limit, cfg.batch_size, tuple(cfg.combos), out_dir

@@ -12,7 +12,10 @@ A run is three steps, each a pair of calls (party 0, party 1) on one party group
    1 tokenises its batch with the kept bundle, checks it again, learns the logits (revealed to it
    alone) and commits the batch's records to the output folder itself.
 3. **summarize**: the client reads its committed records and writes ``summary.json`` (accuracy,
-   agreement, task metrics, latency, rounds, bytes); party 0 has nothing to do.
+   agreement, task metrics, latency, rounds, bytes); party 0 has nothing to do. For a regression
+   task (STS-B) a record's prediction is the score itself (a float), and the summary gives the
+   task metric (Pearson, Spearman) and, with ``check_plaintext``, the largest absolute error
+   against the plaintext score instead of an agreement rate.
 
 The client reads nothing of the owner's: the bundle reaches it over the session. The driver
 sends each party paths, ids and counts, and gets back counts, paths and cost figures (latency,
@@ -259,7 +262,9 @@ def client_batch(rank: int, request: ClientBatch) -> dict[str, Any]:
         "dealer_bytes": mine["dealer_bytes"] + owner["dealer_bytes"],
     }
     reference = _plaintext_reference(request, tensors) if request.reference is not None else None
-    records = _records(request, out["logits"], out["predictions"], labels, reference, figures)
+    regression = _spec(request.run).is_regression
+    predictions = [row[0] for row in out["logits"]] if regression else out["predictions"]
+    records = _records(request, out["logits"], predictions, labels, reference, figures, regression)
     committed = commit_batch(request.run.out_dir, request.combo, request.batch_id, records)
     return {
         "combo": request.combo, "batch_id": request.batch_id, "examples": len(records), "committed": committed,
@@ -284,9 +289,10 @@ def client_summarize(rank: int, request: ClientSummary) -> dict[str, Any]:
     batches = plan_batches(request.examples, run.batch_size, run.combos)
     store.rebuild_predictions(batches)
     combos, counts = {}, {}
+    regression = _spec(run).is_regression
     for combo in run.combos:
         records = store.records([b for b in batches if b.combo == combo])
-        combos[combo] = {**summarize_records(records), **_task_metrics(run, records)}
+        combos[combo] = {**summarize_records(records, regression), **_task_metrics(run, records)}
         counts[combo] = {"examples": combos[combo]["examples"], "batches": combos[combo]["batches"]}
     complete = all(store.is_done(b) for b in batches)
     path = store.write_summary({**request.header, "combos": combos, "complete": complete})
@@ -299,11 +305,16 @@ def _task_metrics(run: RunData, records: list[dict[str, Any]]) -> dict[str, Any]
         return {}
     import numpy as np
 
-    from mpcformer.data import DataConfig, compute_metrics, resolve_task
+    from mpcformer.data import compute_metrics
 
-    spec = resolve_task(DataConfig.model_validate(json.loads(run.data)))
     logits = np.asarray([r["logits"] for r in records], dtype=np.float64)
-    return {"task_metrics": compute_metrics(logits, [r["label"] for r in records], spec)}
+    return {"task_metrics": compute_metrics(logits, [r["label"] for r in records], _spec(run))}
+
+
+def _spec(run: RunData):
+    from mpcformer.data import DataConfig, resolve_task
+
+    return resolve_task(DataConfig.model_validate(json.loads(run.data)))
 
 
 def _record_forward(costs: dict[str, Any], combo: str, model: str, job: str, rank: int, sequences: int) -> None:
@@ -334,11 +345,13 @@ def _plaintext_reference(request: ClientBatch, tensors: dict[str, Any]) -> list[
 def _records(
     request: ClientBatch,
     logits: list[list[float]],
-    predictions: list[int],
+    predictions: list[int] | list[float],
     labels: list[Any],
     reference: list[list[float]] | None,
     figures: dict[str, float],
+    regression: bool = False,
 ) -> list[dict[str, Any]]:
+    """One record per example; a regression prediction is the score, compared to the plaintext score."""
     records = []
     for row, example_id in enumerate(request.example_ids):
         record = {
@@ -352,7 +365,9 @@ def _records(
         }
         if reference is not None:
             ref = reference[row]
-            record["plaintext_prediction"] = max(range(len(ref)), key=ref.__getitem__)
+            record["plaintext_prediction"] = ref[0] if regression else max(range(len(ref)), key=ref.__getitem__)
             record["max_abs_logit_error"] = max(abs(a - b) for a, b in zip(logits[row], ref))
+            if regression:
+                record["abs_error"] = abs(predictions[row] - ref[0])
         records.append(record)
     return records

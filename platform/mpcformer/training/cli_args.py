@@ -24,6 +24,7 @@ _COMMON = {
     "dev_file": "data.dev_file",
     "max_train_examples": "data.max_train_examples",
     "max_dev_examples": "data.max_dev_examples",
+    "validation_fraction": "data.validation_fraction",
     "max_length": "data.max_length",
     "output_dir": "output_dir",
     "seed": "seed",
@@ -39,17 +40,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                                             "(default: the built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, dotted (e.g. stage2.temperature=2); repeatable")
-    parser.add_argument("--task", help="task name: sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte, imdb (glue/ prefix ok)")
-    parser.add_argument("--data-dir", help="folder with train.<ext> and dev.<ext> (tsv, csv, jsonl, parquet); default: the HF hub")
+    parser.add_argument("--task", help="task name: sst2, cola, mrpc, stsb, rte, wnli, qqp, mnli, qnli, imdb "
+                                       "(glue/ prefix and GLUE folder names such as STS-B ok)")
+    parser.add_argument("--data-dir", help="folder with train.<ext> and dev.<ext> (tsv, csv, jsonl, parquet), e.g. "
+                                           "a GLUE task folder; default: the HF hub")
     parser.add_argument("--train-file", help="training file (overrides --data-dir for train)")
     parser.add_argument("--dev-file", help="dev file (overrides --data-dir for dev)")
     parser.add_argument("--max-train-examples", type=int, help="use a seeded random subset of this many training examples")
     parser.add_argument("--max-dev-examples", type=int, help="use a seeded random subset of this many dev examples")
+    parser.add_argument("--validation-fraction", type=float,
+                        help="share of the training file held out to choose checkpoints on (default 0.1, at least "
+                             "data.min_validation_examples; 0: keep the last checkpoint); dev is only reported")
     parser.add_argument("--max-length", type=int, help="tokens per example after truncation")
     parser.add_argument("--output-dir", help="where checkpoints, metrics.json and history go")
     parser.add_argument("--seed", type=int, help="random seed (data order, init, dropout)")
     parser.add_argument("--threads", type=int, help="torch threads (default: every CPU this process may use)")
-    parser.add_argument("--eval-every", type=int, help="evaluate on dev every N updates (default: each epoch)")
+    parser.add_argument("--eval-every", type=int, help="evaluate on validation and dev every N updates (default: each epoch)")
     parser.add_argument("--save-every", type=int, help="write a resumable checkpoint every N updates")
     parser.add_argument("--no-resume", dest="resume", action="store_false", default=None,
                         help="start afresh even if output_dir/last exists")

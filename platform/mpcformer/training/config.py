@@ -37,10 +37,13 @@ BASELINE_ALIASES = {"w/o{d}": "wo_d", "w/o{p,d}": "wo_pd", "wo{d}": "wo_d", "wo{
 
 
 class TrainDataConfig(DataConfig):
-    """:class:`DataConfig` with CPU-sized defaults: 20k training examples, 64 tokens."""
+    """:class:`DataConfig` with CPU-sized defaults (20k training examples, 64 tokens) and a validation
+    split held out of the training file (10%, at least 200 examples) on which checkpoints are chosen;
+    the dev split is the test set, reported and never used for a choice."""
 
-    max_train_examples: int | None = 20_000
-    max_length: int = 64
+    max_train_examples: int | None = Field(20_000, ge=1)  # redeclared defaults keep the base's bounds
+    max_length: int = Field(64, ge=2, le=8192)
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
 
 
 class OptimConfig(StrictModel):
@@ -81,7 +84,7 @@ class _RunConfig(StrictModel):
     seed: int = 0
     num_threads: int | None = Field(None, ge=1)  # torch threads; None = CPUs this process may use
     eval_batch_size: int = Field(128, ge=1)
-    eval_every_steps: int | None = Field(None, ge=1)  # dev evaluation period; None = end of each epoch
+    eval_every_steps: int | None = Field(None, ge=1)  # validation + dev evaluation period; None = each epoch
     save_every_steps: int = Field(200, ge=1)  # resumable checkpoint period
     resume: bool = True  # continue from output_dir/last if it exists
     progress: bool = True  # tqdm progress bars

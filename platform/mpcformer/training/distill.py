@@ -10,8 +10,10 @@ initialised from the teacher's weights. Two stages (see :mod:`mpcformer.training
 
 Baselines with the same budget (``stage1.epochs + stage2.epochs`` at stage 2's batch size,
 learning rate ``baseline_lr``), task loss only: ``wo_d`` (w/o{d}, teacher init) and ``wo_pd``
-(w/o{p,d}, random init). The best dev checkpoint goes to ``<output_dir>/best``; ``metrics.json``,
-``history.json`` and ``history.png`` sit beside it.
+(w/o{p,d}, random init). The checkpoint best on the validation split (held out of the training
+file) goes to ``<output_dir>/best``; the dev split is the test set, reported for the kept and the
+last checkpoint and never used for a choice. ``metrics.json``, ``history.json`` and
+``history.png`` sit beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from mpcformer.approx.registry import Combo
-from mpcformer.data.loading import encode, load_split, resolve_task
+from mpcformer.data.loading import encode, resolve_task
 from mpcformer.errors import UserError
 from mpcformer.training.config import DistillConfig, OptimConfig
 from mpcformer.training.finetune import load_checkpoint
@@ -37,9 +39,12 @@ from mpcformer.training.loop import (
     LoopSettings,
     Phase,
     configure_threads,
+    encode_eval_sets,
     evaluate,
+    load_training_splits,
     model_inputs,
     run_bookkeeping,
+    selection_outputs,
     set_seed,
     train_phases,
 )
@@ -154,8 +159,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     threads = configure_threads(cfg.num_threads)
     set_seed(cfg.seed)
     spec = resolve_task(cfg.data)
-    train_examples = load_split(cfg.data, "train", seed=cfg.seed)
-    dev_examples = load_split(cfg.data, "dev", seed=cfg.seed)
+    train_examples, validation_examples, dev_examples = load_training_splits(cfg.data, cfg.seed)
     teacher, tokenizer = _teacher(cfg, spec.num_labels)
     output_dir = Path(cfg.output_dir)
     ckpt = Checkpointer(output_dir, tokenizer)
@@ -163,7 +167,8 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     projection = HiddenProjection(student.config.hidden_size, teacher.config.hidden_size)
     ckpt.extra_modules = {"projection": projection}
     train = encode(train_examples, tokenizer, cfg.data.max_length)
-    dev = encode(dev_examples, tokenizer, cfg.data.max_length)
+    sets = encode_eval_sets(validation_examples, dev_examples, tokenizer, cfg.data.max_length)
+    dev = sets.dev
     pad_id = tokenizer.pad_token_id or 0
 
     teacher_dev = evaluate(teacher, dev, spec, cfg.eval_batch_size, pad_id)
@@ -175,9 +180,10 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     )
     started = time.perf_counter()
     phases = _phases(cfg, teacher, student, projection, spec.is_regression)
-    state = train_phases(phases, student, train, dev, spec, settings, ckpt, resume=resumed)
+    state = train_phases(phases, student, train, sets, spec, settings, ckpt, resume=resumed)
     primary = spec.primary_metric
-    best = {k: v for k, v in state.best_where.items() if k not in ("phase", "step")}
+    selection = selection_outputs(state, sets, cfg.data)
+    best = selection["dev"]
     metrics = {
         "job": "distill",
         "task": spec.name,
@@ -188,7 +194,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
         "primary_metric": primary,
         "teacher_dev": teacher_dev,
         "initial_dev": initial_dev,
-        "dev": best,
+        **selection,
         "relative_to_teacher": best.get(primary, float("nan")) / teacher_dev[primary] if teacher_dev[primary] else None,
         "best_phase": state.best_where.get("phase"),
         "best_step": state.best_where.get("step"),
@@ -196,7 +202,8 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
         **run_bookkeeping(state, ckpt.best_dir, len(train), len(dev), started, resumed, threads, cfg),
     }
     write_run_outputs(output_dir, metrics, state.history, f"{metrics['method']} {combo.name} on {spec.name}")
-    log.info("%s %s on %s: dev %s (teacher %s)", metrics["method"], combo.name, spec.name, best, teacher_dev)
+    log.info("%s %s on %s: kept validation %s, dev (test) %s (teacher %s)", metrics["method"], combo.name, spec.name,
+             metrics["validation"], best, teacher_dev)
     return metrics
 
 

@@ -1,13 +1,15 @@
 """Teacher fine-tuning: a preset or Hugging Face encoder trained on a task with its task loss.
 
 Recipe (:class:`~mpcformer.training.config.FinetuneConfig`): AdamW, linear warm-up then decay,
-cross-entropy (MSE for regression), dynamic padding, dev evaluation each epoch (and every
-``eval_every_steps``). The model goes through the exact-combo surgery (``gelu+softmax``) before
+cross-entropy (MSE for regression), dynamic padding, evaluation each epoch (and every
+``eval_every_steps``) on the validation split held out of the training file, which chooses the
+kept checkpoint, and on the dev split, the test set, which is only reported. The model goes through the exact-combo surgery (``gelu+softmax``) before
 training, so the saved checkpoint records its approximation and
 :func:`mpcformer.models.surgery.load_approximated` restores it.
 
-Outputs under ``output_dir``: ``best/`` (HF model + tokenizer, best dev metric), ``last/``
-(resumable), ``metrics.json``, ``history.json``, ``history.png``.
+Outputs under ``output_dir``: ``best/`` (HF model + tokenizer, best validation metric), ``last/``
+(resumable), ``metrics.json`` (the kept and the last checkpoint's validation and dev metrics),
+``history.json``, ``history.png``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 
 from mpcformer.approx.registry import Combo
-from mpcformer.data.loading import encode, load_split, resolve_task
+from mpcformer.data.loading import encode, resolve_task
 from mpcformer.training.config import FinetuneConfig
 from mpcformer.training.history import write_run_outputs
 from mpcformer.training.losses import task_loss
@@ -29,8 +31,11 @@ from mpcformer.training.loop import (
     LoopSettings,
     Phase,
     configure_threads,
+    encode_eval_sets,
+    load_training_splits,
     model_inputs,
     run_bookkeeping,
+    selection_outputs,
     set_seed,
     train_phases,
 )
@@ -66,14 +71,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     threads = configure_threads(cfg.num_threads)
     set_seed(cfg.seed)
     spec = resolve_task(cfg.data)
-    train_examples = load_split(cfg.data, "train", seed=cfg.seed)
-    dev_examples = load_split(cfg.data, "dev", seed=cfg.seed)
+    train_examples, validation_examples, dev_examples = load_training_splits(cfg.data, cfg.seed)
     output_dir = Path(cfg.output_dir)
     ckpt = Checkpointer(output_dir, tokenizer=None)
     model, tokenizer, resumed = _initial_model(cfg, spec.num_labels, ckpt)
     ckpt.tokenizer = tokenizer
     train = encode(train_examples, tokenizer, cfg.data.max_length)
-    dev = encode(dev_examples, tokenizer, cfg.data.max_length)
+    sets = encode_eval_sets(validation_examples, dev_examples, tokenizer, cfg.data.max_length)
 
     def loss_fn(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(**model_inputs(batch)).logits
@@ -85,18 +89,18 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     )
     phases = [Phase("finetune", cfg.optim, loss_fn, list(model.named_parameters()))]
     started = time.perf_counter()
-    state = train_phases(phases, model, train, dev, spec, settings, ckpt, resume=resumed)
+    state = train_phases(phases, model, train, sets, spec, settings, ckpt, resume=resumed)
     metrics = {
         "job": "finetune",
         "task": spec.name,
         "model": cfg.model,
         "combo": "exact",
         "primary_metric": spec.primary_metric,
-        "dev": {k: v for k, v in state.best_where.items() if k not in ("phase", "step")},
+        **selection_outputs(state, sets, cfg.data),
         "best_step": state.best_where.get("step"),
-        "final_dev": next((r for r in reversed(state.history) if r["kind"] == "eval"), {}),
-        **run_bookkeeping(state, ckpt.best_dir, len(train), len(dev), started, resumed, threads, cfg),
+        **run_bookkeeping(state, ckpt.best_dir, len(train), len(sets.dev), started, resumed, threads, cfg),
     }
     write_run_outputs(output_dir, metrics, state.history, f"fine-tune {cfg.model} on {spec.name}")
-    log.info("fine-tuned %s on %s: dev %s", cfg.model, spec.name, metrics["dev"])
+    log.info("fine-tuned %s on %s: kept validation %s, dev (test) %s", cfg.model, spec.name, metrics["validation"],
+             metrics["dev"])
     return metrics

@@ -1,11 +1,15 @@
-"""Training history: JSON records and a PNG plot (loss per update, dev metric per evaluation)."""
+"""Training history: JSON records and a PNG plot (loss per update; validation and dev metric per evaluation).
+
+An evaluation record is ``{"kind": "eval", "phase", "step", "epoch", "validation": {metric: value}
+or None, "dev": {metric: value}}``; the validation split chooses the kept checkpoint, dev is the test set.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-__all__ = ["phase_offsets", "plot_history", "write_run_outputs"]
+__all__ = ["phase_offsets", "plot_history", "write_run_outputs", "eval_points"]
 
 
 def phase_offsets(history: list[dict[str, Any]]) -> dict[str, int]:
@@ -24,8 +28,18 @@ def _global_steps(records: list[dict[str, Any]], offsets: dict[str, int]) -> lis
     return [offsets[r["phase"]] + r["step"] for r in records]
 
 
+def eval_points(history: list[dict[str, Any]], split: str, metric: str, phase: str | None = None) -> list[tuple[int, float]]:
+    """``(update over all phases laid end to end, value)`` of ``metric`` on ``split`` at each evaluation."""
+    offsets = phase_offsets(history)
+    return [
+        (offsets[r["phase"]] + r["step"], r[split][metric]) for r in history
+        if r["kind"] == "eval" and (phase is None or r["phase"] == phase) and metric in (r.get(split) or {})
+    ]
+
+
 def plot_history(history: list[dict[str, Any]], path: str | Path, title: str, metric: str) -> Path:
-    """Plot train ``loss`` (log scale, one colour per phase) and dev ``metric`` against updates.
+    """Plot train ``loss`` (log scale, one colour per phase) and the validation (dashed) and dev
+    ``metric`` against updates.
 
     Phases are laid end to end: phase ``k`` starts where phase ``k-1`` stopped.
     """
@@ -40,13 +54,14 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str, me
     fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(11, 4))
     for phase in phases:
         train = [r for r in history if r["phase"] == phase and r["kind"] == "train"]
-        evals = [r for r in history if r["phase"] == phase and r["kind"] == "eval" and metric in r]
         if train:
             ax_loss.plot(_global_steps(train, offsets), [r["loss"] for r in train], label=phase)
-        if evals:
-            ax_dev.plot(_global_steps(evals, offsets), [r[metric] for r in evals], "o-", label=phase)
+        for split, style in (("validation", "o--"), ("dev", "o-")):
+            points = eval_points(history, split, metric, phase)
+            if points:
+                ax_dev.plot(*zip(*points), style, label=f"{phase} {split}")
     ax_loss.set(xlabel="update", ylabel="training loss", yscale="log", title="loss")
-    ax_dev.set(xlabel="update", ylabel=f"dev {metric}", title=f"dev {metric}")
+    ax_dev.set(xlabel="update", ylabel=metric, title=f"{metric}: validation (chooses) and dev (test)")
     for ax in (ax_loss, ax_dev):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

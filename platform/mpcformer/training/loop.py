@@ -6,8 +6,10 @@ loss function of a padded batch. The loop
 
 - shuffles with a generator seeded by ``(seed, phase, epoch)``, so the order of examples does not
   depend on where a run was interrupted;
-- evaluates on the dev split every ``eval_every_steps`` updates and at the end of each epoch,
-  keeping the best model (on the task's primary metric) in ``<output_dir>/best``;
+- evaluates every ``eval_every_steps`` updates and at the end of each epoch on the validation
+  split (held out of the training file) and on the dev split (the test set), keeping the model
+  best on the *validation* split's primary metric in ``<output_dir>/best``; the dev split is
+  recorded, never used for a choice (without a validation split, the last evaluation is kept);
 - writes a resumable checkpoint to ``<output_dir>/last`` every ``save_every_steps`` updates
   (model + tokenizer in Hugging Face format, plus ``training_state.pt``: optimiser, scheduler,
   RNG state, position, history); a rerun with ``resume`` continues from it, skipping the batches
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpcformer.data.loading import EncodedDataset, collate
+from mpcformer.data.loading import EncodedDataset, TextExamples, collate, encode, load_split
 from mpcformer.data.metrics import compute_metrics
 from mpcformer.data.tasks import TaskSpec
 from mpcformer.training.config import OptimConfig
@@ -52,6 +54,11 @@ __all__ = [
     "LoopSettings",
     "model_inputs",
     "write_json",
+    "eval_summary",
+    "EvalSets",
+    "load_training_splits",
+    "encode_eval_sets",
+    "selection_outputs",
 ]
 
 log = logging.getLogger(__name__)
@@ -187,8 +194,8 @@ class RunState:
     epoch: int = 0
     batch_in_epoch: int = 0
     step: int = 0  # updates done in the current phase
-    best_metric: float = -math.inf
-    best_where: dict[str, Any] = field(default_factory=dict)
+    best_metric: float = -math.inf  # the kept checkpoint's validation score
+    best_where: dict[str, Any] = field(default_factory=dict)  # phase, step, validation and dev metrics
     history: list[dict[str, Any]] = field(default_factory=list)
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -264,7 +271,7 @@ class Phase:
     optim: OptimConfig
     loss_fn: LossFn
     params: list[tuple[str, nn.Parameter]]
-    select_best: bool = True  # dev evaluations of this phase may become the best checkpoint
+    select_best: bool = True  # evaluations of this phase may become the kept checkpoint
 
 
 @dataclass
@@ -278,21 +285,52 @@ class LoopSettings:
     log_every_steps: int = 10
 
 
-def _record_eval(model, dev, spec, settings: LoopSettings, state: RunState, phase: Phase, ckpt: Checkpointer) -> dict:
-    metrics = evaluate(model, dev, spec, settings.eval_batch_size, settings.pad_id)
-    record = {"kind": "eval", "phase": phase.name, "step": state.step, "epoch": state.epoch, **metrics}
+@dataclass
+class EvalSets:
+    """What each evaluation scores: ``validation`` chooses the kept checkpoint (None: keep the last),
+    ``dev`` is the test set, recorded only."""
+
+    validation: EncodedDataset | None
+    dev: EncodedDataset
+
+
+def load_training_splits(data: Any, seed: int) -> tuple[TextExamples, TextExamples | None, TextExamples]:
+    """``(train, validation, dev)`` of a training job's data config (validation None when off)."""
+    train = load_split(data, "train", seed=seed)
+    validation = load_split(data, "validation", seed=seed) if data.validation_fraction else None
+    return train, validation, load_split(data, "dev", seed=seed)
+
+
+def encode_eval_sets(validation: TextExamples | None, dev: TextExamples, tokenizer, max_length: int) -> EvalSets:
+    return EvalSets(None if validation is None else encode(validation, tokenizer, max_length),
+                    encode(dev, tokenizer, max_length))
+
+
+def eval_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """``phase``, ``step`` and both splits' metrics of an evaluation record of the history."""
+    return {key: record.get(key) for key in ("phase", "step", "validation", "dev")}
+
+
+def _record_eval(model, sets: EvalSets, spec, settings: LoopSettings, state: RunState, phase: Phase,
+                 ckpt: Checkpointer) -> dict:
+    def score(dataset):
+        return None if dataset is None else evaluate(model, dataset, spec, settings.eval_batch_size, settings.pad_id)
+
+    validation, dev = score(sets.validation), score(sets.dev)
+    record = {"kind": "eval", "phase": phase.name, "step": state.step, "epoch": state.epoch,
+              "validation": validation, "dev": dev}
     state.history.append(record)
-    score = metrics[spec.primary_metric]
-    if phase.select_best and score > state.best_metric:
-        state.best_metric = score
-        state.best_where = {"phase": phase.name, "step": state.step, **metrics}
+    # without a validation split there is nothing to choose on: each evaluation replaces the kept one
+    if phase.select_best and (validation is None or validation[spec.primary_metric] > state.best_metric):
+        state.best_metric = -math.inf if validation is None else validation[spec.primary_metric]
+        state.best_where = eval_summary(record)
         ckpt.save_best(model)
-    log.info("%s step %d: dev %s", phase.name, state.step, metrics)
-    return metrics
+    log.info("%s step %d: validation %s, dev (test) %s", phase.name, state.step, validation, dev)
+    return record
 
 
 def _run_phase(
-    phase: Phase, model: nn.Module, train: EncodedDataset, dev: EncodedDataset, spec: TaskSpec,
+    phase: Phase, model: nn.Module, train: EncodedDataset, sets: EvalSets, spec: TaskSpec,
     settings: LoopSettings, state: RunState, ckpt: Checkpointer, saved: dict[str, Any] | None,
 ) -> None:
     from tqdm.auto import tqdm
@@ -336,7 +374,7 @@ def _run_phase(
             epoch_done = state.batch_in_epoch >= per_epoch
             if (settings.eval_every_steps and state.step % settings.eval_every_steps == 0) or epoch_done \
                     or state.step == total:
-                _record_eval(model, dev, spec, settings, state, phase, ckpt)
+                _record_eval(model, sets, spec, settings, state, phase, ckpt)
             if epoch_done:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             if state.step % settings.save_every_steps == 0 or state.step == total:
@@ -349,7 +387,7 @@ def _run_phase(
 
 
 def train_phases(
-    phases: list[Phase], model: nn.Module, train: EncodedDataset, dev: EncodedDataset, spec: TaskSpec,
+    phases: list[Phase], model: nn.Module, train: EncodedDataset, sets: EvalSets, spec: TaskSpec,
     settings: LoopSettings, ckpt: Checkpointer, resume: bool,
 ) -> RunState:
     """Run ``phases`` in order (resuming from ``ckpt.last_dir`` when asked); returns the final state.
@@ -364,7 +402,7 @@ def train_phases(
     for index, phase in enumerate(phases):
         if index < state.phase_index:
             continue
-        _run_phase(phase, model, train, dev, spec, settings, state, ckpt, saved if index == state.phase_index else None)
+        _run_phase(phase, model, train, sets, spec, settings, state, ckpt, saved if index == state.phase_index else None)
         saved = None
         if index + 1 < len(phases):
             state.phase_index, state.epoch, state.batch_in_epoch, state.step = index + 1, 0, 0, 0
@@ -373,6 +411,30 @@ def train_phases(
 
 def write_json(path: str | Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
+
+
+def selection_outputs(state: RunState, sets: EvalSets, data: Any) -> dict[str, Any]:
+    """The part of ``metrics.json`` on checkpoint selection: how the kept checkpoint was chosen, and
+    the kept and the last evaluation with their validation and dev (test) metrics.
+
+    ``dev`` and ``validation`` at the top level are the kept checkpoint's (what a sweep ranks on:
+    ``validation``)."""
+    last = next((r for r in reversed(state.history) if r["kind"] == "eval"), None)
+    kept = state.best_where
+    return {
+        "selection": {
+            "chosen_on": "validation" if sets.validation is not None else "last evaluation",
+            "validation_examples": len(sets.validation) if sets.validation is not None else 0,
+            "validation_fraction": data.validation_fraction,
+            "min_validation_examples": data.min_validation_examples,
+            "validation_seed": data.validation_seed,
+            "dev_is_test": True,
+        },
+        "validation": kept.get("validation"),
+        "dev": kept.get("dev") or {},
+        "kept": kept,
+        "last": eval_summary(last) if last else {},
+    }
 
 
 def run_bookkeeping(state: RunState, best_dir: Path, train_size: int, dev_size: int, started: float,

@@ -3,9 +3,11 @@
     python -m mpcformer.training.report runs/finetune/sst2-minilm runs/distill/* --out docs/results-sst2
 
 Reads each run folder's ``metrics.json`` and ``history.json`` (written by ``mpcformer finetune`` and
-``mpcformer distill``) and writes ``<out>.md`` (kept checkpoint's dev metric, relative to the
-teacher, last evaluation, where the kept one was, training time) and ``<out>.png`` (dev metric
-against updates, every run on one axis).
+``mpcformer distill``) and writes ``<out>.md`` and ``<out>.png``. The table gives, per run, the
+kept checkpoint (best on the validation split held out of the training file) with its validation
+and dev metric, relative to the teacher, the last checkpoint's dev metric, where the kept one was
+and the training time. The dev split is the test set: no choice is made on it. The plot shows the
+dev metric against updates, every run on one axis.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcformer.errors import UserError
-from mpcformer.training.history import phase_offsets
+from mpcformer.training.history import eval_points
 
 __all__ = ["RunSummary", "load_run", "render_table", "plot_runs"]
 
@@ -27,16 +29,19 @@ class RunSummary:
     """What one run folder says about itself."""
 
     name: str
+    task: str
     job: str  # finetune | distill
     method: str  # teacher, mpcformer, w/o{d}, w/o{p,d}
     combo: str
     metric: str
-    kept: float  # the kept (best) checkpoint's dev metric
-    last: float | None  # the last evaluation's dev metric
+    kept: float  # the kept checkpoint's dev (test) metric
+    kept_validation: float | None  # the kept checkpoint's validation metric (what chose it)
+    last: float | None  # the last checkpoint's dev (test) metric
     kept_at: str  # "stage2 update 1500"
     teacher: float | None
     train_seconds: float
     evals: list[tuple[int, float]]  # (update counted over all phases, dev metric)
+    chosen_on: str  # "validation", or "last evaluation" when there was no validation split
 
 
 def load_run(folder: str | Path) -> RunSummary:
@@ -48,33 +53,40 @@ def load_run(folder: str | Path) -> RunSummary:
         raise UserError(f"{folder}: no {Path(err.filename).name}; is it a finished `mpcformer finetune` or "
                         "`mpcformer distill` output folder?") from None
     metric = metrics["primary_metric"]
-    evals = _evals_end_to_end(history, metric)
     distill = metrics["job"] == "distill"
     teacher = metrics.get("teacher_dev", {}).get(metric) if distill else None
     kept_at = f"{metrics.get('best_phase') or 'finetune'} update {metrics.get('best_step')}"
     return RunSummary(
-        name=folder.name, job=metrics["job"], method=metrics.get("method", "teacher"), combo=metrics.get("combo", "exact"),
-        metric=metric, kept=metrics["dev"][metric], last=evals[-1][1] if evals else None, kept_at=kept_at,
-        teacher=teacher, train_seconds=sum(metrics.get("train_seconds", {}).values()), evals=evals,
+        name=folder.name, task=metrics.get("task", "-"), job=metrics["job"], method=metrics.get("method", "teacher"),
+        combo=metrics.get("combo", "exact"), metric=metric, kept=metrics["dev"][metric],
+        kept_validation=_value(metrics.get("validation"), metric),
+        last=_value((metrics.get("last") or {}).get("dev"), metric), kept_at=kept_at, teacher=teacher,
+        train_seconds=sum(metrics.get("train_seconds", {}).values()), evals=eval_points(history, "dev", metric),
+        chosen_on=(metrics.get("selection") or {}).get("chosen_on", "-"),
     )
 
 
-def _evals_end_to_end(history: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
-    """Dev evaluations against the update count over all phases laid end to end."""
-    offsets = phase_offsets(history)
-    return [(offsets[r["phase"]] + r["step"], r[metric]) for r in history if r["kind"] == "eval" and metric in r]
+def _value(split_metrics: dict[str, Any] | None, metric: str) -> float | None:
+    return None if not split_metrics else split_metrics.get(metric)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def render_table(runs: list[RunSummary]) -> str:
+    """Markdown table: the kept checkpoint (chosen on validation) and the last one, each with its
+    dev (test) metric."""
     lines = [
-        "| run | method | approximation | dev (kept) | vs teacher | dev (last eval) | kept at | training time |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |",
+        "| run | task | method | approximation | metric | validation (kept) | dev = test (kept) | vs teacher "
+        "| dev = test (last) | kept at | chosen on | training time |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for r in runs:
         relative = f"{100 * r.kept / r.teacher:.1f}%" if r.teacher else "-"
-        last = f"{100 * r.last:.2f}%" if r.last is not None else "-"
-        lines.append(f"| {r.name} | {r.method} | {r.combo} | {100 * r.kept:.2f}% | {relative} | {last} | "
-                     f"{r.kept_at} | {r.train_seconds / 60:.0f} min |")
+        lines.append(f"| {r.name} | {r.task} | {r.method} | {r.combo} | {r.metric} | {_percent(r.kept_validation)} | "
+                     f"{_percent(r.kept)} | {relative} | {_percent(r.last)} | {r.kept_at} | {r.chosen_on} | "
+                     f"{r.train_seconds / 60:.0f} min |")
     return "\n".join(lines) + "\n"
 
 
@@ -89,7 +101,7 @@ def plot_runs(runs: list[RunSummary], path: str | Path, title: str) -> Path:
         if r.evals:
             ax.plot([u for u, _ in r.evals], [100 * v for _, v in r.evals], "o-", markersize=3,
                     label=f"{r.name} ({r.method}, {r.combo})")
-    ax.set(xlabel="update (phases end to end)", ylabel=f"dev {runs[0].metric} (%)" if runs else "", title=title)
+    ax.set(xlabel="update (phases end to end)", ylabel=f"dev (test) {runs[0].metric} (%)" if runs else "", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -103,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (holding metrics.json and history.json)")
     parser.add_argument("--out", type=Path, default=Path("runs/report"), help="writes <out>.md and <out>.png")
-    parser.add_argument("--title", default="dev metric during training")
+    parser.add_argument("--title", default="dev (test) metric during training")
     args = parser.parse_args(argv)
     try:
         runs = [load_run(folder) for folder in args.runs if folder.is_dir()]
