@@ -237,7 +237,8 @@ def _scripted_trial(fixed: Path):
         if cfg.combo == "quad+2quad" and not crashed.exists():
             crashed.write_text("")
             os._exit(1)  # the worker dies: a crash, which a retry can fix
-        return {"dev": {"accuracy": 0.75}, "primary_metric": "accuracy", "checkpoint": str(out)}
+        return {"validation": {"accuracy": 0.75}, "dev": {"accuracy": 0.7}, "primary_metric": "accuracy",
+                "checkpoint": str(out)}
 
     return trial
 
