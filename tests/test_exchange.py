@@ -6,6 +6,7 @@ import pytest
 
 
 def test_the_runtime_installs_the_exchange_under_the_tap_and_restores_both():
+    from mpcformer.mpc.compat import crypten  # noqa: F401  (import order: compat first)
     from crypten.communicator import DistributedCommunicator
 
     from mpcformer.mpc.config import MPCConfig

@@ -237,3 +237,14 @@ def test_a_session_replaces_only_the_manifests_attributes_and_restores_each(prof
         assert [tuple(entry) for entry in party["changed_during"]] == manifest  # nothing outside the manifest
         assert party["changed_after"] == []  # every original back
         assert party["protocol_path"]["profile"] == profile
+
+
+def test_a_session_that_cannot_join_restores_everything(tmp_path):
+    from mpcformer.mpc.session import MPCSession, SessionError
+
+    before = _patched_values()
+    lonely = MPCSession(0, 2, f"file://{tmp_path / 'rendezvous'}", MPCConfig(timeout_s=2))  # party 1 never comes
+    with pytest.raises(SessionError, match="could not join"):
+        lonely.__enter__()
+    assert runtime.active() is None and lonely.runtime is None
+    assert all(value is before[key] for key, value in _patched_values().items())

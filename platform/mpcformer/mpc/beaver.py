@@ -177,7 +177,7 @@ def _streams(device: Any) -> PartyStreams | None:
 def session_streams(device: Any) -> PartyStreams | None:
     """This party's triple streams for the open session, every kind, where they can run (2 parties,
     TTP, CPU, the dealer's generator keyed by an OS key); ``None`` elsewhere."""
-    if not ttp_on_cpu(device) or comm.get().get_world_size() != 2:
+    if not runtime.holds("ttp-2-parties-cpu", device):
         return None
     of = (session_generation(), str(device))
     if _STREAMS.party_streams is None or _STREAMS.of != of:
@@ -196,11 +196,7 @@ def session_streams(device: Any) -> PartyStreams | None:
 def ttp_on_cpu(device: Any) -> bool:
     """Whether mpcformer's own steps may run: CrypTen's TTP dealer, CPU tensors, no active security
     (CrypTen's own protocols run otherwise)."""
-    return (
-        isinstance(crypten.mpc.get_default_provider(), TrustedThirdParty)
-        and not crypten.cfg.mpc.active_security
-        and torch.device(device).type == "cpu"
-    )
+    return runtime.holds("ttp-cpu", device)
 
 
 def _product_size(op: str, size0: torch.Size, size1: torch.Size, *args: Any, **kwargs: Any) -> torch.Size:

@@ -51,7 +51,7 @@ from crypten.mpc.primitives import ArithmeticSharedTensor
 from crypten.mpc.provider.ttp_provider import TTPClient
 
 from mpcformer.mpc import runtime
-from mpcformer.mpc.beaver import ask_dealer, dealer_answer, ttp_on_cpu
+from mpcformer.mpc.beaver import ask_dealer, dealer_answer
 from mpcformer.mpc.dealer import MASK_REGISTER, MASK_RELEASE, MASK_TRIPLE
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 
@@ -67,9 +67,7 @@ _keys = itertools.count()  # per process; only party 0's keys reach the dealer
 def _masks_apply(device: torch.device) -> bool:
     """``MPCConfig.reuse_weight_masks`` in a session of 2 parties with the TTP dealer, on CPU."""
     config = runtime.active_config()
-    return (
-        config is not None and config.reuse_weight_masks and comm.get().get_world_size() == 2 and ttp_on_cpu(device)
-    )
+    return config is not None and config.reuse_weight_masks and runtime.holds("ttp-2-parties-cpu", device)
 
 
 # -- the parties' side ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ it, and fails on any assignment into CrypTen or torch outside this module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping
 from mpcformer.mpc.config import PROTOCOL_PROFILES, MPCConfig
 
 __all__ = [
-    "Patch", "MANIFEST", "SWITCHES", "CONDITIONS", "Runtime", "eligible", "active", "active_config", "applied",
+    "Patch", "MANIFEST", "SWITCHES", "CONDITIONS", "Runtime", "eligible", "holds", "active", "active_config", "applied",
     "describe", "protocol_label", "crypten_settings", "swapped", "forget_communicator",
 ]
 
@@ -81,8 +82,30 @@ CONDITIONS: dict[str, Callable[[SessionShape], bool]] = {
 
 def eligible(condition: Condition, config: MPCConfig, parties: int) -> bool:
     """Whether a session of ``config`` with ``parties`` parties meets ``condition`` (the one check of
-    "TTP dealer, 2 parties, CPU" and its kin)."""
+    "TTP dealer, 2 parties, CPU" and its kin; :func:`holds` asks the same of the open session)."""
     return CONDITIONS[condition](SessionShape(config.dealer, parties, config.device))
+
+
+def holds(condition: Condition, device: Any) -> bool:
+    """Whether the open CrypTen session meets ``condition`` for shares on ``device``: its provider
+    (CrypTen's TTP, without active security), its number of parties and the tensors' device."""
+    crypten, comm, ttp_class, torch = _live_handles()
+    ttp = isinstance(crypten.mpc.get_default_provider(), ttp_class) and not crypten.cfg.mpc.active_security
+    shape = SessionShape("ttp" if ttp else "other", comm.get().get_world_size(), torch.device(device).type)
+    return CONDITIONS[condition](shape)
+
+
+@functools.cache
+def _live_handles() -> tuple[Any, Any, Any, Any]:
+    """CrypTen, its communicator, its TTP provider class and torch (imported once, when first asked:
+    :func:`holds` runs on every product)."""
+    from mpcformer.mpc.compat import crypten
+    from crypten import communicator as comm
+    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
+
+    import torch
+
+    return crypten, comm, TrustedThirdParty, torch
 
 
 def _resolve(path: str) -> Any:

@@ -129,8 +129,11 @@ class MPCSession:
         try:
             self._join()
         except BaseException:
-            self.runtime.restore()  # a session that did not open leaves CrypTen as it found it
-            self.runtime = None
+            if self._open:  # joined, then failed (the emulated link): leave as a session does
+                self.close()
+            else:  # a session that did not open leaves CrypTen as it found it
+                self.runtime.restore()
+                self.runtime = None
             raise
         return self
 
