@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mpcformer.mpc.config import PROTOCOL_PROFILES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="preset (tiny, minilm, bert-base, bert-large) or HF path")
@@ -16,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--approx", default="exact,quad+2quad", help="comma-separated combinations")
     parser.add_argument("--repeats", type=int, default=1, help="forwards per combination (fastest kept)")
     parser.add_argument("--network", default=None, help="emulate a link: lan, wan or custom:<Mbit/s>:<rtt ms>")
+    parser.add_argument(
+        "--protocol", choices=sorted(PROTOCOL_PROFILES), default="mpcformer",
+        help="protocol profile: mpcformer's path, or crypten (CrypTen 0.4.1 as shipped: every switch below off, "
+        "CrypTen's own seeds; an insecure baseline); the --no-... switches then turn single steps off",
+    )
     parser.add_argument("--no-fast-matmul", action="store_true", help="CrypTen's stock int64 matmul")
     parser.add_argument(
         "--no-weight-masks", action="store_true",
@@ -65,14 +72,18 @@ def run(args: argparse.Namespace) -> int:
 
     from mpcformer.bench.runner import BenchConfig, run_bench, write_report
     from mpcformer.config import build_config
+    from mpcformer.mpc.config import protocol_settings
     from mpcformer.mpc.network import resolve_profile
 
-    mpc: dict = {
-        "fast_matmul": not args.no_fast_matmul, "reuse_weight_masks": not args.no_weight_masks,
-        "overlap_dealer": not args.no_overlap_dealer, "randomness": "crypten-insecure-baseline" if args.crypten_randomness else "os",
-        "stream_triples": not args.no_stream_triples, "fast_exchange": not args.no_fast_exchange,
-        "device": args.device,
+    mpc: dict = {**protocol_settings(args.protocol), "device": args.device}
+    switched_off = {
+        "fast_matmul": args.no_fast_matmul, "reuse_weight_masks": args.no_weight_masks,
+        "overlap_dealer": args.no_overlap_dealer, "stream_triples": args.no_stream_triples,
+        "fast_exchange": args.no_fast_exchange,
     }
+    mpc.update({switch: False for switch, off in switched_off.items() if off})
+    if args.crypten_randomness:
+        mpc["randomness"] = "crypten-insecure-baseline"
     if args.exact_truncation is not None:
         mpc["exact_truncation"] = args.exact_truncation
     if args.network:

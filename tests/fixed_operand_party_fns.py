@@ -21,7 +21,7 @@ def masked_and_stock_products(rank: int, ints: dict[str, list], floats: dict[str
     Integers are shared at precision 0 (no truncation): every revealed product is an exact ring
     element. ``w_t`` enters transposed, as the encrypted model's weights do; party 0 holds it.
     """
-    from mpcformer.mpc import fixed_operand
+    from mpcformer.mpc import runtime
     from mpcformer.mpc.compat import crypten
     from mpcformer.mpc.fixed_operand import FixedOperand
 
@@ -44,11 +44,10 @@ def masked_and_stock_products(rank: int, ints: dict[str, list], floats: dict[str
     out["float_masked"] = FixedOperand(wf_owned, tuple(wf_plain.shape)).rmatmul(xf).get_plain_text().tolist()
     out["float_stock"] = xf.matmul(crypten.cryptensor(wf_plain, src=0)).get_plain_text().tolist()
 
-    fixed_operand.disable()
-    plain = FixedOperand(owned, tuple(w_plain.shape), precision=0)
-    y, out["plain_bytes"], _ = _party_bytes(lambda: plain.rmatmul(xs[0]))
-    out["plain"] = {"masked": plain.masked, "ints": y.get_plain_text().long().tolist()}
-    fixed_operand.enable()
+    with runtime.active().switched(reuse_weight_masks=False):
+        plain = FixedOperand(owned, tuple(w_plain.shape), precision=0)
+        y, out["plain_bytes"], _ = _party_bytes(lambda: plain.rmatmul(xs[0]))
+        out["plain"] = {"masked": plain.masked, "ints": y.get_plain_text().long().tolist()}
 
     try:
         FixedOperand(w_plain, tuple(w_plain.shape)) if rank == 1 else FixedOperand(None, tuple(w_plain.shape))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -126,12 +127,15 @@ def staged_primitives(rank: int, break_copy_back: bool = False) -> dict:
 
 
 def staged_encrypted_ops(rank: int, a: list, b: list) -> dict:
-    """CrypTen arithmetic, comparisons and reveals with every exchange staged through host copies."""
-    from mpcformer.mpc import host_staging
+    """CrypTen arithmetic, comparisons and reveals with every exchange staged through host copies
+    (the runtime's host_staging patch targets, each given a stager of every tensor)."""
+    from mpcformer.mpc import host_staging, runtime
     from mpcformer.mpc.compat import crypten
 
-    host_staging.install(stage=lambda t: True)
-    try:
+    targets = [p.resolve_target() for p in runtime.MANIFEST if p.name == "host_staging"]
+    with contextlib.ExitStack() as staging:
+        for target in targets:
+            staging.enter_context(runtime.swapped(target, {"dist": host_staging.HostStagedDist(stage=lambda t: True)}))
         x = crypten.cryptensor(torch.tensor(a), src=0)
         y = crypten.cryptensor(torch.tensor(b), src=1)
         z = x.matmul(y)
@@ -143,9 +147,8 @@ def staged_encrypted_ops(rank: int, a: list, b: list) -> dict:
         }
         revealed = z.get_plain_text(dst=1)
         out["to_client"] = revealed.tolist() if rank == 1 else None
-    finally:
-        host_staging.uninstall()
-    return {"out": out, "installed_after": host_staging.installed()}
+    staged_after = any(isinstance(t.dist, host_staging.HostStagedDist) for t in targets)
+    return {"out": out, "installed_after": staged_after}
 
 
 def hook_on_close(rank: int, path: str) -> int:

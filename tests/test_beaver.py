@@ -13,27 +13,35 @@ from test_ring_matmul import ring_values
 PROTOCOLS = ("__beaver_protocol", "square", "AND", "B2A_single_bit")
 
 
-def test_enable_switches_and_disable_restores_cryptens_protocols():
-    from mpcformer.mpc import beaver
-    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
+def test_the_runtime_switches_cryptens_protocols_and_provider_and_restores_them():
+    import crypten.mpc as crypten_mpc
+
+    from mpcformer.mpc.config import MPCConfig
+    from mpcformer.mpc.runtime import Runtime
 
     crypten_beaver = importlib.import_module("crypten.mpc.primitives.beaver")
     originals = {name: getattr(crypten_beaver, name) for name in PROTOCOLS}
-    triple = TrustedThirdParty.generate_additive_triple
-    try:
-        beaver.enable(overlap_dealer=True, fewer_matmuls=False)
-        assert beaver.is_enabled()
-        assert all(getattr(crypten_beaver, name) is not originals[name] for name in PROTOCOLS)
-        assert TrustedThirdParty.generate_additive_triple is triple  # meta sizing is fewer_matmuls'
-        beaver.enable(overlap_dealer=True, fewer_matmuls=True)  # switch again: still one layer deep
-        assert TrustedThirdParty.generate_additive_triple is not triple
-        beaver.disable()
+    providers = vars(crypten_mpc)["__SUPPORTED_PROVIDERS"]
+    ttp = providers["TTP"]
+    for switches, provider_replaced in (({"fast_matmul": False}, False), ({}, True)):
+        runtime = Runtime(MPCConfig(**switches), parties=2).install()
+        try:
+            assert runtime.applied("beaver")
+            assert all(getattr(crypten_beaver, name) is not originals[name] for name in PROTOCOLS)
+            assert (providers["TTP"] is not ttp) is provider_replaced  # meta sizing is fast_matmul's
+            assert isinstance(providers["TTP"], type(ttp))
+        finally:
+            runtime.restore()
         assert all(getattr(crypten_beaver, name) is originals[name] for name in PROTOCOLS)
-        assert TrustedThirdParty.generate_additive_triple is triple
-        beaver.enable(overlap_dealer=False, fewer_matmuls=False)  # both off: CrypTen as shipped
-        assert not beaver.is_enabled() and all(getattr(crypten_beaver, n) is originals[n] for n in PROTOCOLS)
-    finally:
-        beaver.disable()
+        assert providers["TTP"] is ttp
+    off = {"overlap_dealer": False, "fast_matmul": False, "stream_triples": False}
+    for config in (MPCConfig(**off), MPCConfig(dealer="tfp", insecure_dealer=True)):  # CrypTen as shipped
+        runtime = Runtime(config, parties=2).install()
+        try:
+            assert not runtime.applied("beaver")
+            assert all(getattr(crypten_beaver, n) is originals[n] for n in PROTOCOLS)
+        finally:
+            runtime.restore()
 
 
 @pytest.fixture(scope="module")

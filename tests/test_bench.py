@@ -19,7 +19,10 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["bench", "--model", "tiny", "--seq-len", "16", "--approx", "exact,quad+2quad", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
-    assert {"settings", "environment", "combinations"} <= set(report)
+    assert {"settings", "environment", "combinations", "protocol_path"} <= set(report)
+    assert report["protocol_path"]["profile"] == "mpcformer"
+    assert report["protocol_path"]["owner_operands"] == "reused weight masks"
+    assert "Protocol: mpcformer" in (out / "bench.md").read_text()
     assert report["environment"]["versions"]["crypten"]
     combos = {c["approx"]: c for c in report["combinations"]}
     assert set(combos) == {"exact", "quad+2quad"}
@@ -185,6 +188,36 @@ def test_bench_cli_passes_the_device_and_matmul_switches_to_every_party(monkeypa
     mpc = seen["cfg"].mpc
     assert not mpc.reuse_weight_masks and not mpc.fast_matmul and not mpc.overlap_dealer
     assert mpc.randomness != "os" and not mpc.fast_exchange and not mpc.stream_triples
+    with pytest.raises(SystemExit):
+        main(["bench", "--protocol", "crypten", "--out", str(tmp_path)])
+    assert seen["cfg"].mpc == mpc.model_copy(update={"device": "cpu"})  # the profile: every switch off
+
+
+@pytest.mark.timeout(900)
+def test_protocol_crypten_says_so_and_costs_what_every_switch_off_costs(tmp_path):
+    def bench(name: str, *flags: str) -> dict:
+        out = tmp_path / name
+        argv = ["bench", "--model", "tiny", "--seq-len", "8", "--approx", "exact", "--no-truncation-risk", *flags]
+        assert main([*argv, "--out", str(out)]) == 0
+        return json.loads((out / "bench.json").read_text())
+
+    shipped = bench("crypten", "--protocol", "crypten")
+    switches_off = bench(
+        "switches", "--no-fast-matmul", "--no-weight-masks", "--no-overlap-dealer", "--no-stream-triples",
+        "--no-fast-exchange", "--no-exact-truncation",
+    )
+    path = shipped["protocol_path"]
+    assert path["profile"] == "crypten"
+    assert path["owner_operands"] == "beaver triples" and path["elementwise_triples"] == "dealer requests"
+    assert path["exchange"] == "all-reduce" and not path["dealer_overlap"] and path["matmul_kernel"] == "stock"
+    assert path["randomness"].startswith("crypten seeds") and path["truncation"] == "crypten local division"
+    assert switches_off["protocol_path"]["profile"] == "custom"  # OS randomness stays without --crypten-randomness
+    ours, theirs = shipped["combinations"][0], switches_off["combinations"][0]
+    assert (ours["rounds"], ours["bytes"]) == (theirs["rounds"], theirs["bytes"])
+    assert (ours["dealer"]["rounds"], ours["dealer"]["bytes"]) == (theirs["dealer"]["rounds"], theirs["dealer"]["bytes"])
+    assert {op: (c["rounds"], c["bytes"]) for op, c in ours["ops"].items()} == {
+        op: (c["rounds"], c["bytes"]) for op, c in theirs["ops"].items()
+    }
 
 
 @pytest.mark.timeout(400)

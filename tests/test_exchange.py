@@ -5,24 +5,29 @@ from __future__ import annotations
 import pytest
 
 
-def test_install_is_idempotent_and_uninstall_restores():
-    from mpcformer.mpc import exchange
+def test_the_runtime_installs_the_exchange_under_the_tap_and_restores_both():
+    from mpcformer.mpc.compat import crypten  # noqa: F401  (import order: compat first)
     from crypten.communicator import DistributedCommunicator
 
-    before = DistributedCommunicator.all_reduce
+    from mpcformer.mpc.config import MPCConfig
+    from mpcformer.mpc.runtime import Runtime
+
+    original = DistributedCommunicator.all_reduce
+    runtime = Runtime(MPCConfig(), parties=2).install()
     try:
-        exchange.uninstall()
-        original = DistributedCommunicator.all_reduce
-        exchange.install()
-        exchange.install()
-        assert exchange.is_installed() and DistributedCommunicator.all_reduce is not original
-        assert DistributedCommunicator.all_reduce.__name__ == "all_reduce"  # CrypTen counts by name
-        exchange.uninstall()
-        assert DistributedCommunicator.all_reduce is original and not exchange.is_installed()
+        ours = DistributedCommunicator.all_reduce
+        assert runtime.applied("exchange") and ours is not original
+        assert ours.__name__ == "all_reduce"  # CrypTen counts by name
+        assert getattr(ours, "__mpcformer_tap__", False)  # the tap wraps the exchange, not CrypTen's
     finally:
-        exchange.uninstall()
-        if before is not DistributedCommunicator.all_reduce:
-            exchange.install()
+        runtime.restore()
+    assert DistributedCommunicator.all_reduce is original
+    runtime = Runtime(MPCConfig(fast_exchange=False), parties=2).install()
+    try:
+        assert not runtime.applied("exchange")
+        assert DistributedCommunicator.all_reduce.__wrapped__ is original  # only the tap
+    finally:
+        runtime.restore()
 
 
 @pytest.fixture(scope="module")

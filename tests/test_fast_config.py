@@ -8,15 +8,20 @@ import pytest
 
 from mpcformer.mpc import fast_config
 from mpcformer.mpc.compat import crypten
+from mpcformer.mpc.config import MPCConfig
+from mpcformer.mpc.runtime import Runtime
 
 
 @pytest.fixture
 def cfg():
     cfg = crypten.cfg
     saved = copy.deepcopy(cfg.config)  # writes below change the config object in place
-    fast_config.install()
-    yield cfg
-    cfg.set_config(saved)
+    runtime = Runtime(MPCConfig(), parties=2).install()
+    try:
+        yield cfg
+    finally:
+        runtime.restore()
+        cfg.set_config(saved)
 
 
 def test_reads_writes_and_overrides_match_cryptens_own_lookup(cfg):
@@ -36,10 +41,8 @@ def test_reads_writes_and_overrides_match_cryptens_own_lookup(cfg):
     assert cfg.encoder.precision_bits == cfg.config.encoder.precision_bits != 11
 
 
-def test_uninstall_gives_crypten_its_lookup_back(cfg):
-    fast_config.uninstall()
-    try:
-        assert not isinstance(cfg.mpc, fast_config.CachedGroup)
-        assert cfg.mpc.provider == cfg.config.mpc.provider
-    finally:
-        fast_config.install()
+def test_runtime_restore_gives_crypten_its_lookup_back():
+    runtime = Runtime(MPCConfig(), parties=2).install()
+    runtime.restore()
+    assert not isinstance(crypten.cfg.mpc, fast_config.CachedGroup)
+    assert crypten.cfg.mpc.provider == crypten.cfg.config.mpc.provider

@@ -126,7 +126,9 @@ def test_group_health_and_sweep_state(prom):
     obs.record_trial("finished", job=job, trial="c", approx="quad+2quad", metric=0.70)
     obs.record_trial("finished", job=job, trial="d", approx="2relu-run", metric=0.4, metric_name="loss", mode="min")
     obs.record_trial("finished", job=job, trial="e", approx="2relu-run", metric=0.2, metric_name="loss", mode="min")
+    obs.record_protocol("crypten", job=job)
     samples = _samples(obs.exposition())
+    assert _value(samples, "ray_mpcformer_protocol_info", job_name=job, protocol_path="crypten") == 1
     assert _value(samples, "ray_mpcformer_party_group_up", job_name=job, group="g0") == 1
     assert _value(samples, "ray_mpcformer_party_group_up", job_name=job, group="g1") == 0
     assert _value(samples, "ray_mpcformer_sweep_trials", job_name=job, state="running") == 0

@@ -4,14 +4,27 @@ and a session using it."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import pytest
 import torch
 
 from mpcformer.mpc import prg
+from mpcformer.mpc.config import MPCConfig
+from mpcformer.mpc.runtime import Runtime
 
 IMPORTERS = ("crypten.common.rng", "crypten.mpc.primitives.arithmetic", "crypten.mpc.provider.ttp_provider")
+
+
+@contextlib.contextmanager
+def _runtime(randomness: str = "os"):
+    """The patches of a session with this randomness, in this process (no session opened)."""
+    runtime = Runtime(MPCConfig(randomness=randomness), parties=2).install()
+    try:
+        yield runtime
+    finally:
+        runtime.restore()
 
 
 def _seeded(seed: int) -> torch.Generator:
@@ -52,8 +65,7 @@ def test_ring_elements_cover_the_whole_int64_range_uniformly():
 
 
 def test_kbit_tensors_stay_in_range():
-    prg.install()
-    try:
+    with _runtime():
         rng = importlib.import_module("crypten.common.rng")
         for bits in (1, 20, 63):
             values = rng.generate_kbit_random_tensor((50_000,), bitlength=bits, generator=_seeded(bits))
@@ -61,32 +73,27 @@ def test_kbit_tensors_stay_in_range():
             assert values.max().item() >= 2 ** (bits - 1)  # the top bit is drawn
         full = rng.generate_kbit_random_tensor((1000,), generator=_seeded(3))
         assert full.min() < 0  # 64 bits: signed ring elements
-    finally:
-        prg.uninstall()
 
 
-def test_install_switches_cryptens_draws_and_uninstall_restores():
+def test_the_runtime_switches_cryptens_draws_and_restores_them():
     originals = {m: importlib.import_module(m).generate_random_ring_element for m in IMPORTERS}
-    try:
-        prg.install()
-        assert prg.is_installed()
+    with _runtime() as runtime:
+        assert runtime.applied("prg")
         for module in IMPORTERS:
             assert importlib.import_module(module).generate_random_ring_element is prg.generate_random_ring_element
-        prg.uninstall()
+    for module in IMPORTERS:
+        assert importlib.import_module(module).generate_random_ring_element is originals[module]
+    with _runtime("crypten-insecure-baseline") as runtime:  # CrypTen's own draws
+        assert not runtime.applied("prg")
         for module in IMPORTERS:
             assert importlib.import_module(module).generate_random_ring_element is originals[module]
-    finally:
-        prg.uninstall()
 
 
 def test_other_ring_sizes_keep_torch_randint():
-    prg.install()
-    try:
+    with _runtime():
         rng = importlib.import_module("crypten.common.rng")
         small = rng.generate_random_ring_element((1000,), ring_size=2**16, generator=_seeded(2))
         assert small.min() >= -(2**15) and small.max() < 2**15
-    finally:
-        prg.uninstall()
 
 
 @pytest.mark.parametrize("randomness", ["os", "crypten-insecure-baseline"])

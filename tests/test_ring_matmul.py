@@ -3,8 +3,6 @@ extreme value, and the CrypTen hook (on/off, protocol savings) in a real 2-party
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +10,9 @@ from hypothesis import strategies as st
 
 from mpcformer.mpc import ring_matmul as rm
 from mpcformer.mpc.compat import crypten  # noqa: F401  (imports CrypTen the supported way)
+from mpcformer.mpc.config import MPCConfig
 from mpcformer.mpc.ring_matmul import MAX_EXACT_CHUNK, ring_linear, ring_matmul
+from mpcformer.mpc.runtime import MANIFEST, Runtime
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -102,41 +102,38 @@ def test_refuses_non_ring_inputs_with_advice():
         ring_matmul(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="inner dimensions"):
         ring_matmul(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="auto, limbs, stock"):
-        rm.enable(kernel="fast")
+    with pytest.raises(ValueError):
+        MPCConfig(matmul_kernel="fast")
 
 
-def test_enable_is_idempotent_switchable_and_leaves_other_tensors_alone():
-    patched = [importlib.import_module(name) for name in rm._PATCHED_MODULES]
+def test_the_runtime_hook_routes_ring_products_and_leaves_other_tensors_alone():
+    targets = [p.resolve_target() for p in MANIFEST if p.name == "ring_matmul"]
+    runtime = Runtime(MPCConfig(matmul_kernel="limbs"), parties=2).install()
     try:
-        rm.enable(kernel="limbs")
-        rm.enable(kernel="limbs")
-        assert rm.is_enabled() and rm.active_kernel() == "limbs"
-        stand_in = patched[0].torch
-        assert stand_in is not torch and all(module.torch is stand_in for module in patched)
+        assert runtime.applied("ring_matmul") and rm.active_kernel() == "limbs"
+        stand_in = targets[0].torch
+        assert stand_in is rm.TORCH_WITH_RING_MATMUL and all(module.torch is stand_in for module in targets)
         a, b = ring_values((64, 300), 8, 0.2), ring_values((300, 256), 9, 0.2)  # ≥ MIN_LIMB_MACS
         assert torch.equal(stand_in.matmul(a, b), a @ b)
         floats = torch.randn(3, 4), torch.randn(4, 2)
         assert torch.equal(stand_in.matmul(*floats), torch.matmul(*floats))  # floats: torch's own
         assert stand_in.Tensor is torch.Tensor and stand_in.long is torch.long
-        rm.disable()
-        rm.disable()
-        assert not rm.is_enabled() and rm.active_kernel() == "stock"
-        assert all(module.torch is torch for module in patched)
     finally:
-        rm.disable()
+        runtime.restore()
+    assert rm.active_kernel() == "stock"
+    assert all(module.torch is torch for module in targets)
 
 
 def test_auto_kernel_measures_once_and_picks_a_kernel(monkeypatch):
     measured, measure = [], rm.measure_kernels
     monkeypatch.setattr(rm, "measure_kernels", lambda: measured.append(1) or {"stock": 1.0, "limbs": 0.5})
-    monkeypatch.setattr(rm._STATE, "resolved", None)
+    monkeypatch.setattr(rm, "_measured", {})
+    runtime = Runtime(MPCConfig(matmul_kernel="auto"), parties=2).install()
     try:
-        rm.enable()
         assert rm.active_kernel() == "limbs" and rm.active_kernel() == "limbs"
         assert measured == [1]
     finally:
-        rm.disable()
+        runtime.restore()
     times = measure(m=8, k=64, n=32, repeats=1)
     assert set(times) == {"stock", "limbs"} and all(t > 0 for t in times.values())
 

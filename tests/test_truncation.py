@@ -47,17 +47,27 @@ def test_dealer_values_pair_each_mask_with_its_quotient_and_top_bit():
         truncation.dealer_values(r[:3], 1000)
 
 
-def test_enable_replaces_and_disable_restores_cryptens_division():
+def test_the_runtime_replaces_and_restores_cryptens_division_where_it_applies():
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
+    from mpcformer.mpc.config import MPCConfig
+    from mpcformer.mpc.runtime import Runtime
+
     original = ArithmeticSharedTensor.div_
+    runtime = Runtime(MPCConfig(exact_truncation=True), parties=2).install()
     try:
-        truncation.enable()
-        truncation.enable()  # idempotent
-        assert truncation.is_enabled() and ArithmeticSharedTensor.div_ is not original
+        assert runtime.applied("truncation") and ArithmeticSharedTensor.div_ is not original
     finally:
-        truncation.disable()
-    assert not truncation.is_enabled() and ArithmeticSharedTensor.div_ is original
+        runtime.restore()
+    assert ArithmeticSharedTensor.div_ is original
+    for config, parties in ((MPCConfig(exact_truncation=True), 3), (MPCConfig(exact_truncation=False), 2),
+                            (MPCConfig(exact_truncation=True, randomness="crypten-insecure-baseline"), 2)):
+        assert not truncation.exact_under(config, parties)
+        runtime = Runtime(config, parties).install()
+        try:
+            assert ArithmeticSharedTensor.div_ is original
+        finally:
+            runtime.restore()
 
 
 def _operands(count: int) -> tuple[list[float], list[float]]:

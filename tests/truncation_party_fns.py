@@ -21,7 +21,7 @@ def products_both_ways(rank: int, a: list[float], b: list[float], divisors: list
     """
     from crypten import communicator as comm
 
-    from mpcformer.mpc import truncation
+    from mpcformer.mpc import runtime
     from mpcformer.mpc.compat import crypten
 
     x = crypten.cryptensor(torch.tensor(a, dtype=torch.float64), src=0)
@@ -29,16 +29,15 @@ def products_both_ways(rank: int, a: list[float], b: list[float], divisors: list
     small = x[:1000]
     out: dict = {}
     for mode in ("crypten", "exact"):
-        truncation.enable() if mode == "exact" else truncation.disable()
-        before = comm.get().get_communication_stats()["rounds"]
-        product = x * y
-        rounds = comm.get().get_communication_stats()["rounds"] - before
-        out[mode] = {
-            "product": _encoded(product).tolist(),
-            "product_rounds": rounds,
-            "public_float": _encoded(small * 0.75).tolist(),
-            "divided": {str(d): _encoded(small / d).tolist() for d in divisors},
-            "by_tensor": _encoded(small / torch.tensor([1.0, 3.0, 16.0, 1000.0]).repeat(250)).tolist(),
-        }
-    truncation.disable()
+        with runtime.active().switched(exact_truncation=mode == "exact"):
+            before = comm.get().get_communication_stats()["rounds"]
+            product = x * y
+            rounds = comm.get().get_communication_stats()["rounds"] - before
+            out[mode] = {
+                "product": _encoded(product).tolist(),
+                "product_rounds": rounds,
+                "public_float": _encoded(small * 0.75).tolist(),
+                "divided": {str(d): _encoded(small / d).tolist() for d in divisors},
+                "by_tensor": _encoded(small / torch.tensor([1.0, 3.0, 16.0, 1000.0]).repeat(250)).tolist(),
+            }
     return out

@@ -23,7 +23,7 @@ import platform as std_platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from pydantic import Field, PositiveInt
@@ -102,12 +102,19 @@ def bench_kernels(config: MatmulBenchConfig) -> list[dict]:
     return rows
 
 
-#: Hook settings the encrypted part compares: name -> kernel passed to enable(), None = hook off.
+#: Hook settings the encrypted part compares: name -> MPCConfig.matmul_kernel, None = hook off.
 ENCRYPTED_MODES: dict[str, str | None] = {"crypten": None, "hook+stock": "stock", "hook+limbs": "limbs", "hook+auto": "auto"}
 
 
 def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _ring_hook(session_runtime: Any, kernel: str | None) -> Any:
+    """The session's patches with the ring matmul kernel switched; ``None``: ``fast_matmul`` off
+    (CrypTen's matmul and its 3-product Beaver step)."""
+    hook = {"fast_matmul": False} if kernel is None else {"matmul_kernel": kernel}
+    return session_runtime.switched(**hook)
 
 
 def encrypted_matmul_party(rank: int, shapes: list[dict], repeats: int, seed: int) -> dict:
@@ -116,6 +123,7 @@ def encrypted_matmul_party(rank: int, shapes: list[dict], repeats: int, seed: in
     The dealer runs with the hook on (``kernel="auto"``) in every mode: only the parties switch.
     """
     from mpcformer.mpc import ring_matmul as rm
+    from mpcformer.mpc import runtime
     from mpcformer.mpc.compat import crypten
 
     torch.set_num_threads(1)
@@ -130,17 +138,13 @@ def encrypted_matmul_party(rank: int, shapes: list[dict], repeats: int, seed: in
         digests = {"plaintext": _digest(torch.matmul(x_plain, w_plain))}
         for _ in range(repeats):
             for mode, kernel in ENCRYPTED_MODES.items():  # interleaved, so load hits all modes alike
-                if kernel is None:
-                    rm.disable()
-                else:
-                    rm.enable(kernel=kernel)
-                start = time.perf_counter()
-                z = x.matmul(w)
-                times[mode] = min(times[mode], time.perf_counter() - start)
-                digests[mode] = _digest(z.get_plain_text())
-                if kernel == "auto":
-                    out["auto_kernel"] = rm.active_kernel()
-        rm.disable()
+                with _ring_hook(runtime.active(), kernel):
+                    start = time.perf_counter()
+                    z = x.matmul(w)
+                    times[mode] = min(times[mode], time.perf_counter() - start)
+                    digests[mode] = _digest(z.get_plain_text())
+                    if kernel == "auto":
+                        out["auto_kernel"] = rm.active_kernel()
         out["times"][shape["name"]], out["products"][shape["name"]] = times, digests
     return out
 

@@ -46,6 +46,16 @@ def _truncation_line(combos: list[dict]) -> str:
     return "Truncation (an element off by 2^32 when the shares wrap): " + "; ".join(parts) + "."
 
 
+def _protocol_line(path: dict) -> str:
+    """What bench.json's ``protocol_path`` says, in one sentence."""
+    return (
+        f"Protocol: {path['profile']} (owner weights: {path['owner_operands']}; elementwise triples: "
+        f"{path['elementwise_triples']}; dealer overlap: {'on' if path['dealer_overlap'] else 'off'}; matmul: "
+        f"{path['beaver_matmul']}, {path['matmul_kernel']} kernel; openings: {path['exchange']}; randomness: "
+        f"{path['randomness']}; truncation: {path['truncation']})."
+    )
+
+
 def render_markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
@@ -85,6 +95,8 @@ def render_markdown(report: dict) -> str:
         + ". Comm time is the part of the latency spent in exchanges on this machine.",
     ]
     lines += ["", _truncation_line(report["combinations"])]
+    if report.get("protocol_path"):
+        lines += ["", _protocol_line(report["protocol_path"])]
     env = report["environment"]
     where = f"GPU: {env['gpu']}" if env.get("gpu") else "CPU only"
     lines += ["", f"Machine: {env['machine']}, {env['cpus']} CPUs, {where}; versions: {env['versions']}", ""]

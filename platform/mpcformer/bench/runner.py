@@ -85,7 +85,7 @@ def bench_party(
 
     from mpcformer.models.presets import load_preset_model
     from mpcformer.inference.protocol import run_private_inference
-    from mpcformer.mpc import progress
+    from mpcformer.mpc import progress, runtime
     from mpcformer.mpc.costs import CostLedger
 
     combo = Combo.parse(combo_name)
@@ -128,7 +128,7 @@ def bench_party(
                 rank, model=model, input_ids=input_ids, attention_mask=attention_mask, combo=combo, ledger=ledger
             )
         truncation = recorder.summary() if rank == 0 else None
-    return {"costs": best, "setup": setup, "truncation": truncation}
+    return {"costs": best, "setup": setup, "truncation": truncation, "protocol_path": runtime.describe()}
 
 
 def _vocab_size(model_name: str) -> int:
@@ -153,6 +153,7 @@ def _combo_result(name: str, costs: dict, overlap_dealer: bool) -> dict:
         "dealer": costs["dealer"],
         "setup": {k: costs["setup"][k] for k in ("time_s", "rounds", "bytes")},
         "truncation": costs.get("truncation"),
+        "protocol_path": costs.get("protocol_path"),
         "ops": ops,
         "projected_latency_s": {
             prof: project_latency(
@@ -231,7 +232,7 @@ def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = N
     owner = results[1 - _CLIENT]
     return {
         **results[_CLIENT]["costs"], "dealer": owner["costs"]["dealer"], "setup": results[_CLIENT]["setup"],
-        "truncation": _truncation_risk(cfg, owner["truncation"]),
+        "truncation": _truncation_risk(cfg, owner["truncation"]), "protocol_path": owner["protocol_path"],
     }
 
 
@@ -288,6 +289,7 @@ def run_bench(
         c["speedup_vs_exact"] = (exact["latency_s"] / c["latency_s"]) if exact else None
     return {
         "settings": cfg.model_dump(mode="json"),
+        "protocol_path": combos[0]["protocol_path"],  # the owner's runtime (every combination runs the same config)
         "environment": _environment(cfg.mpc.device),
         "profiles": {k: v.model_dump() for k, v in PROFILES.items()},
         "combinations": combos,

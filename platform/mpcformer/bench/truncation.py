@@ -133,13 +133,11 @@ def recording(rank: int, ledger: Any) -> Iterator[_Recorder]:
     it together; the tallies are party 0's; ``ledger``'s open scope names each division's category)."""
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
+    from mpcformer.mpc import runtime
+
     recorder = _Recorder(rank, ledger)
-    inner = ArithmeticSharedTensor.div_
-    ArithmeticSharedTensor.div_ = recorder.wrap(inner)
-    try:
+    with runtime.swapped(ArithmeticSharedTensor, {"div_": recorder.wrap(ArithmeticSharedTensor.div_)}):
         yield recorder
-    finally:
-        ArithmeticSharedTensor.div_ = inner
 
 
 def truncation_party(rank: int, model_name: str, combo: str, sequences: list[list[int]], seed: int) -> list[dict]:

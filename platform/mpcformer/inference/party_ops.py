@@ -320,9 +320,13 @@ def _spec(run: RunData):
 def _record_forward(costs: dict[str, Any], combo: str, model: str, job: str, rank: int, sequences: int) -> None:
     """Prometheus metrics of this party's forward; a metrics problem never fails the batch."""
     try:
-        from mpcformer.observability import record_forward
+        from mpcformer.mpc import runtime
+        from mpcformer.observability import record_forward, record_protocol
 
         record_forward(costs, approx=combo, model=model, job=job, rank=rank, sequences=sequences)
+        path = runtime.describe()
+        if path is not None:
+            record_protocol(runtime.protocol_label(path), job=job)
     except Exception as err:  # pragma: no cover - depends on the metrics backend
         log.debug("forward metrics not recorded: %s", err)
 

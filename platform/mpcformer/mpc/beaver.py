@@ -26,17 +26,19 @@ Party 0's requests (:func:`ask_dealer`) carry the size of their answer, which th
 (:mod:`mpcformer.mpc.dealer`) then broadcasts at once; they are sent without waiting and their
 answers received in the order asked (:class:`DealerTicket`), CrypTen's own ``ttp_request`` after
 every earlier answer. Everything else (the TFP dealer, active security, CUDA tensors,
-convolutions) runs CrypTen's own protocol. The session layer
-(:func:`mpcformer.mpc.session.apply_crypten_config`) enables this module; with all three switches
-off CrypTen runs exactly as shipped (the benchmarks' baseline).
+convolutions) runs CrypTen's own protocol. The session's runtime (patches ``beaver`` of
+:mod:`mpcformer.mpc.runtime`) puts these functions in place of CrypTen's and reads the switches
+from the session's config; with all three switches off CrypTen runs exactly as shipped (the
+benchmarks' baseline).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy
@@ -49,43 +51,39 @@ from crypten.communicator.communicator import _logging
 from crypten.common import rng as crypten_rng  # via the module: mpcformer.mpc.prg may replace the draws
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 from crypten.mpc.primitives import beaver as crypten_beaver
-from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient, TTPServer
+from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient
 
-from mpcformer.mpc import prg, tap
-from mpcformer.mpc.dealer import BROADCAST_REPLY, REPLY_KEY
+from mpcformer.mpc import prg, runtime, tap
+from mpcformer.mpc.dealer import BROADCAST_REPLY, REPLY_KEY, STREAM_RANGE
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 from mpcformer.mpc.session import on_session_close, session_generation
-from mpcformer.mpc.triple_stream import PartyStreams, dealer_chunk
+from mpcformer.mpc.triple_stream import PartyStreams
 
 __all__ = [
-    "enable", "disable", "is_enabled", "ask_dealer", "dealer_answer", "drain", "DealerTicket", "ttp_on_cpu",
-    "session_streams",
+    "beaver_protocol", "square", "and_", "b2a_single_bit", "request_after_drain", "ttp_provider",
+    "ask_dealer", "dealer_answer", "drain", "DealerTicket", "ttp_on_cpu", "session_streams",
 ]
 
 log = logging.getLogger(__name__)
 
 Shares = Any  # ArithmeticSharedTensor | BinarySharedTensor (CrypTen has no type stubs)
 
-#: CrypTen's protocol functions this module stands in for (names in ``crypten_beaver``).
-_PROTOCOLS = ("__beaver_protocol", "square", "AND", "B2A_single_bit")
+#: CrypTen's protocol functions this module stands in for (taken before any session patches them).
+_CRYPTEN = {name: getattr(crypten_beaver, name) for name in ("__beaver_protocol", "square", "AND", "B2A_single_bit")}
 
 
 @dataclass
-class _State:
-    overlap: bool = False
-    fewer_matmuls: bool = False
-    streams: bool = False
-    originals: dict[str, Callable] = field(default_factory=dict)
+class _Streams:
     party_streams: PartyStreams | None = None
-    party_streams_of: tuple = ()  # (session, device) the streams belong to
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.originals)
+    of: tuple = ()  # (session, device) the streams belong to
 
 
-_STATE = _State()
-_CLIENT = TTPClient._TTPClient__TTPClient  # CrypTen's per-process client class (name-mangled)
+_STREAMS = _Streams()
+
+
+def _switches() -> Any:
+    """The open session's :class:`~mpcformer.mpc.config.MPCConfig` (these functions only run in one)."""
+    return runtime.active_config()
 
 
 # -- talking to the dealer (party 0) -------------------------------------------------------------
@@ -148,17 +146,22 @@ def _receive(ticket: DealerTicket) -> None:
     ticket.answer = answer
 
 
-def _ttp_request_after_drain(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """CrypTen's ``ttp_request``, once the answers already asked for are in (they come first)."""
-    drain()
-    return _STATE.originals["ttp_request"](self, *args, **kwargs)
+def request_after_drain(ttp_request: Callable, config: Any = None) -> Callable:
+    """CrypTen's ``ttp_request`` method, once the answers already asked for are in (they come first)."""
+
+    @functools.wraps(ttp_request)
+    def after_drain(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        drain()
+        return ttp_request(self, *args, **kwargs)
+
+    return after_drain
 
 
 def _ask_or_draw(function: str, args: tuple, size: torch.Size, draw: Callable[[torch.Size], torch.Tensor], device: Any):
     """Party 0 asks the dealer (a :class:`DealerTicket`, collected by :func:`_collect`); the others draw."""
     if comm.get().get_rank() == 0:
         ticket = ask_dealer(function, device, *args, size=size)
-        return ticket if _STATE.overlap else dealer_answer(ticket)  # no overlap: wait now, as CrypTen
+        return ticket if _switches().overlap_dealer else dealer_answer(ticket)  # no overlap: wait now, as CrypTen
     return draw(size)
 
 
@@ -166,46 +169,34 @@ def _collect(share: torch.Tensor | DealerTicket) -> torch.Tensor:
     return dealer_answer(share) if isinstance(share, DealerTicket) else share
 
 
-_STREAM_RANGE = "mpcformer_stream_range"
-
-
-def _dealer_stream_range(server: Any, kind: str, start: int, count: int) -> torch.Tensor:
-    """The dealer's side of :mod:`mpcformer.mpc.triple_stream` (a method of CrypTen's TTPServer)."""
-    return dealer_chunk([prg.generator_key(g) for g in server._get_generators(device="cpu")], kind, start, count)
-
-
 def _streams(device: Any) -> PartyStreams | None:
     """The session's triple streams for elementwise triples (``stream_triples``), where they apply."""
-    return session_streams(device) if _STATE.streams else None
+    return session_streams(device) if _switches().stream_triples else None
 
 
 def session_streams(device: Any) -> PartyStreams | None:
     """This party's triple streams for the open session, every kind, where they can run (2 parties,
     TTP, CPU, the dealer's generator keyed by an OS key); ``None`` elsewhere."""
-    if not ttp_on_cpu(device) or comm.get().get_world_size() != 2:
+    if not runtime.holds("ttp-2-parties-cpu", device):
         return None
     of = (session_generation(), str(device))
-    if _STATE.party_streams is None or _STATE.party_streams_of != of:
+    if _STREAMS.party_streams is None or _STREAMS.of != of:
         key = prg.generator_key(TTPClient.get().get_generator(device=device))
         if key is None:  # CrypTen's own seeds (the insecure baseline): CrypTen's protocols
             return None
 
         def ask(kind: str, start: int, count: int) -> DealerTicket:
-            return ask_dealer(_STREAM_RANGE, device, kind, start, count, size=torch.Size([count]))
+            return ask_dealer(STREAM_RANGE, device, kind, start, count, size=torch.Size([count]))
 
-        _STATE.party_streams = PartyStreams(comm.get().get_rank(), key, device, ask, dealer_answer)
-        _STATE.party_streams_of = of
-    return _STATE.party_streams
+        _STREAMS.party_streams = PartyStreams(comm.get().get_rank(), key, device, ask, dealer_answer)
+        _STREAMS.of = of
+    return _STREAMS.party_streams
 
 
 def ttp_on_cpu(device: Any) -> bool:
     """Whether mpcformer's own steps may run: CrypTen's TTP dealer, CPU tensors, no active security
     (CrypTen's own protocols run otherwise)."""
-    return (
-        isinstance(crypten.mpc.get_default_provider(), TrustedThirdParty)
-        and not crypten.cfg.mpc.active_security
-        and torch.device(device).type == "cpu"
-    )
+    return runtime.holds("ttp-cpu", device)
 
 
 def _product_size(op: str, size0: torch.Size, size1: torch.Size, *args: Any, **kwargs: Any) -> torch.Size:
@@ -224,12 +215,14 @@ def _bits(generator: torch.Generator, device: Any, bitlength: int | None = None)
 
 # -- the protocols -------------------------------------------------------------------------------
 # Every party draws from its generator in CrypTen's order (the dealer mirrors those draws).
-def _beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -> Shares:
+def beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -> Shares:
     """CrypTen's ``__beaver_protocol`` for ``mul`` and ``matmul`` (module doc, points 1 and 2)."""
+    switches = _switches()
+    fewer_matmuls = switches.fast_matmul
     streams = _streams(x.device) if op == "mul" and x.size() == y.size() else None
-    ours = streams or _STATE.overlap and op in ("mul", "matmul") or _STATE.fewer_matmuls and op == "matmul"
+    ours = streams or switches.overlap_dealer and op in ("mul", "matmul") or fewer_matmuls and op == "matmul"
     if not ours or args or kwargs or not ttp_on_cpu(x.device):
-        return _STATE.originals["__beaver_protocol"](op, x, y, *args, **kwargs)
+        return _CRYPTEN["__beaver_protocol"](op, x, y, *args, **kwargs)
     if x.device != y.device:
         raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
     device, rank = x.device, comm.get().get_rank()
@@ -244,7 +237,7 @@ def _beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -
     with crypten_beaver.IgnoreEncodings([a, b, x, y]):
         epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
     product = _dispatch_matmul if op == "matmul" else torch.mul
-    if op == "matmul" and not _STATE.fewer_matmuls:  # CrypTen's three products
+    if op == "matmul" and not fewer_matmuls:  # CrypTen's three products
         z = product(epsilon, b.share) + product(a.share, delta)
         if rank == 0:
             z += product(epsilon, delta)
@@ -256,11 +249,11 @@ def _beaver_protocol(op: str, x: Shares, y: Shares, *args: Any, **kwargs: Any) -
     return ArithmeticSharedTensor.from_shares(z, precision=0)
 
 
-def _square(x: Shares) -> Shares:
+def square(x: Shares) -> Shares:
     """CrypTen's ``square``: ``[r]``, ``[r²]`` from the dealer, open ``x - r``."""
     streams = _streams(x.device)
-    if not (_STATE.overlap or streams) or not ttp_on_cpu(x.device):
-        return _STATE.originals["square"](x)
+    if not (_switches().overlap_dealer or streams) or not ttp_on_cpu(x.device):
+        return _CRYPTEN["square"](x)
     if streams is not None:
         pair = streams.take("square", x.size())
         r, r2 = pair["r"], pair["c"]
@@ -275,11 +268,11 @@ def _square(x: Shares) -> Shares:
     return r2 + 2 * r * epsilon + epsilon * epsilon
 
 
-def _and(x: Shares, y: Shares) -> Shares:
+def and_(x: Shares, y: Shares) -> Shares:
     """CrypTen's ``AND`` (binary Beaver triple), the step of every comparison's adder circuit."""
     streams = _streams(x.device) if x.size() == y.size() else None
-    if not (_STATE.overlap or streams) or not ttp_on_cpu(x.device):
-        return _STATE.originals["AND"](x, y)
+    if not (_switches().overlap_dealer or streams) or not ttp_on_cpu(x.device):
+        return _CRYPTEN["AND"](x, y)
     if streams is not None:
         triple = streams.take("and", x.size())
         a, b, c = triple["a"], triple["b"], triple["c"]
@@ -293,79 +286,42 @@ def _and(x: Shares, y: Shares) -> Shares:
     return (b & epsilon) ^ (a & delta) ^ (epsilon & delta) ^ c
 
 
-def _b2a_single_bit(x_bits: Shares) -> Shares:
+def b2a_single_bit(x_bits: Shares) -> Shares:
     """CrypTen's ``B2A_single_bit``: a shared random bit in both forms, open ``x ^ r``."""
     if comm.get().get_world_size() < 2 or not ttp_on_cpu(x_bits.device):
-        return _STATE.originals["B2A_single_bit"](x_bits)
+        return _CRYPTEN["B2A_single_bit"](x_bits)
     streams = _streams(x_bits.device)
     if streams is not None:
         pair = streams.take("b2a", x_bits.size())
         r_bits, r_arith = pair["r"], pair["c"]
-    elif _STATE.overlap:
+    elif _switches().overlap_dealer:
         generator = TTPClient.get().get_generator(device=x_bits.device)
         r_bits = _bits(generator, x_bits.device, bitlength=1)(x_bits.size())
         r_arith = _ask_or_draw("B2A", (x_bits.size(),), x_bits.size(), _ring(generator, x_bits.device), x_bits.device)
     else:
-        return _STATE.originals["B2A_single_bit"](x_bits)
+        return _CRYPTEN["B2A_single_bit"](x_bits)
     z = (x_bits ^ BinarySharedTensor.from_shares(r_bits)).reveal()
     r_arith = ArithmeticSharedTensor.from_shares(_collect(r_arith), precision=0)
     return r_arith * (1 - 2 * z) + z
 
 
-_REPLACEMENTS = {
-    "__beaver_protocol": _beaver_protocol, "square": _square, "AND": _and, "B2A_single_bit": _b2a_single_bit,
-}
+# -- CrypTen's triple provider -----------------------------------------------------------------------
+class _TrustedThirdParty(TrustedThirdParty):
+    """CrypTen's TTP provider whose additive triples (for the products that still take CrypTen's
+    protocol, e.g. convolutions) are sized on meta tensors by the parties other than 0."""
+
+    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+        if device is not None and torch.device(device).type != "cpu":
+            return super().generate_additive_triple(size0, size1, op, device, *args, **kwargs)
+        ring = _ring(TTPClient.get().get_generator(device=device), device)
+        a, b = ring(size0), ring(size1)
+        if comm.get().get_rank() == 0:
+            c = TTPClient.get().ttp_request("additive", device, size0, size1, op, *args, **kwargs)
+        else:
+            c = ring(_product_size(op, size0, size1, *args, **kwargs))
+        return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
 
 
-# -- switching -----------------------------------------------------------------------------------
-def _ttp_triple_sized_on_meta(self, size0, size1, op, device=None, *args, **kwargs):
-    """CrypTen's ``TrustedThirdParty.generate_additive_triple`` (for the products that still take
-    CrypTen's protocol, e.g. convolutions); parties other than 0 size ``c`` on meta tensors."""
-    if device is not None and torch.device(device).type != "cpu":
-        return _STATE.originals["ttp_triple"](self, size0, size1, op, device, *args, **kwargs)
-    ring = _ring(TTPClient.get().get_generator(device=device), device)
-    a, b = ring(size0), ring(size1)
-    if comm.get().get_rank() == 0:
-        c = TTPClient.get().ttp_request("additive", device, size0, size1, op, *args, **kwargs)
-    else:
-        c = ring(_product_size(op, size0, size1, *args, **kwargs))
-    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c))
-
-
-def enable(*, overlap_dealer: bool = True, fewer_matmuls: bool = True, stream_triples: bool = False) -> None:
-    """Run CrypTen's Beaver steps as the module doc says, with these switches (all off: CrypTen's)."""
-    disable()
-    if not (overlap_dealer or fewer_matmuls or stream_triples):
-        return
-    _STATE.overlap, _STATE.fewer_matmuls, _STATE.streams = overlap_dealer, fewer_matmuls, stream_triples
-    TTPServer.mpcformer_stream_range = _dealer_stream_range  # the dealer's side (harmless on parties)
-    for name in _PROTOCOLS:
-        _STATE.originals[name] = getattr(crypten_beaver, name)
-        setattr(crypten_beaver, name, _REPLACEMENTS[name])
-    if fewer_matmuls:
-        _STATE.originals["ttp_triple"] = TrustedThirdParty.generate_additive_triple
-        TrustedThirdParty.generate_additive_triple = _ttp_triple_sized_on_meta
-    _STATE.originals["ttp_request"] = _CLIENT.ttp_request
-    _CLIENT.ttp_request = _ttp_request_after_drain
-    log.debug("beaver steps on (overlap %s, fewer matmuls %s)", overlap_dealer, fewer_matmuls)
-
-
-def disable() -> None:
-    """Give CrypTen back its own protocols (idempotent)."""
-    originals = _STATE.originals
-    for name in _PROTOCOLS:
-        if name in originals:
-            setattr(crypten_beaver, name, originals[name])
-    if "ttp_triple" in originals:
-        TrustedThirdParty.generate_additive_triple = originals["ttp_triple"]
-    if "ttp_request" in originals:
-        drain()  # nothing asked our way may stay unreceived
-        _CLIENT.ttp_request = originals["ttp_request"]
-    _STATE.originals = {}
-    _STATE.overlap = _STATE.fewer_matmuls = _STATE.streams = False
-    _STATE.party_streams = None
-
-
-def is_enabled() -> bool:
-    """Whether :func:`enable` is in effect in this process."""
-    return _STATE.enabled
+def ttp_provider(original: Any = None, config: Any = None) -> TrustedThirdParty:
+    """The TTP provider registered with CrypTen while ``fast_matmul`` is on (a runtime patch)."""
+    return _TrustedThirdParty()

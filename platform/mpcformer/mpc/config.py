@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from mpcformer.config import StrictModel
 from mpcformer.mpc.network import NetworkProfile
 
-__all__ = ["FunctionSettings", "MPCConfig"]
+__all__ = ["FunctionSettings", "MPCConfig", "PROTOCOL_PROFILES", "protocol_settings"]
 
 
 class FunctionSettings(StrictModel):
@@ -21,6 +21,28 @@ class FunctionSettings(StrictModel):
     sqrt_nr_iters: int | None = Field(default=None, ge=1, le=32)
     erf_iterations: int | None = Field(default=None, ge=1, le=32)
     max_method: Literal["log_reduction", "double_log_reduction", "accelerated_cascade"] | None = None
+
+
+#: Named protocol paths (``--protocol``): the MPCConfig switches each one sets. ``crypten`` is CrypTen
+#: 0.4.1 as shipped, its own seeds and ``torch.randint`` draws included (the benchmarks' insecure
+#: baseline); CrypTen's config reads stay cached (:mod:`mpcformer.mpc.fast_config`: same values).
+PROTOCOL_PROFILES: dict[str, dict[str, object]] = {
+    "mpcformer": {
+        "fast_matmul": True, "reuse_weight_masks": True, "overlap_dealer": True, "stream_triples": True,
+        "fast_exchange": True, "randomness": "os",
+    },
+    "crypten": {
+        "fast_matmul": False, "reuse_weight_masks": False, "overlap_dealer": False, "stream_triples": False,
+        "fast_exchange": False, "exact_truncation": False, "randomness": "crypten-insecure-baseline",
+    },
+}
+
+
+def protocol_settings(profile: str) -> dict[str, object]:
+    """The MPCConfig fields of a named protocol profile (a copy: callers add their own switches)."""
+    if profile not in PROTOCOL_PROFILES:
+        raise ValueError(f"unknown protocol {profile!r}; choose one of {', '.join(PROTOCOL_PROFILES)}")
+    return dict(PROTOCOL_PROFILES[profile])
 
 
 class MPCConfig(StrictModel):

@@ -8,6 +8,10 @@ answer's size (``"reply": "broadcast"``): the dealer starts the broadcast asynch
 completes a broadcast without waiting for the receiver) and serves the next request at once.
 Requests without the mark (CrypTen's own ``ttp_request``) get CrypTen's reply. Party 0 collects
 answers in the order it asked (:mod:`mpcformer.mpc.beaver`), so the two kinds never cross.
+
+mpcformer's own requests are methods of :class:`Dealer`: :data:`STREAM_RANGE` (the dealer's side of
+:mod:`mpcformer.mpc.triple_stream`) and the three weight-mask requests of
+:mod:`mpcformer.mpc.fixed_operand` (:data:`MASK_REGISTER`, :data:`MASK_TRIPLE`, :data:`MASK_RELEASE`).
 """
 
 from __future__ import annotations
@@ -21,15 +25,21 @@ import torch.distributed as dist
 
 from mpcformer.mpc.compat import crypten
 from crypten import communicator as comm
+from crypten.common import rng as crypten_rng  # via the module: the runtime may replace the draws
 from crypten.mpc.provider.ttp_provider import TTPServer
 
-from mpcformer.mpc import keys
+from mpcformer.mpc import keys, prg, runtime
+from mpcformer.mpc.ring_matmul import _dispatch_matmul
+from mpcformer.mpc.triple_stream import dealer_chunk
 
-__all__ = ["Dealer", "REPLY_KEY", "BROADCAST_REPLY"]
+__all__ = ["Dealer", "REPLY_KEY", "BROADCAST_REPLY", "STREAM_RANGE", "MASK_REGISTER", "MASK_TRIPLE", "MASK_RELEASE"]
 
 log = logging.getLogger(__name__)
 
 REPLY_KEY, BROADCAST_REPLY = "reply", "broadcast"
+#: mpcformer's requests: the names of the :class:`Dealer` methods that answer them.
+STREAM_RANGE = "mpcformer_stream_range"
+MASK_REGISTER, MASK_TRIPLE, MASK_RELEASE = "mpcformer_mask_register", "mpcformer_mask_triple", "mpcformer_mask_release"
 #: Answers in flight at once; beyond that the dealer waits for the oldest (bounds its memory).
 MAX_IN_FLIGHT = 64
 
@@ -44,6 +54,7 @@ class Dealer(TTPServer):
         self.device = "cpu"
         self._setup_generators()
         self._in_flight: collections.deque[tuple[Any, torch.Tensor]] = collections.deque()
+        self._masks: dict[int, torch.Tensor] = {}  # party 0's weight masks b, by key
         try:
             self.serve()
         except RuntimeError as err:  # a party left: CrypTen's server shuts down the same way
@@ -52,11 +63,40 @@ class Dealer(TTPServer):
     def _setup_generators(self) -> None:
         """A fresh 128-bit OS key per party (:mod:`mpcformer.mpc.keys`); CrypTen's seeds only in the
         insecure baseline."""
-        if keys.is_installed():
+        if runtime.applied("keys"):
             keys.dealer_setup(self)
         else:
             super()._setup_generators()
 
+    # -- mpcformer's requests (named by the constants above) -------------------------------------
+    def mpcformer_stream_range(self, kind: str, start: int, count: int) -> torch.Tensor:
+        """Party 0's values of a range of a triple stream (:mod:`mpcformer.mpc.triple_stream`)."""
+        return dealer_chunk([prg.generator_key(g) for g in self._get_generators(device="cpu")], kind, start, count)
+
+    def mpcformer_mask_register(self, key: int, size: tuple[int, ...]) -> torch.Tensor:
+        """Draw party 0's weight mask ``b`` (mirroring its generator) and keep it
+        (:mod:`mpcformer.mpc.fixed_operand`)."""
+        generator = self._get_generators(device=self.device)[0]
+        self._masks[key] = crypten_rng.generate_random_ring_element(torch.Size(size), generator=generator, device=self.device)
+        return torch.zeros(1, dtype=torch.long, device=self.device)  # the loop always answers a tensor
+
+    def mpcformer_mask_triple(self, key: int, size0: tuple[int, ...]) -> torch.Tensor:
+        """Party 0's ``c_0 = a @ b - c_1`` for party 1's fresh ``a`` and ``c_1`` (mirroring its generator)."""
+        b = self._masks.get(key)
+        if b is None:
+            raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
+        generator = self._get_generators(device=self.device)[1]
+        a = crypten_rng.generate_random_ring_element(torch.Size(size0), generator=generator, device=self.device)
+        c = _dispatch_matmul(a, b)
+        return c - crypten_rng.generate_random_ring_element(c.size(), generator=generator, device=self.device)
+
+    def mpcformer_mask_release(self, keys: list[int]) -> torch.Tensor:
+        """Forget the weight masks ``keys``."""
+        for key in keys:
+            self._masks.pop(key, None)
+        return torch.zeros(1, dtype=torch.long, device=self.device)
+
+    # -- the loop -------------------------------------------------------------------------------
     def serve(self) -> None:
         ttp_rank = comm.get().get_ttp_rank()
         while True:

@@ -6,7 +6,8 @@ product...), and one read costs ~35 us here: ``CrypTenConfig.__getattribute__`` 
 object lookup, then OmegaConf resolves two nodes. A ``bert-base`` forward does ~60,000 reads per
 party, ~2 s of Python on the critical path (measured with cProfile).
 
-**How.** :func:`install` wraps ``CrypTenConfig.__getattribute__``: a config group (``cfg.mpc``)
+**How.** :func:`cached_getattribute` wraps ``CrypTenConfig.__getattribute__`` (a patch of
+:mod:`mpcformer.mpc.runtime`, on in every session): a config group (``cfg.mpc``)
 comes back as a :class:`CachedGroup` that remembers the values read through it. Writes go
 through it to the OmegaConf node (and refresh the remembered value); whenever CrypTen replaces
 its config object (``temp_override``, ``load_config``, a dotted ``cfg["a.b"] = v``) the cache of
@@ -15,11 +16,9 @@ that object is dropped, so a read always returns what CrypTen's own lookup would
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["install", "uninstall", "CachedGroup"]
-
-_state: dict[str, Any] = {"original": None, "config": None, "groups": {}}
+__all__ = ["cached_getattribute", "CachedGroup"]
 
 
 class CachedGroup:
@@ -63,39 +62,26 @@ def _is_group(value: Any) -> bool:
     return isinstance(value, DictConfig)
 
 
-def _cached_getattribute(self: Any, name: str) -> Any:
-    own = object.__getattribute__(self, "__dict__")
-    if name in own:  # the instance's own attributes (``config``) are never groups to wrap
-        return own[name]
-    config = own.get("config")
-    groups = _state["groups"]
-    if config is not _state["config"]:  # CrypTen swapped its config object: start over
-        _state["config"], groups = config, {}
-        _state["groups"] = groups
-    group = groups.get(name)
-    if group is not None:
-        return group
-    value = _state["original"](self, name)
-    if _is_group(value):
-        value = groups[name] = CachedGroup(value)
-    return value
+def cached_getattribute(original: Callable[[Any, str], Any], config: Any = None) -> Callable[[Any, str], Any]:
+    """A ``CrypTenConfig.__getattribute__`` that serves config groups from a cache, in front of
+    ``original`` (installed by :mod:`mpcformer.mpc.runtime`; each session starts a fresh cache)."""
+    state: dict[str, Any] = {"config": None, "groups": {}}
 
+    def lookup(self: Any, name: str) -> Any:
+        own = object.__getattribute__(self, "__dict__")
+        if name in own:  # the instance's own attributes (``config``) are never groups to wrap
+            return own[name]
+        config = own.get("config")
+        groups = state["groups"]
+        if config is not state["config"]:  # CrypTen swapped its config object: start over
+            state["config"], groups = config, {}
+            state["groups"] = groups
+        group = groups.get(name)
+        if group is not None:
+            return group
+        value = original(self, name)
+        if _is_group(value):
+            value = groups[name] = CachedGroup(value)
+        return value
 
-def install() -> None:
-    """Serve ``crypten.cfg`` reads from the cache (idempotent)."""
-    from crypten.config.config import CrypTenConfig
-
-    if _state["original"] is not None:
-        return
-    _state["original"] = CrypTenConfig.__getattribute__
-    CrypTenConfig.__getattribute__ = _cached_getattribute
-
-
-def uninstall() -> None:
-    """Give CrypTen back its own config lookup (idempotent)."""
-    from crypten.config.config import CrypTenConfig
-
-    if _state["original"] is None:
-        return
-    CrypTenConfig.__getattribute__ = _state["original"]
-    _state.update(original=None, config=None, groups={})
+    return lookup

@@ -9,7 +9,8 @@ three local matmuls. Knowing who holds ``W`` and that it never changes, we do le
 the dealer, which mirrors every draw):
 
 - register, once per weight: party 0 draws ``b`` from ``g_0`` and asks the dealer
-  ``mpcformer_mask_register(key, size)`` (the dealer draws the same ``b``); party 0 sends
+  ``mpcformer_mask_register(key, size)`` (the dealer's requests are methods of
+  :class:`mpcformer.mpc.dealer.Dealer`) (the dealer draws the same ``b``); party 0 sends
   ``δ = W - b`` to party 1 (one message, weight-sized, one way).
 - ``x @ W``: party 1 draws a fresh ``a`` and ``c_1`` from ``g_1`` and sends ``e = x_1 - a`` to
   party 0; its share is ``z_1 = a @ δ + c_1``. Party 0 asks the dealer
@@ -47,67 +48,26 @@ from crypten.common import rng as crypten_rng  # via the module: mpcformer.mpc.p
 from crypten.encoder import FixedPointEncoder
 from crypten.mpc import ptype
 from crypten.mpc.primitives import ArithmeticSharedTensor
-from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
+from crypten.mpc.provider.ttp_provider import TTPClient
 
-from mpcformer.mpc.beaver import ask_dealer, dealer_answer, ttp_on_cpu
+from mpcformer.mpc import runtime
+from mpcformer.mpc.beaver import ask_dealer, dealer_answer
+from mpcformer.mpc.dealer import MASK_REGISTER, MASK_RELEASE, MASK_TRIPLE
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 
-__all__ = ["FixedOperand", "release_masks", "enable", "disable"]
+__all__ = ["FixedOperand", "release_masks"]
 
 log = logging.getLogger(__name__)
 
 CrypTensor = Any  # crypten.mpc.MPCTensor (CrypTen has no type stubs)
 
-_REGISTER, _TRIPLE, _RELEASE = "mpcformer_mask_register", "mpcformer_mask_triple", "mpcformer_mask_release"
-_state = {"enabled": False}
 _keys = itertools.count()  # per process; only party 0's keys reach the dealer
 
 
-# -- the dealer's side (methods added to CrypTen's TTPServer) --------------------------------------
-def _dealer_masks(server: Any) -> dict[int, torch.Tensor]:
-    return server.__dict__.setdefault("_mpcformer_masks", {})
-
-
-def _dealer_register(server: Any, key: int, size: tuple[int, ...]) -> torch.Tensor:
-    """Draw party 0's ``b`` (mirroring its generator) and keep it."""
-    generator = server._get_generators(device=server.device)[0]
-    _dealer_masks(server)[key] = crypten_rng.generate_random_ring_element(torch.Size(size), generator=generator, device=server.device)
-    return torch.zeros(1, dtype=torch.long, device=server.device)  # the TTP loop always answers a tensor
-
-
-def _dealer_triple(server: Any, key: int, size0: tuple[int, ...]) -> torch.Tensor:
-    """Party 0's ``c_0 = a @ b - c_1`` for party 1's fresh ``a`` and ``c_1`` (mirroring its generator)."""
-    b = _dealer_masks(server).get(key)
-    if b is None:
-        raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
-    generator = server._get_generators(device=server.device)[1]
-    a = crypten_rng.generate_random_ring_element(torch.Size(size0), generator=generator, device=server.device)
-    c = _dispatch_matmul(a, b)
-    return c - crypten_rng.generate_random_ring_element(c.size(), generator=generator, device=server.device)
-
-
-def _dealer_release(server: Any, keys: list[int]) -> torch.Tensor:
-    masks = _dealer_masks(server)
-    for key in keys:
-        masks.pop(key, None)
-    return torch.zeros(1, dtype=torch.long, device=server.device)
-
-
-def enable() -> None:
-    """Build :class:`FixedOperand` s with reusable masks; teach the dealer its three requests."""
-    TTPServer.mpcformer_mask_register = _dealer_register
-    TTPServer.mpcformer_mask_triple = _dealer_triple
-    TTPServer.mpcformer_mask_release = _dealer_release
-    _state["enabled"] = True
-
-
-def disable() -> None:
-    """New :class:`FixedOperand` s are plain CrypTen again (ones already built keep their mode)."""
-    _state["enabled"] = False
-
-
 def _masks_apply(device: torch.device) -> bool:
-    return _state["enabled"] and comm.get().get_world_size() == 2 and ttp_on_cpu(device)
+    """``MPCConfig.reuse_weight_masks`` in a session of 2 parties with the TTP dealer, on CPU."""
+    config = runtime.active_config()
+    return config is not None and config.reuse_weight_masks and runtime.holds("ttp-2-parties-cpu", device)
 
 
 # -- the parties' side ------------------------------------------------------------------------------
@@ -146,7 +106,7 @@ class FixedOperand:
             self._weight = self.encoder.encode(value.to(self.device))  # W, int64 (k, n)
             generator = TTPClient.get().get_generator(device=self.device)
             b = crypten_rng.generate_random_ring_element(self.shape, generator=generator, device=self.device)
-            TTPClient.get().ttp_request(_REGISTER, self.device, self.key, self.shape)
+            TTPClient.get().ttp_request(MASK_REGISTER, self.device, self.key, self.shape)
             comm.get().send((self._weight - b).contiguous(), dst=1)  # δ = W - b
         else:
             self.delta = comm.get().recv(torch.empty(self.shape, dtype=torch.long, device=self.device), src=0)
@@ -164,7 +124,7 @@ class FixedOperand:
         if size0[-1] != self.shape[0]:
             raise ValueError(f"x @ W: x is {size0}, W is {self.shape}")
         if self.rank == 0:  # ask first: the dealer computes c_0 while party 1's e travels
-            ticket = ask_dealer(_TRIPLE, self.device, self.key, size0, size=size0[:-1] + self.shape[1:])
+            ticket = ask_dealer(MASK_TRIPLE, self.device, self.key, size0, size=size0[:-1] + self.shape[1:])
             e = comm.get().recv(torch.empty(size0, dtype=torch.long, device=self.device), src=1)
             z = _dispatch_matmul(x_shares.share + e, self._weight)  # (x_0 + e) @ W
             z += dealer_answer(ticket)
@@ -196,6 +156,6 @@ def release_masks(operands: list[FixedOperand]) -> None:
     if not keys:
         return
     if comm.get().get_rank() == 0:
-        TTPClient.get().ttp_request(_RELEASE, operands[0].device, keys)
+        TTPClient.get().ttp_request(MASK_RELEASE, operands[0].device, keys)
     for op in operands:
         op.key = None

@@ -8,23 +8,23 @@ on the copy and whatever it received is copied back into the caller's CUDA tenso
 compute on the GPU and talk over the same gloo transport as CPU parties (on one node that is
 loopback; between nodes it is the network either way).
 
-    install()          # in a party or dealer process whose shares live on CUDA (idempotent)
-
-Only tensors that are not on the CPU are staged; CPU tensors go through untouched, so installing
-it on a CPU party changes nothing. ``install(stage=...)`` takes another predicate (tests stage
-CPU tensors too, through a real copy, to check that every received value is copied back).
+The session's runtime (:mod:`mpcformer.mpc.runtime`, patch ``host_staging``) puts a
+:class:`HostStagedDist` in place of ``torch.distributed`` in CrypTen's communicator and TTP provider
+when ``MPCConfig.device`` is ``cuda``, and restores it when the session closes. Only tensors that
+are not on the CPU are staged; CPU tensors go through untouched. ``HostStagedDist(stage=...)``
+takes another predicate (tests stage CPU tensors too, through a real copy, to check that every
+received value is copied back).
 """
 
 from __future__ import annotations
 
-import threading
 import types
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["install", "uninstall", "installed", "HostStagedDist"]
+__all__ = ["staged_dist", "HostStagedDist"]
 
 StagePredicate = Callable[[torch.Tensor], bool]
 
@@ -153,34 +153,6 @@ class HostStagedDist(types.ModuleType):
         return self._finish(work, pairs, async_op)
 
 
-_MODULES = ("crypten.communicator.distributed_communicator", "crypten.mpc.provider.ttp_provider")
-_lock = threading.Lock()
-_saved: dict[str, Any] = {}
-
-
-def install(stage: StagePredicate = _off_host) -> None:
-    """Route CrypTen's tensor exchanges through host copies (process-wide; a second call re-installs)."""
-    import importlib
-
-    from mpcformer.mpc.compat import crypten  # noqa: F401  (import order: compat first)
-
-    staged = HostStagedDist(stage)
-    with _lock:
-        for name in _MODULES:
-            module = importlib.import_module(name)
-            _saved.setdefault(name, module.dist)
-            module.dist = staged
-
-
-def uninstall() -> None:
-    """Give CrypTen back the plain ``torch.distributed``."""
-    import sys
-
-    with _lock:
-        for name, original in _saved.items():
-            sys.modules[name].dist = original
-        _saved.clear()
-
-
-def installed() -> bool:
-    return bool(_saved)
+def staged_dist(original: Any = None, config: Any = None) -> HostStagedDist:
+    """The ``dist`` CrypTen's communicator and TTP provider see on a CUDA party (a runtime patch)."""
+    return HostStagedDist()

@@ -2,7 +2,8 @@
 
 CrypTen seeds its generators with 64-bit integers (the dealer's from its own ``torch.randint``,
 whose Mersenne Twister carries 32 bits of entropy), and Mersenne Twister uses 32 of them. Here,
-when a session opens (``install()`` in every process of it, before ``crypten.init``):
+when a session opens (the runtime's ``keys`` patch, :mod:`mpcformer.mpc.runtime`, in every process
+of it, before ``crypten.init``):
 
 - **pairwise and local keys** (CrypTen's ``_setup_prng``): each party draws a ``next`` and a
   ``local`` key from ``secrets``, sends ``next`` to the next party (which uses it as ``prev``) and
@@ -31,12 +32,9 @@ from crypten.mpc.provider.ttp_provider import TTPClient
 
 from mpcformer.mpc import prg
 
-__all__ = ["install", "uninstall", "is_installed", "new_key", "dealer_setup", "session_keys"]
+__all__ = ["setup_prng", "client_setup", "new_key", "dealer_setup", "session_keys"]
 
 _ROLES = ("prev", "next", "local", "global")
-_CLIENT = TTPClient._TTPClient__TTPClient  # CrypTen's per-process TTP client class (name-mangled)
-_ORIGINAL = {"setup_prng": crypten._setup_prng, "client_setup": _CLIENT._setup_generators}
-_installed = False
 
 
 def new_key() -> bytes:
@@ -68,7 +66,7 @@ def _keyed_generator(key: bytes, device: torch.device) -> torch.Generator:
     return generator
 
 
-def _setup_prng() -> None:
+def setup_prng() -> None:
     """CrypTen's ``_setup_prng`` (prev/next/local/global generators) with OS keys."""
     keys = {"next": new_key(), "local": new_key(), "global": new_key()}
     world_size, rank = comm.get().get_world_size(), comm.get().get_rank()
@@ -87,7 +85,7 @@ def _setup_prng() -> None:
             crypten.generators[role][device] = _keyed_generator(keys[role], device)
 
 
-def _client_setup(client) -> None:
+def client_setup(client) -> None:
     """CrypTen's ``TTPClient._setup_generators``: receive this party's key from the dealer."""
     key = torch.zeros(prg.KEY_BYTES, dtype=torch.uint8)
     dist.irecv(tensor=key, src=comm.get().get_ttp_rank(), group=client.ttp_group).wait()
@@ -120,23 +118,3 @@ def session_keys() -> dict[str, bytes]:
     if crypten.mpc.ttp_required():
         found["dealer"] = prg.generator_key(TTPClient.get().get_generator(device=cpu))
     return found
-
-
-def install() -> None:
-    """Seed every CrypTen generator of the next sessions from OS keys (idempotent)."""
-    global _installed
-    crypten._setup_prng = _setup_prng
-    _CLIENT._setup_generators = _client_setup
-    _installed = True
-
-
-def uninstall() -> None:
-    """CrypTen's own seeds again (the benchmarks' insecure baseline)."""
-    global _installed
-    crypten._setup_prng = _ORIGINAL["setup_prng"]
-    _CLIENT._setup_generators = _ORIGINAL["client_setup"]
-    _installed = False
-
-
-def is_installed() -> bool:
-    return _installed

@@ -277,15 +277,18 @@ class _DistSpy:
     copies each buffer they wrote to after the call: what a party that keeps its buffers holds."""
 
     def __init__(self, tap: LeakTap):
+        import contextlib
         import inspect
 
         import torch.distributed as dist
 
-        self._tap, self._dist = tap, dist
-        self._originals = {name: getattr(dist, name) for name in _WRITES}
+        from mpcformer.mpc import runtime
+
+        self._tap = tap
         self._async: list[tuple[str, bool, list[torch.Tensor]]] = []  # completed later
-        for name, fn in self._originals.items():
-            setattr(dist, name, self._wrap(name, fn, inspect.signature(fn)))
+        spies = {name: self._wrap(name, getattr(dist, name), inspect.signature(getattr(dist, name))) for name in _WRITES}
+        self._spying = contextlib.ExitStack()
+        self._spying.enter_context(runtime.swapped(dist, spies))  # the runtime's one door into torch
 
     def _wrap(self, name: str, fn: Any, signature: Any) -> Any:
         def spied(*args: Any, **kwargs: Any) -> Any:
@@ -315,8 +318,7 @@ class _DistSpy:
 
     def close(self) -> None:
         self._flush()
-        for name, fn in self._originals.items():
-            setattr(self._dist, name, fn)
+        self._spying.close()
 
 
 def load_transfers(*paths: str | Path) -> list[Transfer]:

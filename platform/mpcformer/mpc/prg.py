@@ -4,8 +4,9 @@ CrypTen draws every mask, share and Beaver triple with ``torch.randint`` from se
 ``torch.Generator`` objects: Mersenne Twister, whose state comes from the low 32 bits of its seed
 and whose outputs reveal that state. Here each of CrypTen's generators is only a *handle*: the
 session binds a 128-bit key from the OS to it (:mod:`mpcformer.mpc.keys`, :func:`bind_key`), and
-``install()`` replaces CrypTen's two drawing functions so that a generator draws the AES-CTR
-keystream of its key, call for call. Parties holding the same key (a party and the dealer,
+the session's runtime (patch ``prg`` of :mod:`mpcformer.mpc.runtime`) puts this module's two drawing
+functions in place of CrypTen's, so that a generator draws the AES-CTR keystream of its key, call
+for call. Parties holding the same key (a party and the dealer,
 neighbouring parties) draw the same stream. A draw from a generator without a key is an error,
 never a silent fallback to torch's generator. CUDA generators draw on the CPU and copy the values
 to the device.
@@ -28,7 +29,7 @@ from mpcformer.mpc.compat import crypten
 import crypten.common.rng as crypten_rng
 
 __all__ = [
-    "install", "uninstall", "is_installed", "random_ring_elements", "keystream_int64", "derive_key", "bind_key",
+    "generate_random_ring_element", "generate_kbit_random_tensor", "random_ring_elements", "keystream_int64", "derive_key", "bind_key",
     "generator_key", "KEY_BYTES",
 ]
 
@@ -38,20 +39,11 @@ _ORIGINAL = {
     "generate_random_ring_element": crypten_rng.generate_random_ring_element,
     "generate_kbit_random_tensor": crypten_rng.generate_kbit_random_tensor,
 }
-# CrypTen modules that imported the functions by name, so each holds its own reference.
-_IMPORTERS = (
-    "crypten.common.rng",
-    "crypten.mpc.primitives.arithmetic",
-    "crypten.mpc.primitives.binary",
-    "crypten.mpc.provider.ttp_provider",
-    "crypten.mpc.provider.tfp_provider",
-)
 
 # Each generator's key, and its AES-CTR stream (key, encryptor); both dropped with the generator.
 _keys: "weakref.WeakKeyDictionary[torch.Generator, bytes]" = weakref.WeakKeyDictionary()
 _streams: "weakref.WeakKeyDictionary[torch.Generator, tuple[bytes, object]]" = weakref.WeakKeyDictionary()
 _zeros = bytes(0)
-_installed = False
 
 
 def derive_key(key: bytes, person: bytes, label: bytes = b"") -> bytes:
@@ -132,32 +124,3 @@ def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
     if bitlength is None or bitlength >= 64:
         return bits
     return (bits >> (64 - bitlength)) & ((1 << bitlength) - 1)
-
-
-def _set(functions: dict) -> None:
-    import importlib
-
-    for module_name in _IMPORTERS:
-        module = importlib.import_module(module_name)
-        for name, fn in functions.items():
-            if hasattr(module, name):
-                setattr(module, name, fn)
-
-
-def install() -> None:
-    """Draw CrypTen's randomness from AES-CTR under each generator's key (idempotent)."""
-    global _installed
-    _set({"generate_random_ring_element": generate_random_ring_element,
-          "generate_kbit_random_tensor": generate_kbit_random_tensor})
-    _installed = True
-
-
-def uninstall() -> None:
-    """Back to CrypTen's ``torch.randint`` draws."""
-    global _installed
-    _set(_ORIGINAL)
-    _installed = False
-
-
-def is_installed() -> bool:
-    return _installed

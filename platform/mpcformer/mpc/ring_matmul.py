@@ -16,17 +16,18 @@ into chunks of at most 2048 whose int64 results are added with wrap-around. The 
 
 **Speed.** Whether 6 float64 GEMMs beat one int64 GEMM depends on the machine: torch >= 2 has a
 vectorised int64 GEMM, only ~3-4x slower than MKL's float64 one on an AVX-512 CPU. The CrypTen hook
-therefore picks the kernel by a one-time measurement (``kernel="auto"``, see :func:`enable`).
+therefore picks the kernel by a one-time measurement (``MPCConfig.matmul_kernel="auto"``, see
+:func:`active_kernel`).
 
-**Hook.** :func:`enable` makes every encrypted matmul on CPU take the chosen kernel: ``torch``
-inside CrypTen's MPC modules (arithmetic, beaver, replicated, TTP and TFP providers) is replaced by
-a stand-in whose ``matmul`` routes CPU int64 tensors to the chosen kernel; every other attribute is
-torch's own, and CUDA tensors (``CUDALongTensor``) go to ``torch.matmul``. Results stay
-bit-identical to CrypTen's. The Beaver step around the matmul (2 local matmuls instead of 3) is
-:mod:`mpcformer.mpc.beaver`'s.
+**Hook.** With ``MPCConfig.fast_matmul`` the session's runtime (patch ``ring_matmul`` of
+:mod:`mpcformer.mpc.runtime`, in the parties and the dealer) puts :data:`TORCH_WITH_RING_MATMUL` in
+place of ``torch`` inside CrypTen's MPC modules (arithmetic, beaver, replicated, TTP and TFP
+providers): a stand-in whose ``matmul`` routes CPU int64 tensors to the chosen kernel; every other
+attribute is torch's own, and CUDA tensors (``CUDALongTensor``) go to ``torch.matmul``. Results
+stay bit-identical to CrypTen's. The Beaver step around the matmul (2 local matmuls instead of 3)
+is :mod:`mpcformer.mpc.beaver`'s.
 
-Configuration: ``kernel`` of :func:`enable` (``auto`` | ``limbs`` | ``stock``); the session layer
-calls ``enable()`` when ``MPCConfig.fast_matmul`` is true, in the parties and the dealer.
+Configuration: ``MPCConfig.matmul_kernel`` (``auto`` | ``limbs`` | ``stock``).
 """
 
 from __future__ import annotations
@@ -35,20 +36,17 @@ import logging
 import math
 import time
 import types
-from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import torch
 
 __all__ = [
-    "RingKernel", "ring_matmul", "ring_linear", "measure_kernels",
-    "enable", "disable", "is_enabled", "active_kernel",
+    "RingKernel", "ring_matmul", "ring_linear", "measure_kernels", "active_kernel", "TORCH_WITH_RING_MATMUL",
 ]
 
 log = logging.getLogger(__name__)
 
 RingKernel = Literal["auto", "limbs", "stock"]
-_KERNELS = ("auto", "limbs", "stock")
 _STOCK_MATMUL = torch.matmul  # kept before any patching
 
 # -- limb arithmetic -------------------------------------------------------------------------
@@ -180,44 +178,34 @@ def measure_kernels(m: int = 64, k: int = 768, n: int = 768, repeats: int = 3) -
 
 # -- the CrypTen hook --------------------------------------------------------------------------
 
-#: CrypTen modules that multiply shares with ``getattr(torch, op)``.
-_PATCHED_MODULES = (
-    "crypten.mpc.primitives.arithmetic",
-    "crypten.mpc.primitives.beaver",
-    "crypten.mpc.primitives.replicated",
-    "crypten.mpc.provider.ttp_provider",
-    "crypten.mpc.provider.tfp_provider",
-)
+#: The "auto" kernel's choice, measured once per process: ``limbs`` or ``stock``.
+_measured: dict[str, str] = {}
 
 
-@dataclass
-class _HookState:
-    kernel: RingKernel = "auto"
-    resolved: str | None = None  # "limbs" | "stock" once "auto" has measured
-    originals: dict[str, Any] = field(default_factory=dict)
+def _configured_kernel() -> str | None:
+    """The session's ``matmul_kernel`` while the runtime's ring matmul hook is on, else ``None``."""
+    from mpcformer.mpc import runtime
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.originals)
-
-
-_STATE = _HookState()
+    if not runtime.applied("ring_matmul"):
+        return None
+    return runtime.active_config().matmul_kernel
 
 
 def active_kernel() -> str:
     """The kernel encrypted CPU matmuls use now: ``limbs`` or ``stock`` (measures once under auto)."""
-    if not _STATE.enabled:
+    kernel = _configured_kernel()
+    if kernel is None:
         return "stock"
-    if _STATE.kernel != "auto":
-        return _STATE.kernel
-    if _STATE.resolved is None:
+    if kernel != "auto":
+        return kernel
+    if "auto" not in _measured:
         times = measure_kernels()
-        _STATE.resolved = "limbs" if times["limbs"] < 0.9 * times["stock"] else "stock"
+        _measured["auto"] = "limbs" if times["limbs"] < 0.9 * times["stock"] else "stock"
         log.info(
             "ring matmul: stock int64 %.1f ms, float64 limbs %.1f ms on 64x768x768 -> using %s",
-            1e3 * times["stock"], 1e3 * times["limbs"], _STATE.resolved,
+            1e3 * times["stock"], 1e3 * times["limbs"], _measured["auto"],
         )
-    return _STATE.resolved
+    return _measured["auto"]
 
 
 def _is_cpu_int64(t: Any) -> bool:
@@ -247,46 +235,5 @@ class _TorchWithRingMatmul(types.ModuleType):
         return getattr(torch, name)
 
 
-def enable(kernel: RingKernel = "auto") -> None:
-    """Route CrypTen's encrypted CPU matmuls through the ring kernel (idempotent; see module doc).
-
-    Configuration parameters:
-        kernel: ``"auto"`` measures once per process (:func:`measure_kernels`, ~0.1 s, at the
-            first large matmul) and keeps the faster of ``"limbs"`` (float64 BLAS on limbs,
-            :func:`ring_matmul`) and ``"stock"`` (torch's int64 GEMM); either can be forced.
-            Products under :data:`MIN_LIMB_MACS` multiply-adds always use ``"stock"``.
-    """
-    if kernel not in _KERNELS:
-        raise ValueError(f"unknown ring matmul kernel {kernel!r}; choose one of {', '.join(_KERNELS)}")
-    _STATE.kernel = kernel
-    if _STATE.enabled:
-        return
-    import importlib
-
-    from mpcformer.mpc.compat import import_crypten
-
-    import_crypten()
-    stand_in = _TorchWithRingMatmul()
-    for name in _PATCHED_MODULES:
-        module = importlib.import_module(name)
-        _STATE.originals[name] = module.torch
-        module.torch = stand_in
-    log.debug("ring matmul hook on (kernel %s)", kernel)
-
-
-def disable() -> None:
-    """Give CrypTen back its own matmul (idempotent)."""
-    if not _STATE.enabled:
-        return
-    import importlib
-
-    originals = _STATE.originals
-    for name in _PATCHED_MODULES:
-        importlib.import_module(name).torch = originals[name]
-    _STATE.originals = {}
-    log.debug("ring matmul hook off")
-
-
-def is_enabled() -> bool:
-    """Whether :func:`enable` is in effect in this process."""
-    return _STATE.enabled
+#: What CrypTen's MPC modules see as ``torch`` while the hook is on.
+TORCH_WITH_RING_MATMUL = _TorchWithRingMatmul()

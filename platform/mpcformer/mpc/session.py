@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import logging
 import os
-from typing import Callable, Iterator
+from typing import Callable
 
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.config import MPCConfig
-from mpcformer.mpc import fast_config
-from crypten.config import cfg as crypten_cfg
+from mpcformer.mpc import runtime
 import torch.distributed as dist
 
 __all__ = [
-    "MPCSession", "run_dealer", "apply_crypten_config", "session_device", "session_generation", "on_session_close",
+    "MPCSession", "run_dealer", "install_runtime", "session_device", "session_generation", "on_session_close",
     "SessionError",
 ]
 
@@ -57,8 +57,8 @@ def session_device() -> str:
     return _device
 
 
-def _prepare_device(config: MPCConfig, who: str) -> None:
-    """On CUDA: check the GPU is there and route CrypTen's exchanges through host memory."""
+def _check_device(config: MPCConfig, who: str) -> None:
+    """On CUDA: check the GPU is there (the runtime then routes CrypTen's exchanges through host memory)."""
     if config.device != "cuda":
         return
     import torch
@@ -69,75 +69,38 @@ def _prepare_device(config: MPCConfig, who: str) -> None:
             f"CUDA build: {torch.version.cuda or 'no'}); use device: cpu, or give the party a GPU "
             "(Ray: use_gpu / gpus_per_party)"
         )
-    from mpcformer.mpc import host_staging
-
-    host_staging.install()
 
 
-def apply_crypten_config(config: MPCConfig) -> None:
-    """Set CrypTen's global config from ours: stats on, precision, dealer, function settings."""
-    fast_config.install()  # same values, read ~20x faster (CrypTen reads its config on every op)
-    crypten_cfg.communicator.verbose = True  # rounds/bytes are only counted when verbose
-    crypten_cfg.encoder.precision_bits = config.precision_bits
-    crypten_cfg.mpc.provider = "TTP" if config.dealer == "ttp" else "TFP"
-    for key, value in config.functions.model_dump().items():
-        if value is not None:
-            setattr(crypten_cfg.functions, key, value)
+def install_runtime(config: MPCConfig, parties: int) -> runtime.Runtime:
+    """Apply ``config`` to CrypTen for one session: the runtime's patches and CrypTen settings
+    (:mod:`mpcformer.mpc.runtime`); the caller restores it when the session ends."""
     if config.dealer == "tfp":
         log.warning("insecure dealer 'tfp': party 0 generates the Beaver triples and can learn the client's inputs")
-    from mpcformer.mpc import beaver, exchange, fixed_operand, keys, prg, ring_matmul, truncation
-
-    if config.fast_exchange:
-        exchange.install()
-    else:
-        exchange.uninstall()
-
-    if config.randomness == "os":  # every process of the session applies the same config, so all draw alike
-        keys.install()
-        prg.install()
-    else:
+    if config.randomness != "os":
         log.warning("randomness 'crypten-insecure-baseline': CrypTen's seeds carry 32 bits of entropy; a benchmark baseline only")
-        keys.uninstall()
-        prg.uninstall()
+    installed = runtime.Runtime(config, parties).install()
+    if installed.applied("ring_matmul"):
+        from mpcformer.mpc import ring_matmul
 
-    if config.reuse_weight_masks:  # only ever applies with the TTP dealer (fixed_operand checks the provider)
-        fixed_operand.enable()
-    else:
-        fixed_operand.disable()
-    if config.fast_matmul:
-        ring_matmul.enable(kernel=config.matmul_kernel)
-        ring_matmul.active_kernel()  # "auto" measures now, at set-up, not inside the first timed forward
-    else:
-        ring_matmul.disable()
-    # With every switch above and these off: CrypTen exactly as shipped, the benchmarks' baseline.
-    beaver.enable(
-        overlap_dealer=config.overlap_dealer, fewer_matmuls=config.fast_matmul, stream_triples=config.stream_triples
-    )
-    if config.exact_truncation:  # runs where beaver's steps and their streams do (truncation checks)
-        truncation.enable()
-    else:
-        truncation.disable()
+        try:
+            ring_matmul.active_kernel()  # "auto" measures now, at set-up, not inside the first timed forward
+        except BaseException:
+            installed.restore()
+            raise
+    return installed
 
 
-@contextlib.contextmanager
-def _distributed_deadline(timeout_s: float) -> Iterator[None]:
-    """Give every process group CrypTen creates our deadline instead of gloo's 30 minutes."""
-    timeout = datetime.timedelta(seconds=timeout_s)
-    init_pg, new_group = dist.init_process_group, dist.new_group
+def with_deadline(create: Callable, config: MPCConfig) -> Callable:
+    """``dist.init_process_group`` / ``dist.new_group`` giving every group CrypTen creates the
+    session's deadline instead of gloo's 30 minutes (a runtime patch)."""
+    timeout = datetime.timedelta(seconds=config.timeout_s)
 
-    def init_with_deadline(*args, **kwargs):
+    @functools.wraps(create)
+    def create_with_deadline(*args, **kwargs):
         kwargs.setdefault("timeout", timeout)
-        return init_pg(*args, **kwargs)
+        return create(*args, **kwargs)
 
-    def group_with_deadline(*args, **kwargs):
-        kwargs.setdefault("timeout", timeout)
-        return new_group(*args, **kwargs)
-
-    dist.init_process_group, dist.new_group = init_with_deadline, group_with_deadline
-    try:
-        yield
-    finally:
-        dist.init_process_group, dist.new_group = init_pg, new_group
+    return create_with_deadline
 
 
 def _set_party_env(rank: int, world_size: int, rendezvous: str, backend: str) -> None:
@@ -158,16 +121,28 @@ class MPCSession:
         self.config = config or MPCConfig()
         self._open = False
         self._emulator = None
+        self.runtime: runtime.Runtime | None = None
 
     def __enter__(self) -> "MPCSession":
+        _check_device(self.config, f"party {self.rank}")
+        self.runtime = install_runtime(self.config, self.world_size)
+        try:
+            self._join()
+        except BaseException:
+            if self._open:  # joined, then failed (the emulated link): leave as a session does
+                self.close()
+            else:  # a session that did not open leaves CrypTen as it found it
+                self.runtime.restore()
+                self.runtime = None
+            raise
+        return self
+
+    def _join(self) -> None:
         global _device, _generation
-        _prepare_device(self.config, f"party {self.rank}")
-        apply_crypten_config(self.config)
         _set_party_env(self.rank, self.world_size, self.rendezvous, self.config.backend)
         log.info("party %d/%d joining %s", self.rank, self.world_size, self.rendezvous)
         try:
-            with _distributed_deadline(self.config.timeout_s):
-                crypten.init()
+            crypten.init()
         except Exception as err:
             raise SessionError(
                 f"party {self.rank} could not join the MPC session at {self.rendezvous} within "
@@ -181,7 +156,10 @@ class MPCSession:
             from mpcformer.mpc.network import NetworkEmulator
 
             self._emulator = NetworkEmulator(self.config.network).__enter__()
-        return self
+
+    def describe(self) -> dict | None:
+        """The protocol path this session runs (:meth:`mpcformer.mpc.runtime.Runtime.describe`)."""
+        return None if self.runtime is None else self.runtime.describe()
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -206,7 +184,12 @@ class MPCSession:
         except Exception as err:  # a dead peer must not turn teardown into a second failure
             log.warning("party %d: error while leaving the MPC session: %s", self.rank, err)
         finally:
-            _release_ttp_client()
+            try:
+                _release_ttp_client()
+            finally:
+                if self.runtime is not None:
+                    self.runtime.restore()
+                    self.runtime = None
 
 
 def _release_ttp_client() -> None:
@@ -221,19 +204,19 @@ def run_dealer(world_size: int, rendezvous: str, config: MPCConfig | None = None
     config = config or MPCConfig()
     if config.dealer != "ttp":
         raise SessionError("run_dealer is only for dealer 'ttp'")
-    _prepare_device(config, "the dealer")
-    apply_crypten_config(config)
-    _set_party_env(world_size, world_size, rendezvous, config.backend)
-    from mpcformer.mpc.dealer import Dealer
-
-    log.info("dealer (rank %d) joining %s", world_size, rendezvous)
+    _check_device(config, "the dealer")
+    installed = install_runtime(config, world_size)
     try:
-        with _distributed_deadline(config.timeout_s):
-            Dealer()  # blocks until terminated; returns on a peer's RuntimeError too
-    finally:
-        with contextlib.suppress(Exception):
-            if dist.is_initialized():
-                dist.destroy_process_group()
-        from crypten.communicator import DistributedCommunicator
+        _set_party_env(world_size, world_size, rendezvous, config.backend)
+        from mpcformer.mpc.dealer import Dealer
 
-        DistributedCommunicator.instance = None
+        log.info("dealer (rank %d) joining %s", world_size, rendezvous)
+        try:
+            Dealer()  # blocks until terminated; returns on a peer's RuntimeError too
+        finally:
+            with contextlib.suppress(Exception):
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+            runtime.forget_communicator()
+    finally:
+        installed.restore()

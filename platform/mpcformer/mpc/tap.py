@@ -4,6 +4,9 @@ CrypTen counts rounds and bytes per party (with ``cfg.communicator.verbose``) bu
 traffic with the dealer in one counter. The tap wraps each communication method once, measures
 the delta of CrypTen's own counters around the call and tells listeners whether the exchange was
 with the dealer. Listeners power cost accounting, network emulation and the leak test harness.
+Every session's runtime wraps the communicator's methods with :func:`wrap` (patch ``tap`` of
+:mod:`mpcformer.mpc.runtime`, after the exchange's ``all_reduce``); without listeners a wrapped
+method just calls CrypTen's.
 """
 
 from __future__ import annotations
@@ -14,15 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from mpcformer.mpc.compat import crypten  # noqa: F401  (import order: compat first)
-from crypten.communicator import DistributedCommunicator
-
-__all__ = ["CommEvent", "CommListener", "add_listener", "remove_listener", "install", "rewrap", "tapped"]
-
-_METHODS = (
-    "send", "recv", "isend", "irecv", "scatter", "reduce", "all_reduce", "gather",
-    "all_gather", "broadcast", "barrier", "send_obj", "recv_obj", "broadcast_obj",
-)
+__all__ = ["CommEvent", "CommListener", "add_listener", "remove_listener", "wrap", "tapped"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +44,10 @@ class CommListener(Protocol):
 
 _listeners: list[CommListener] = []
 _lock = threading.Lock()
-_installed = False
 
 
 def add_listener(listener: CommListener) -> None:
-    install()
+    """Report every exchange of the sessions in this process to ``listener`` until it is removed."""
     with _lock:
         _listeners.append(listener)
 
@@ -115,24 +109,7 @@ def tapped(method: Callable) -> Callable:
     return _wrap(method)
 
 
-def _wrap_all() -> None:
-    for name in _METHODS:
-        method = getattr(DistributedCommunicator, name)
-        if not getattr(method, "__mpcformer_tap__", False):
-            setattr(DistributedCommunicator, name, _wrap(method))
-
-
-def install() -> None:
-    """Wrap the communicator methods (idempotent, process-wide)."""
-    global _installed
-    with _lock:
-        if not _installed:
-            _wrap_all()
-            _installed = True
-
-
-def rewrap() -> None:
-    """After a communicator method was replaced: wrap the newcomer too, if the tap is installed."""
-    with _lock:
-        if _installed:
-            _wrap_all()
+def wrap(method: Callable, config: Any = None) -> Callable:
+    """A communicator method reported to the listeners (the runtime's ``tap`` patch); a method
+    already tapped is returned as it is."""
+    return method if getattr(method, "__mpcformer_tap__", False) else _wrap(method)

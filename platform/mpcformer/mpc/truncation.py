@@ -38,14 +38,15 @@ elements each truncated (the lengths of the ranges party 0 asks for), as for eve
 dealer answers in order), and a public integer ``2 <= |y| < 2^62`` or a tensor of them and ones
 (each distinct divisor's elements apart, e.g. each row's count of real tokens). Elsewhere (more
 parties, CUDA, other divisors, CrypTen's insecure seeding, CrypTen's Beaver steps as shipped)
-CrypTen's own division runs. :func:`enable` replaces the 2-party integer branch of
-``ArithmeticSharedTensor.div_``; :func:`disable` restores CrypTen's method.
+CrypTen's own division runs. The session's runtime (patch ``truncation`` of
+:mod:`mpcformer.mpc.runtime`, ``MPCConfig.exact_truncation``) puts :func:`exact_div` in place of
+``ArithmeticSharedTensor.div_`` and restores CrypTen's method when the session closes.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -54,7 +55,7 @@ from crypten import communicator as comm
 from crypten.mpc.primitives import ArithmeticSharedTensor
 
 __all__ = [
-    "enable", "disable", "is_enabled", "exact_under", "divide_", "divide_by_tensor_", "unsigned_floordiv",
+    "exact_div", "exact_under", "divide_", "divide_by_tensor_", "unsigned_floordiv",
     "dealer_values", "stream_kind",
 ]
 
@@ -62,8 +63,6 @@ log = logging.getLogger(__name__)
 
 _OFFSET = 1 << 62  # party 0's offset before masking (rounded down to a multiple of y)
 _MAX_DIVISOR = 1 << 62
-_ORIGINAL_DIV = ArithmeticSharedTensor.div_  # CrypTen's method (the class is imported once)
-_enabled = False
 
 
 def _ring(value: int) -> int:
@@ -151,50 +150,32 @@ def _streams_for(x: Any, y: Any) -> Any:
         return None
     if not (isinstance(y, int) and 2 <= abs(y) < _MAX_DIVISOR or _integer_divisors(y) is not None):
         return None
-    from mpcformer.mpc import beaver
+    from mpcformer.mpc import beaver, runtime
 
-    if not beaver.is_enabled():  # CrypTen's Beaver steps as shipped: its dealer requests, its division
+    if not runtime.applied("beaver"):  # CrypTen's Beaver steps as shipped: its dealer requests, its division
         return None
     return beaver.session_streams(x.device)
 
 
-def _div_(self: Any, y: Any) -> Any:
-    """CrypTen's ``ArithmeticSharedTensor.div_`` with exact truncation where it applies."""
-    if isinstance(y, float) and int(y) == y:
-        y = int(y)
-    streams = _streams_for(self, y)
-    if streams is None:
-        return _ORIGINAL_DIV(self, y)
-    if torch.is_tensor(y):
-        return divide_by_tensor_(self, _integer_divisors(y), streams)
-    return divide_(self, y, streams)
+def exact_div(original: Callable[[Any, Any], Any], config: Any = None) -> Callable[[Any, Any], Any]:
+    """CrypTen's ``ArithmeticSharedTensor.div_`` (``original``) with exact truncation where it applies."""
+
+    def div_(self: Any, y: Any) -> Any:
+        if isinstance(y, float) and int(y) == y:
+            y = int(y)
+        streams = _streams_for(self, y)
+        if streams is None:
+            return original(self, y)
+        if torch.is_tensor(y):
+            return divide_by_tensor_(self, _integer_divisors(y), streams)
+        return divide_(self, y, streams)
+
+    return div_
 
 
-def exact_under(config: Any) -> bool:
+def exact_under(config: Any, parties: int = 2) -> bool:
     """Whether a session of this :class:`~mpcformer.mpc.config.MPCConfig` truncates exactly (the
-    conditions of the module doc that the config decides)."""
-    beaver_steps = config.overlap_dealer or config.fast_matmul or config.stream_triples
-    return (
-        config.exact_truncation and config.device == "cpu" and config.dealer == "ttp" and beaver_steps
-        and config.randomness == "os"
-    )
+    runtime's ``truncation`` patch applies to it)."""
+    from mpcformer.mpc import runtime
 
-
-def enable() -> None:
-    """Truncate exactly where the module doc says (idempotent)."""
-    global _enabled
-    ArithmeticSharedTensor.div_ = _div_
-    _enabled = True
-    log.debug("exact truncation on")
-
-
-def disable() -> None:
-    """Back to CrypTen's local division of shares (idempotent)."""
-    global _enabled
-    ArithmeticSharedTensor.div_ = _ORIGINAL_DIV
-    _enabled = False
-
-
-def is_enabled() -> bool:
-    """Whether :func:`enable` is in effect in this process."""
-    return _enabled
+    return any(p.applies(config, parties) for p in runtime.MANIFEST if p.name == "truncation")

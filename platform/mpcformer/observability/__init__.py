@@ -3,6 +3,7 @@
 The recording API (one call per event; the backend is chosen automatically):
 
 - :func:`record_forward` (each party, after each encrypted forward, from ``CostLedger.to_dict()``)
+- :func:`record_protocol` (each party, with each forward: the protocol path its session runs)
 - :func:`track_batch` / :func:`record_batch` / :func:`set_batches_in_flight` (the inference job driver)
 - :func:`set_group_health` (whoever starts and watches a party group)
 - :func:`record_trial` / :func:`record_trial_losses` (the sweep driver; or the Ray Tune callback
@@ -19,6 +20,7 @@ from mpcformer.observability.metrics import (
     metric_spec,
     record_batch,
     record_forward,
+    record_protocol,
     record_trial,
     record_trial_losses,
     set_batches_in_flight,
@@ -41,7 +43,7 @@ def safe_record(name: str, *args, **kwargs) -> None:
 __all__ = [
     "safe_record",
     "METRICS", "MetricSpec", "metric_spec",
-    "record_forward", "record_batch", "track_batch", "set_batches_in_flight", "set_group_health",
+    "record_forward", "record_protocol", "record_batch", "track_batch", "set_batches_in_flight", "set_group_health",
     "record_trial", "record_trial_losses",
     "configure", "current_backend", "flush", "ray_connected", "start_http_server", "exposition",
 ]

@@ -81,6 +81,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mpcformer_forward_seconds_total", "counter", "Wall time of all encrypted forwards (exact sum).", _FORWARD),
     MetricSpec("mpcformer_dealer_rounds_total", "counter", "Communication rounds with the dealer (TTP).", _FORWARD),
     MetricSpec("mpcformer_dealer_bytes_total", "counter", "Bytes exchanged with the dealer (TTP).", _FORWARD),
+    MetricSpec("mpcformer_protocol_info", "gauge",
+               "1 for the protocol path a job's parties run (mpcformer, crypten, or custom:<steps>).",
+               ("job_name", "protocol_path")),
     # -- per operation category within a forward -------------------------------------------------
     MetricSpec("mpcformer_comm_rounds_total", "counter", "Party-to-party communication rounds by operation.", _OPERATION),
     MetricSpec("mpcformer_comm_bytes_total", "counter", "Party-to-party bytes sent by operation.", _OPERATION),
@@ -172,6 +175,11 @@ def record_forward(
         _inc("mpcformer_comm_seconds_total", cost["comm_time_s"], op_labels)
         backend.observe(_BY_NAME["mpcformer_op_time_seconds"], float(cost["time_s"]), op_labels)
         backend.observe(_BY_NAME["mpcformer_comm_time_seconds"], float(cost["comm_time_s"]), op_labels)
+
+
+def record_protocol(protocol_path: str, *, job: str) -> None:
+    """Mark the protocol path a party of ``job`` runs (:func:`mpcformer.mpc.runtime.protocol_label`)."""
+    _emit().set(_BY_NAME["mpcformer_protocol_info"], 1.0, {"job_name": job, "protocol_path": protocol_path})
 
 
 # ---------------------------------------------------------------------------------------- jobs
