@@ -2,7 +2,7 @@
 
 Prints a table of accuracy (with the number of sentences behind each figure), latency, rounds,
 bytes and speed-up, one line that says the result in words, and where the metrics are. The budget
-(`mpcformer.demo.DemoConfig`) fits about 10 minutes on a 2-core CPU; every flag left out keeps it.
+is `mpcformer.demo.DemoConfig`'s (what it takes and reaches: docs/results.md); every flag left out keeps it.
 """
 
 from __future__ import annotations

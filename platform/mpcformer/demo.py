@@ -1,8 +1,8 @@
 """The demo: the whole MPCFormer story on a local (or connected) Ray cluster, in minutes.
 
 1. obtain a teacher: a short fine-tune of the MiniLM preset;
-2. distill ``quad+2quad`` from it (layer-wise, then prediction distillation) on a budget sized
-   so that the student lands within a few points of the teacher on a 2-core CPU;
+2. distill ``quad+2quad`` from it (layer-wise, then prediction distillation) on a small budget
+   (what it reaches on SST-2, and how long it takes on 2 cores: docs/results.md);
 3. run encrypted inference through Ray party actors for ``exact`` (the teacher) on a few dev
    sentences and ``quad+2quad`` (the student) on more, checking agreement with plaintext;
 4. a table (accuracy with the number of sentences behind it, latency, rounds, bytes, speed-up)
