@@ -1,21 +1,49 @@
 """The whole story on a local Ray cluster: fine-tune a teacher, distill quad+2quad, private inference.
 
-Prints a table of accuracy, latency, rounds, bytes and speed-up, and where the metrics are.
+Prints a table of accuracy (with the number of sentences behind each figure), latency, rounds,
+bytes and speed-up, one line that says the result in words, and where the metrics are. The budget
+is `mpcformer.demo.DemoConfig`'s (what it takes and reaches: docs/results.md); every flag left out keeps it.
 """
 
 from __future__ import annotations
 
 import argparse
 
+#: flag dest -> DemoConfig field, for the flags that tune the budget (unset: the config's default rules)
+_BUDGET_FLAGS = {
+    "private_sentences": "private_sentences", "exact_sentences": "exact_private_sentences",
+    "teacher_examples": "teacher_examples", "distill_examples": "distill_examples",
+    "max_length": "max_length", "batch_size": "batch_size", "seed": "seed",
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="folder with GLUE SST-2 train.tsv/dev.tsv (default: hub, else synthetic)")
     parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument("--approx", default="quad+2quad", help="the student's approximation combination")
-    parser.add_argument("--private-sentences", type=int, default=8, help="dev sentences run under MPC per approximation")
-    parser.add_argument("--teacher-examples", type=int, default=2000, help="training sentences for the teacher")
-    parser.add_argument("--distill-examples", type=int, default=2000, help="training sentences for distillation")
+    parser.add_argument("--private-sentences", type=int, default=None,
+                        help="first dev sentences the student runs under MPC (default: DemoConfig's)")
+    parser.add_argument("--exact-sentences", type=int, default=None,
+                        help="first dev sentences the teacher (exact, the slow one) runs under MPC (default: DemoConfig's)")
+    parser.add_argument("--teacher-examples", type=int, default=None, help="training sentences for the teacher")
+    parser.add_argument("--distill-examples", type=int, default=None, help="training sentences per distillation stage")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per sentence (longer ones are cut)")
+    parser.add_argument("--batch-size", type=int, default=None, help="sequences per MPC forward")
+    parser.add_argument("--seed", type=int, default=None, help="seed of training and data order")
     parser.add_argument("--address", default=None, help="Ray address (default: the submitting cluster, else a local one)")
+
+
+def demo_config(args: argparse.Namespace):
+    """The :class:`~mpcformer.demo.DemoConfig` of the command line: flags given override its defaults."""
+    from mpcformer.config import build_config
+    from mpcformer.demo import DemoConfig
+
+    given = {dest: field for dest, field in _BUDGET_FLAGS.items() if getattr(args, dest) is not None}
+    return build_config(
+        DemoConfig, {"data_dir": args.data, "out": args.out, "approx": args.approx},
+        overrides={field: getattr(args, dest) for dest, field in given.items()}, source="command line",
+        override_names={field: "--" + dest.replace("_", "-") for dest, field in given.items()},
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,20 +51,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mpcformer.cluster_connect import connect, metrics_url
-    from mpcformer.config import build_config
-    from mpcformer.demo import DemoConfig, format_table, run_demo
+    from mpcformer.demo import closing_line, format_table, run_demo
 
-    cfg = build_config(DemoConfig, {
-        "data_dir": args.data, "out": args.out, "approx": args.approx,
-        "private_sentences": args.private_sentences, "teacher_examples": args.teacher_examples,
-        "distill_examples": args.distill_examples,
-    }, source="command line")
+    cfg = demo_config(args)
     # 2 parties + the dealer need 3 logical CPUs; oversubscribe a 2-core laptop rather than wait.
     with connect(args.address, num_cpus=4):
         result = run_demo(cfg)
         url = metrics_url()
     print("\n[4/4] results (" + result["data"] + ")\n")
     print(format_table(result))
+    print("\n" + closing_line(result))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     Path(cfg.out, "demo.json").write_text(json.dumps(result, indent=2))
     if url and not args.address:
