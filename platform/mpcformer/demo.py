@@ -154,7 +154,7 @@ def _private(
 ):
     """Step 3 for one model: its MPC figures on its first ``sentences`` dev sentences, and on the
     first ``cfg.exact_private_sentences`` of them (the batches both models run)."""
-    from mpcformer.cluster.batches import BatchStore, plan_batches, summarize_records
+    from mpcformer.inference.batches import BatchStore, plan_batches, summarize_records
     from mpcformer.inference.job import InferConfig, run_infer
 
     folder = out / f"infer-{combo}"
