@@ -12,7 +12,8 @@ import argparse
 #: flag dest -> DemoConfig field, for the flags that tune the budget (unset: the config's default rules)
 _BUDGET_FLAGS = {
     "private_sentences": "private_sentences", "exact_sentences": "exact_private_sentences",
-    "teacher_examples": "teacher_examples", "distill_examples": "distill_examples",
+    "teacher_examples": "teacher_examples", "stage1_examples": "stage1_examples",
+    "stage2_examples": "stage2_examples", "min_train_words": "min_train_words",
     "max_length": "max_length", "batch_size": "batch_size", "seed": "seed",
 }
 
@@ -26,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact-sentences", type=int, default=None,
                         help="first dev sentences the teacher (exact, the slow one) runs under MPC (default: DemoConfig's)")
     parser.add_argument("--teacher-examples", type=int, default=None, help="training sentences for the teacher")
-    parser.add_argument("--distill-examples", type=int, default=None, help="training sentences per distillation stage")
+    parser.add_argument("--stage1-examples", type=int, default=None, help="training sentences of the layer-wise stage")
+    parser.add_argument("--stage2-examples", type=int, default=None, help="training sentences of the prediction stage")
+    parser.add_argument("--min-train-words", type=int, default=None,
+                        help="leave out training sentences with fewer words (SST-2: its short sub-phrases)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per sentence (longer ones are cut)")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per MPC forward")
     parser.add_argument("--seed", type=int, default=None, help="seed of training and data order")

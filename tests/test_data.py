@@ -80,6 +80,19 @@ def test_subset_is_seeded_and_keeps_order(tmp_path):
     assert a.texts == b.texts and a.texts != c.texts and len(a) == 10 and ids == sorted(ids)
 
 
+def test_min_train_words_keeps_longer_training_examples_before_the_subset(tmp_path):
+    rows = [(" ".join(["w"] * (1 + i % 6)) + f" s{i}", i % 2) for i in range(60)]  # 2 to 7 words
+    _write(tmp_path / "train.tsv", "tsv", rows=rows)
+    _write(tmp_path / "dev.tsv", "tsv", rows=rows[:4])
+    cfg = DataConfig(task="sst2", data_dir=str(tmp_path), min_train_words=5, max_train_examples=12)
+    train = load_split(cfg, "train", seed=0)
+    assert len(train) == 12 and all(len(t[0].split()) >= 5 for t in train.texts)
+    assert len(load_split(cfg.model_copy(update={"max_train_examples": None}), "train")) == 30
+    assert len(load_split(cfg, "dev")) == 4  # the dev split is never filtered
+    with pytest.raises(UserError, match="min_train_words"):
+        load_split(cfg.model_copy(update={"min_train_words": 50}), "train")
+
+
 @pytest.mark.parametrize(
     "content, fmt, match",
     [

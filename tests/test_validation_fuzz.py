@@ -467,7 +467,7 @@ _BAD_SIZES: dict[str, st.SearchStrategy[str]] = {
     )},
     "seq_len": st.integers(-10**6, 1).map(str),
     "private_sentences": st.integers(-10**6, 0).map(str),
-    **{d: st.integers(-10**6, 15).map(str) for d in ("teacher_examples", "distill_examples")},
+    **{d: st.integers(-10**6, 15).map(str) for d in ("teacher_examples", "stage1_examples", "stage2_examples")},
     "port": st.one_of(st.integers(-10**6, -1), st.integers(65536, 10**7)).map(str),
     **{d: st.floats(-1e9, 0).map(repr) for d in (
         "epochs", "lr", "stage1_epochs", "stage1_lr", "stage2_epochs", "stage2_lr", "temperature", "timeout",

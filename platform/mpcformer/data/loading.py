@@ -80,6 +80,9 @@ class DataConfig(StrictModel):
     num_labels: int | None = Field(None, ge=1)  # 1 = regression
     metric: MetricName | None = None
     max_train_examples: int | None = Field(None, ge=1)  # seeded random subset, original order kept
+    # training examples shorter than this many words (all text fields together) are left out, before
+    # the subset is drawn: SST-2's training file is mostly sub-phrases of 1-9 words, its dev set sentences
+    min_train_words: int | None = Field(None, ge=1)
     max_dev_examples: int | None = Field(None, ge=1)
     max_length: int = Field(128, ge=2, le=8192)  # tokens per example after truncation
     # share of the training file held out as the validation split (checkpoint selection); 0 = none
@@ -356,10 +359,19 @@ def load_split(cfg: DataConfig, split: Split, seed: int = 0) -> TextExamples:
     examples = _to_examples(columns, spec, source)
     if split != "dev":
         examples = _carve(examples, cfg, split)
+    if split == "train" and cfg.min_train_words:
+        examples = _with_min_words(examples, cfg.min_train_words)
     limit = {"train": cfg.max_train_examples, "dev": cfg.max_dev_examples}.get(split)
     examples = _subset(examples, limit, seed)
     log.info("loaded %d %s examples of %s from %s", len(examples), split, spec.name, source)
     return examples
+
+
+def _with_min_words(examples: TextExamples, min_words: int) -> TextExamples:
+    keep = [i for i, fields in enumerate(examples.texts) if sum(len(f.split()) for f in fields) >= min_words]
+    if not keep:
+        raise UserError(f"no training example has {min_words} words or more (min_train_words); lower it")
+    return _pick(examples, keep)
 
 
 # ----------------------------------------------------------------------------- tokenisation

@@ -82,7 +82,12 @@ class _RunConfig(StrictModel):
     data: TrainDataConfig = Field(default_factory=TrainDataConfig)
     output_dir: str = "runs/job"
     seed: int = 0
-    num_threads: int | None = Field(None, ge=1)  # torch threads; None = CPUs this process may use
+    num_threads: int | None = Field(None, ge=1)  # torch threads; None = CPUs not busy now
+    # bf16: the training forward under CPU autocast (bfloat16 matmuls; several times faster where the
+    # CPU has AMX or AVX512-BF16); weights, optimiser and evaluations stay float32
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # the word-embedding table is half of MiniLM's parameters: frozen, each update costs ~40% less
+    freeze_word_embeddings: bool = False
     eval_batch_size: int = Field(128, ge=1)
     eval_every_steps: int | None = Field(None, ge=1)  # validation + dev evaluation period; None = each epoch
     save_every_steps: int = Field(200, ge=1)  # resumable checkpoint period

@@ -39,6 +39,7 @@ from mpcformer.training.loop import (
     LoopSettings,
     Phase,
     configure_threads,
+    freeze_word_embeddings,
     encode_eval_sets,
     evaluate,
     load_training_splits,
@@ -176,8 +177,10 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     log.info("teacher dev %s; student before training %s", teacher_dev, initial_dev)
     settings = LoopSettings(
         seed=cfg.seed, eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,
-        eval_batch_size=cfg.eval_batch_size, pad_id=pad_id, progress=cfg.progress,
+        eval_batch_size=cfg.eval_batch_size, precision=cfg.precision, pad_id=pad_id, progress=cfg.progress,
     )
+    if cfg.freeze_word_embeddings:
+        freeze_word_embeddings(student)
     started = time.perf_counter()
     phases = _phases(cfg, teacher, student, projection, spec.is_regression)
     state = train_phases(phases, student, train, sets, spec, settings, ckpt, resume=resumed)

@@ -31,6 +31,7 @@ from mpcformer.training.loop import (
     LoopSettings,
     Phase,
     configure_threads,
+    freeze_word_embeddings,
     encode_eval_sets,
     load_training_splits,
     model_inputs,
@@ -85,8 +86,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     settings = LoopSettings(
         seed=cfg.seed, eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,
-        eval_batch_size=cfg.eval_batch_size, pad_id=tokenizer.pad_token_id or 0, progress=cfg.progress,
+        eval_batch_size=cfg.eval_batch_size, precision=cfg.precision, pad_id=tokenizer.pad_token_id or 0, progress=cfg.progress,
     )
+    if cfg.freeze_word_embeddings:
+        freeze_word_embeddings(model)
     phases = [Phase("finetune", cfg.optim, loss_fn, list(model.named_parameters()))]
     started = time.perf_counter()
     state = train_phases(phases, model, train, sets, spec, settings, ckpt, resume=resumed)

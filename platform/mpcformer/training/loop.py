@@ -45,6 +45,7 @@ __all__ = [
     "Checkpointer",
     "available_cpus",
     "configure_threads",
+    "freeze_word_embeddings",
     "set_seed",
     "make_optimizer",
     "phase_steps",
@@ -78,24 +79,48 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def configure_threads(num_threads: int | None) -> int:
-    """``torch.set_num_threads``: the requested count, else the CPUs not already busy.
+def _busy_cpus(window_s: float = 0.3) -> float:
+    """CPUs busy right now, from ``/proc/stat`` over ``window_s``; else the 1-minute load average.
 
-    Default: ``clamp(round(cpus - load1), 1, cpus)`` with ``cpus`` this process's affinity and
-    ``load1`` the 1-minute load average. On a shared machine, intra-op threads that outnumber the
-    idle cores wait on each other at every barrier (a 2-thread matmul can run 10x slower than a
-    1-thread one when the other core is taken), so a busy machine gets one thread.
+    The load average lags by minutes: just after an install or a previous job it still counts them, and
+    a fresh machine would get one thread for a whole run.
+    """
+    def times() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = times()
+        time.sleep(window_s)
+        total1, idle1 = times()
+        cpus = os.cpu_count() or 1
+        return cpus * (1.0 - (idle1 - idle0) / max(total1 - total0, 1))
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """``torch.set_num_threads``: the requested count, else the CPUs not busy now.
+
+    Default: ``clamp(round(cpus - busy), 1, cpus)`` with ``cpus`` this process's affinity and ``busy``
+    the CPUs in use over a fraction of a second (:func:`_busy_cpus`). On a shared machine, intra-op
+    threads that outnumber the idle cores wait on each other at every barrier (a 2-thread matmul can
+    run 10x slower than a 1-thread one when the other core is taken), so a busy machine gets one thread.
     """
     cpus = available_cpus()
     if num_threads is None:
-        try:
-            busy = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            busy = 0.0
-        num_threads = min(cpus, max(1, round(cpus - busy)))
+        num_threads = min(cpus, max(1, round(cpus - _busy_cpus())))
     torch.set_num_threads(num_threads)
     log.info("torch threads: %d (of %d CPUs)", num_threads, cpus)
     return num_threads
+
+
+def freeze_word_embeddings(model: nn.Module) -> None:
+    """Stop training the word-embedding table (the input embeddings of any Hugging Face model)."""
+    model.get_input_embeddings().weight.requires_grad_(False)
 
 
 def set_seed(seed: int) -> None:
@@ -283,6 +308,7 @@ class LoopSettings:
     pad_id: int
     progress: bool = True
     log_every_steps: int = 10
+    precision: str = "fp32"  # "bf16": training forwards under CPU autocast
 
 
 @dataclass
@@ -353,7 +379,8 @@ def _run_phase(
         order_seed = settings.seed * 1_000_003 + state.phase_index * 1_009 + state.epoch
         for batch in batches(train, phase.optim.batch_size, order_seed, settings.pad_id, start=state.batch_in_epoch):
             tic = time.perf_counter()
-            loss, terms = phase.loss_fn(batch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+                loss, terms = phase.loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if phase.optim.max_grad_norm is not None:
