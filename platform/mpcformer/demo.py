@@ -51,7 +51,7 @@ class DemoConfig(StrictModel):
     teacher_examples: int = Field(4000, ge=16, description="training sentences for the teacher (one pass)")
     teacher_lr: float = Field(1e-4, gt=0)
     stage1_examples: int = Field(8000, ge=16, description="training sentences of the layer-wise stage (one pass)")
-    stage2_examples: int = Field(4000, ge=16, description="training sentences of the prediction stage (one pass)")
+    stage2_examples: int = Field(6000, ge=16, description="training sentences of the prediction stage (one pass)")
     stage1_lr: float = Field(5e-4, gt=0, description="layer-wise stage (attention scores, hidden states)")
     stage2_lr: float = Field(1e-4, gt=0, description="prediction stage (logits)")
     dev_examples: int | None = Field(None, ge=8, description="plaintext dev evaluation subset; None = the whole dev split")
