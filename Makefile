@@ -25,8 +25,9 @@ test: install install-system
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The shipped benchmark, jobs/configs/bench.yaml: BERT-base at length 128, four combinations.
 bench: install
-	$(PY) -m mpcformer.jobs.bench --model bert-base --seq-len 128 --approx exact,quad+2quad,quad+2relu,relu+softmax --out runs/bench
+	$(PY) -m mpcformer.jobs.bench --config bench
 
 # e.g. make monitor MONITOR_ARGS="--ray-temp-dir /tmp/my-ray --port 0"
 monitor: install

@@ -29,6 +29,7 @@ _FLAGS = {
     "stage2_lr": "stage2.lr",
     "stage2_max_steps": "stage2.max_steps",
     "temperature": "stage2.temperature",
+    "batch_size": ("stage1.batch_size", "stage2.batch_size"),
 }
 _BASELINES = ("none", "wo_d", "wo_pd", "w/o{d}", "w/o{p,d}")
 
@@ -53,10 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from mpcformer.training.config import DistillConfig
     from mpcformer.training.distill import run_distill
 
-    flags = dict(_FLAGS)
-    if args.batch_size is not None:
-        args.set = [*args.set, f"stage1.batch_size={args.batch_size}", f"stage2.batch_size={args.batch_size}"]
-    cfg = build_job_config(DistillConfig, args, flags)
+    cfg = build_job_config(DistillConfig, args, _FLAGS)
     metrics = run_distill(cfg)
     keys = ("task", "combo", "method", "teacher_dev", "dev", "relative_to_teacher", "checkpoint", "train_seconds")
     print(json.dumps({k: metrics[k] for k in keys}, indent=2))

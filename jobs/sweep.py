@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from mpcformer.sweep import SweepConfig, check_prerequisites, failure_lines, resolve_paths, run_sweep
 
     here = Path.cwd()
-    sweep = resolve_paths(load_config(SweepConfig, args.config, parse_set(args.set)), here)
+    sweep = resolve_paths(load_config(SweepConfig, args.config, parse_set(args.set), override_names={}), here)
     print(f"sweep '{sweep.name}': relative paths resolved against {here}; "
           f"results in {sweep.storage_path}/{sweep.name}")
     if not (args.address or os.environ.get("RAY_ADDRESS")):  # the trials will run here: check before Ray starts

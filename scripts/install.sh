@@ -24,14 +24,29 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
 fi
 
 PIP="$PY -m pip --disable-pip-version-check"
-quiet() { "$@" 2> >(grep -v "is neither a file nor a directory" >&2); }
-quiet $PIP install -q --upgrade pip setuptools wheel
+# pip's and the build backend's output goes to a log: on success the user sees only pip's ERROR
+# lines (a dependency conflict is reported with exit status 0); on failure the end of the log.
+LOG="$(mktemp "${TMPDIR:-/tmp}/mpcformer-install.XXXXXX")"
+step() {
+  local what="$1"
+  shift
+  echo "install: $what"
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "install: failed: $*" >&2
+    tail -n 40 "$LOG" >&2
+    echo "install: the whole log is $LOG" >&2
+    exit 1
+  fi
+}
+step "pip, setuptools, wheel" $PIP install -q --upgrade pip setuptools wheel
 # 1. torch first, pinned (the constraints file is the single source of the pin).
-quiet $PIP install -q -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)"
+step "torch (CPU build, pinned)" $PIP install -q -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)"
 # 2. CrypTen 0.4.1 without its metadata deps (it requires the dead `sklearn` package);
 #    its real imports are declared in pyproject.toml.
-quiet $PIP install -q --no-deps crypten==0.4.1
+step "CrypTen 0.4.1" $PIP install -q --no-deps crypten==0.4.1
 # 3. The project with its real dependencies and the test tools.
-quiet $PIP install -q -c constraints.txt -e ".[test]"
+step "mpcformer and its dependencies" $PIP install -q -c constraints.txt -e ".[test]"
+grep "^ERROR" "$LOG" >&2 || true
+rm -f "$LOG"
 echo "$HASH" > "$STAMP"
 echo "install: done ($PY)"

@@ -1,6 +1,6 @@
 """Party functions for the leak tests (module level: spawned party processes import them).
 
-Each records its party's traffic with :class:`~mpcformer.mpc.leak_tap.LeakTap` and saves it under
+Each records its party's traffic with :class:`leak_tap.LeakTap` (tests/leak_tap.py) and saves it under
 ``out_dir`` (``<phase>-party<rank>.pt``); the test process pairs the parties' files.
 """
 
@@ -36,7 +36,7 @@ def linear_honest_then_leaky(rank: int, out_dir: str, ids: list, table: list, we
     with CrypTen's ``get_plain_text(dst=client)``. Phase ``leaky``: the honest one plus deliberate
     leaks (the positive controls the detector must flag)."""
     from mpcformer.mpc.compat import crypten
-    from mpcformer.mpc.leak_tap import LeakTap
+    from leak_tap import LeakTap
     from mpcformer.mpc.reveal import reveal_to
 
     comm = crypten.communicator.get()
@@ -75,7 +75,7 @@ def private_inference_tapped(rank: int, out_dir: str, preset: str, combos: list,
     combo's traffic recorded apart (``<combo>-party<rank>.pt``)."""
     from mpcformer.models.presets import load_preset
     from mpcformer.inference.protocol import run_private_inference
-    from mpcformer.mpc.leak_tap import LeakTap
+    from leak_tap import LeakTap
 
     model = None
     if rank == OWNER:
@@ -105,7 +105,7 @@ def private_inference_batches_tapped(
     (the positive control). Returns the client's decrypted logits (``None`` on the owner)."""
     from mpcformer.inference import protocol as private_inference
     from mpcformer.models.presets import load_preset
-    from mpcformer.mpc.leak_tap import LeakTap
+    from leak_tap import LeakTap
 
     if stock_reveal:
         private_inference.reveal_to = lambda x, dst: x.get_plain_text(dst=dst)

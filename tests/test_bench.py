@@ -51,7 +51,7 @@ def test_emulated_wan_link_adds_the_analytic_link_time():
     Compared on communication time, which the local compute's pace (a loaded machine) leaves alone."""
     link = NetworkProfile(name="wan-like", bandwidth_bps=100e6, rtt_s=0.04, mode="emulate")
     # the fastest of 3 forwards: comm time includes waiting for the peer, whose pace a loaded machine varies
-    base_cfg = BenchConfig(model="tiny", seq_len=16, approx=["quad+2quad"], repeats=3)
+    base_cfg = BenchConfig(model="tiny", seq_len=16, approx=["quad+2quad"], repeats=3, truncation_risk=False)
     base = run_bench(base_cfg)["combinations"][0]
     emulated = run_bench(base_cfg.model_copy(update={"mpc": MPCConfig(network=link)}))["combinations"][0]
     assert emulated["rounds"] == base["rounds"] and emulated["bytes"] == base["bytes"]
@@ -230,7 +230,7 @@ def test_ray_launcher_runs_every_combination_on_one_cluster_and_relays_progress(
     monkeypatch.setattr(ray, "init", lambda *a, **kw: (starts.append(kw.get("address")), real_init(*a, **kw))[1])
     events = []
     report = run_bench(
-        BenchConfig(model="tiny", seq_len=8, approx=["exact", "quad+2quad"], launcher="ray"),
+        BenchConfig(model="tiny", seq_len=8, approx=["exact", "quad+2quad"], launcher="ray", truncation_risk=False),
         party_progress=lambda name, event: events.append((name, event)),
     )
     assert starts == ["local"]  # one cluster for both combinations, shut down afterwards

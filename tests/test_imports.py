@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [*(ROOT / "platform" / "mpcformer").rglob("*.py"), *(ROOT / "actors").rglob("*.py"),
-           *(ROOT / "jobs").rglob("*.py"), *(ROOT / "tests").glob("*.py")]
+           *(ROOT / "jobs").rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:

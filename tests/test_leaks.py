@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from mpcformer.mpc.launcher import run_local
-from mpcformer.mpc.leak_tap import (
+
+from leak_tap import (
     DEALER,
     Secret,
     Transfer,

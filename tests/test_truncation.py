@@ -200,7 +200,7 @@ def test_private_inference_with_exact_truncation_leaks_nothing(tmp_path):
     """The leak harness of tests/test_leaks.py on tiny quad+2quad with exact truncation: its openings
     (c = x + K + r) hold no secret, and the client's logits are still right."""
     from mpcformer.inference.protocol import plaintext_logits
-    from mpcformer.mpc.leak_tap import describe_leaks, find_leaks, load_transfers, pair_exchanges
+    from leak_tap import describe_leaks, find_leaks, load_transfers, pair_exchanges
     from test_leaks import TINY_SEED, _tiny_secrets
 
     import leak_party_fns

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from mpcformer.errors import UserError
 
 __all__ = [
-    "StrictModel", "ConfigError", "load_config", "build_config", "apply_overrides", "parse_set", "config_path",
-    "shipped_config_names",
+    "StrictModel", "ConfigError", "ComboName", "load_config", "build_config", "apply_overrides", "parse_set",
+    "config_path", "shipped_config_names", "command_line_overrides", "job_config",
 ]
 
 ModelT = TypeVar("ModelT", bound="StrictModel")
@@ -28,14 +28,27 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+def _combo_name(text: str) -> str:
+    from mpcformer.approx import Combo  # lazy: the registry imports torch, configs stay light
+
+    return Combo.parse(text).name  # an unknown name raises with the known ones
+
+
+#: An approximation combination, ``<activation>+<normaliser>`` or ``exact``, checked against the
+#: registry and stored under its canonical name (``gelu+softmax`` becomes ``exact``). Every config
+#: that names a combination uses this type.
+ComboName = Annotated[str, AfterValidator(_combo_name)]
+
+
 def _format_validation_error(
-    cls: type, err: ValidationError, source: str, overrides: dict[str, Any], names: dict[str, str]
+    cls: type, err: ValidationError, source: str, overrides: dict[str, Any], names: dict[str, str] | None
 ) -> str:
-    """One line naming where the bad value came from. With ``names`` (dotted key -> flag; a job that
-    passes them), the flag or ``--set`` that set the field or a section above it; else ``source``."""
+    """One line naming where the bad value came from. With ``names`` (dotted key -> flag; overrides
+    from a command line), the flag, or else ``--set``, that set the field or a section above it;
+    else ``source``."""
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
-    given = [key for key in overrides if where == key or where.startswith(key + ".")] if names else []
+    given = [key for key in overrides if where == key or where.startswith(key + ".")] if names is not None else []
     if given:
         key, value = given[0], overrides[given[0]]
         value = ",".join(map(str, value)) if isinstance(value, list) else value
@@ -69,8 +82,8 @@ def load_config(
     override_names: dict[str, str] | None = None,
 ) -> ModelT:
     """Load ``cls`` from a YAML file or a shipped config's name (:func:`config_path`), then apply
-    dotted ``overrides`` (``{"mpc.precision_bits": 20}``; ``override_names``: the flag that gave each,
-    for error messages)."""
+    dotted ``overrides`` (``{"mpc.precision_bits": 20}``; ``override_names``: given when they come
+    from a command line, the flag that gave each key, the others came from ``--set``)."""
     path = config_path(path)
     if not path.is_file():
         raise ConfigError(
@@ -97,7 +110,7 @@ def build_config(
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(cls, err, source, overrides or {}, override_names or {})) from None
+        raise ConfigError(_format_validation_error(cls, err, source, overrides or {}, override_names)) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -127,3 +140,27 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             overrides[key.strip()] = value
     return overrides
+
+
+def command_line_overrides(
+    values: dict[str, Any], flag_keys: dict[str, str], set_items: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A job's dotted overrides and who gave each: ``values`` (flag dest -> value; ``None`` = not
+    given, the config's value stands) through ``flag_keys`` (flag dest -> dotted key), then the
+    ``--set`` items, which win. Returns ``(overrides, names)`` (dotted key -> the flag, for errors)."""
+    given = {dest: value for dest, value in values.items() if dest in flag_keys and value is not None}
+    overrides = {flag_keys[dest]: value for dest, value in given.items()}
+    names = {flag_keys[dest]: "--" + dest.replace("_", "-") for dest in given}
+    settings = parse_set(set_items)
+    overrides.update(settings)
+    return overrides, {key: flag for key, flag in names.items() if key not in settings}
+
+
+def job_config(
+    cls: type[ModelT], config: str | Path | None, overrides: dict[str, Any], names: dict[str, str]
+) -> ModelT:
+    """A job's config: ``--config`` (a YAML file or a shipped config's name; none: ``cls``'s defaults)
+    with the command line's ``overrides``; a bad value is blamed on the flag or ``--set`` that gave it."""
+    if config:
+        return load_config(cls, config, overrides, names)
+    return build_config(cls, {}, overrides, source="command line", override_names=names)

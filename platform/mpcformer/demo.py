@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from mpcformer.config import StrictModel
+from mpcformer.config import ComboName, StrictModel
 from mpcformer.data.loading import DataConfig
 
 __all__ = ["DemoConfig", "resolve_demo_data", "run_demo", "format_table", "closing_line", "heartbeat"]
@@ -60,15 +60,8 @@ class DemoConfig(StrictModel):
         8, ge=1, description="first dev sentences the teacher (exact) runs under MPC: it is the slow one"
     )
     batch_size: int = Field(8, ge=1, description="sequences per MPC forward")
-    approx: str = "quad+2quad"
+    approx: ComboName = "quad+2quad"
     goal_points: float = Field(3.0, ge=0, description="the student should land within this many points of the teacher")
-
-    @field_validator("approx")
-    @classmethod
-    def _known_combo(cls, text: str) -> str:
-        from mpcformer.approx import Combo
-
-        return Combo.parse(text).name  # raises with the known names
 
     @model_validator(mode="after")
     def _speedup_on_shared_batches(self) -> "DemoConfig":

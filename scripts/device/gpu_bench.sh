@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue #8, on the device machine (nvidia-h200), in at most 8 minutes:
+# The GPU check, on the device machine (nvidia-h200), in at most 8 minutes:
 #   1. install the carried wheels (scripts/device/prepare_wheels.sh made .whl/ here) and mpcformer;
 #   2. the CUDA tests (tests/test_cuda.py) and the host-staging tests;
 #   3. `mpcformer bench` for bert-base at sequence length 128, exact vs quad+2quad, 2 parties + the
@@ -27,8 +27,9 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   say "install"
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >>"$LOG" 2>&1 || { say "FAILED: wheel install"; exit 1; }
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . \
-    >>"$LOG" 2>&1 || { say "FAILED: mpcformer install"; exit 1; }
+  # the build uses the carried setuptools (pyproject.toml's SPDX license needs setuptools >= 77)
+  PYTHONPATH=/tmp/site $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade \
+    --target /tmp/site . >>"$LOG" 2>&1 || { say "FAILED: mpcformer install"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
 nvidia-smi -L >>"$LOG" 2>&1

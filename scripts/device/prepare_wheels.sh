@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV_PY=${VENV_PY:-.venv/bin/python}
 PACKAGES=(ray pydantic pydantic_core annotated-types typing-inspection omegaconf crypten
-          jsonschema jsonschema-specifications referencing rpds-py typing-extensions)
+          jsonschema jsonschema-specifications referencing rpds-py typing-extensions setuptools)
 
 pins=()
 for name in "${PACKAGES[@]}"; do

@@ -90,10 +90,12 @@ def get(name: str, kind: Kind | None = None) -> Approximation:
     """The approximation called ``name``; unknown names raise with the list of known ones."""
     approx = _REGISTRY.get(name)
     if approx is None or (kind is not None and approx.kind != kind):
-        known = ", ".join(a.name for a in list_approximations(kind))
-        what = kind or "approximation"
-        raise UnknownApproximation(f"unknown {what} '{name}'; known: {known}")
+        raise UnknownApproximation(f"unknown {kind or 'approximation'} '{name}'; known: {_names(kind)}")
     return approx
+
+
+def _names(kind: Kind | None) -> str:
+    return ", ".join(a.name for a in list_approximations(kind))
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,13 @@ class Combo:
         parts = text.split("+")
         if len(parts) != 2 or not all(parts):
             raise UnknownApproximation(
-                f"approximation combination '{text}' must be '<activation>+<normaliser>' (e.g. quad+2quad) or 'exact'"
+                f"approximation combination '{text}' must be '<activation>+<normaliser>' (e.g. quad+2quad) or "
+                f"'exact'; activations: {_names('activation')}; normalisers: {_names('normaliser')}"
             )
-        return cls(parts[0], parts[1], **params)
+        try:
+            return cls(parts[0], parts[1], **params)
+        except UnknownApproximation as err:  # name the combination the unknown part came from
+            raise type(err)(f"{text}: {err}") from None
 
     @property
     def name(self) -> str:

@@ -22,7 +22,10 @@ __all__ = ["measure_batching", "render_markdown"]
 
 
 def _forward(model: str, approx: str, seq_len: int, batch_size: int, repeats: int, seed: int):
-    cfg = BenchConfig(model=model, seq_len=seq_len, batch_size=batch_size, approx=[approx], repeats=repeats, seed=seed)
+    cfg = BenchConfig(
+        model=model, seq_len=seq_len, batch_size=batch_size, approx=[approx], repeats=repeats, seed=seed,
+        truncation_risk=False,  # latency only
+    )
 
     def call() -> tuple[float, dict[str, Any]]:
         total = run_combo(cfg, approx)["total"]

@@ -61,7 +61,7 @@ def measure_matmul_path(
     model: str, seq_len: int, approx: str, repeats: int = 1, rounds: int = 2, seed: int = 0
 ) -> dict[str, Any]:
     """Run the forward with each matmul path ``rounds`` times round-robin; return the report."""
-    base = BenchConfig(model=model, seq_len=seq_len, approx=[approx], repeats=repeats, seed=seed)
+    base = BenchConfig(model=model, seq_len=seq_len, approx=[approx], repeats=repeats, seed=seed, truncation_risk=False)
     variants = {name: _forward(base.model_copy(update={"mpc": mpc})) for name, mpc in PATHS.items()}
     samples = paired.alternate(variants, rounds, progress=lambda p, r: print(f"round {r + 1}: {p} done", flush=True))
     best = {name: paired.fastest(s) for name, s in samples.items()}

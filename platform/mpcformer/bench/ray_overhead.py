@@ -31,7 +31,7 @@ def _call(cfg: BenchConfig):
 def measure_overhead(model: str, seq_len: int, approx: str, repeats: int, rounds: int) -> dict:
     import ray
 
-    cfg = BenchConfig(model=model, seq_len=seq_len, approx=[approx], repeats=repeats)
+    cfg = BenchConfig(model=model, seq_len=seq_len, approx=[approx], repeats=repeats, truncation_risk=False)
     variants = {launcher: _call(cfg.model_copy(update={"launcher": launcher})) for launcher in ("local", "ray")}
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:

@@ -221,7 +221,10 @@ def measure_latency(model: str, seq_len: int, approx: str, rounds: int, seed: in
     from mpcformer.mpc.config import MPCConfig
 
     def variant(exact: bool):
-        cfg = BenchConfig(model=model, seq_len=seq_len, approx=[approx], seed=seed, mpc=MPCConfig(exact_truncation=exact))
+        cfg = BenchConfig(
+            model=model, seq_len=seq_len, approx=[approx], seed=seed, truncation_risk=False,  # latency only
+            mpc=MPCConfig(exact_truncation=exact),
+        )
 
         def call() -> tuple[float, dict[str, Any]]:
             costs = run_combo(cfg, approx)

@@ -35,7 +35,7 @@ from pydantic import Field, field_validator
 
 from mpcformer.cluster.config import PartyGroupConfig
 from mpcformer.cluster.scheduler import PoolConfig
-from mpcformer.config import StrictModel
+from mpcformer.config import ComboName, StrictModel
 from mpcformer.data.loading import DataConfig
 
 __all__ = [
@@ -58,7 +58,7 @@ class InferConfig(StrictModel):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     split: Literal["train", "dev"] = "dev"
-    combos: list[str] = Field(default_factory=lambda: ["quad+2quad"], min_length=1)
+    combos: list[ComboName] = Field(default_factory=lambda: ["quad+2quad"], min_length=1)
     batch_size: int = Field(default=8, ge=1, description="sequences per MPC forward")
     limit: int | None = Field(default=None, ge=1, description="first N examples of the split")
     out: str = "runs/infer"
@@ -72,13 +72,10 @@ class InferConfig(StrictModel):
 
     @field_validator("combos")
     @classmethod
-    def _known_combos(cls, combos: list[str]) -> list[str]:
-        from mpcformer.approx import Combo
-
-        names = [Combo.parse(text).name for text in combos]  # raises with the valid names
-        if len(set(names)) != len(names):
-            raise ValueError(f"combos repeat: {names}")
-        return names
+    def _each_combo_once(cls, combos: list[str]) -> list[str]:
+        if len(set(combos)) != len(combos):
+            raise ValueError(f"combos repeat: {combos}")
+        return combos
 
 
 def with_absolute_paths(cfg: InferConfig) -> InferConfig:

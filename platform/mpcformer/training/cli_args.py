@@ -66,28 +66,42 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "minute; writes to <output_dir>-quick unless --output-dir is given; flags and --set still win")
 
 
-def collect_overrides(args: argparse.Namespace, flag_keys: dict[str, str]) -> dict[str, Any]:
-    """Dotted overrides from ``--set`` then from every flag the user gave (flags win)."""
+def collect_overrides(args: argparse.Namespace, flag_keys: dict[str, str | tuple[str, ...]]) -> dict[str, Any]:
+    """Dotted overrides from ``--set`` then from every flag the user gave (flags win); a flag may set
+    several keys (``flag_keys`` value a tuple)."""
+    return _given(args, flag_keys)[0]
+
+
+#: flags whose name is not their dest's
+_FLAG_NAMES = {"resume": "--no-resume", "progress": "--no-progress"}
+
+
+def _given(args: argparse.Namespace, flag_keys: dict[str, str | tuple[str, ...]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(overrides, names)``: the dotted overrides, and the flag that set each key (for errors; keys
+    only ``--set`` gave are left out)."""
     overrides = parse_set(getattr(args, "set", []) or [])
-    for dest, key in {**_COMMON, "resume": "resume", "progress": "progress", **flag_keys}.items():
+    names: dict[str, str] = {}
+    for dest, keys in {**_COMMON, "resume": "resume", "progress": "progress", **flag_keys}.items():
         value = getattr(args, dest, None)
-        if value is not None:
+        if value is None:
+            continue
+        for key in (keys,) if isinstance(keys, str) else keys:
             overrides[key] = value
-    return overrides
+            names[key] = _FLAG_NAMES.get(dest, "--" + dest.replace("_", "-"))
+    return overrides, names
 
 
-def build_job_config(cls: type, args: argparse.Namespace, flag_keys: dict[str, str]):
-    """The job's validated config: ``--config`` file (or defaults) plus overrides."""
-    from mpcformer.config import build_config, load_config
+def build_job_config(cls: type, args: argparse.Namespace, flag_keys: dict[str, str | tuple[str, ...]]):
+    """The job's validated config: ``--config`` file (or defaults) plus overrides; a bad value is
+    blamed on the flag, ``--quick`` or ``--set`` that gave it."""
+    from mpcformer.config import job_config
 
-    overrides = collect_overrides(args, flag_keys)
+    overrides, names = _given(args, flag_keys)
     quick = getattr(args, "quick", False)
     if quick:
+        names = {**{key: "--quick" for key in cls.QUICK if key not in overrides}, **names}
         overrides = {**cls.QUICK, **overrides}
-    if args.config:
-        cfg = load_config(cls, args.config, overrides)
-    else:
-        cfg = build_config(cls, {}, overrides, source="command line")
+    cfg = job_config(cls, args.config, overrides, names)
     if quick and "output_dir" not in overrides:  # never resume or overwrite a full run's checkpoints
         cfg = cfg.model_copy(update={"output_dir": cfg.output_dir.rstrip("/") + "-quick"})
     return cfg

@@ -1,6 +1,6 @@
 """Would 8-bit integer GEMMs (VNNI / AMX through oneDNN) beat torch's int64 GEMM for ring matmuls here?
 
-    python -m mpcformer.bench.int8_probe
+    python benchmarks/int8_probe.py --json runs/bench/int8_probe.json
 
 An exact mod-2^64 product from int8 GEMMs: write each int64 as 8 bytes, shifted to signed digits
 ``s_i = byte_i - 128`` (so ``x = Σ s_i·2^(8i) + C`` with ``C = 0x8080...80``). Then
@@ -10,8 +10,9 @@ An exact mod-2^64 product from int8 GEMMs: write each int64 as 8 bytes, shifted 
 and each inner sum is *one* GEMM over the concatenated digits, ``[S_0 .. S_s] @ [T_s; ..; T_0]``,
 whose int32 accumulator cannot overflow for ``8·k·2^14 < 2^31`` (k ≤ 16,384). That is 8 GEMM
 calls and 36 digit products' worth of work, against 1 int64 GEMM. The probe checks the result is
-bit-exact and times both; it is a measurement, not a kernel the hook uses (on the development
-machine it loses, see docs/benchmarks.md), kept so the question can be re-asked on other CPUs.
+bit-exact and times both; it is an experiment, not a kernel the library uses (on the development
+machine it loses, see docs/benchmarks.md), kept outside the package so the question can be
+re-asked on other CPUs.
 """
 
 from __future__ import annotations
