@@ -15,9 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mpcformer.data import write_synthetic_sentiment
-from mpcformer.observability.prometheus import free_ports
+from mpcformer.observability.prometheus import PrometheusServer, free_ports
 from ray_support import processes_naming
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,8 @@ def run_quick_start(name: str, tmp_path: Path, *port_variables: str) -> subproce
         "DATA": str(write_synthetic_sentiment(tmp_path / "data", num_train=4, num_dev=16, seed=3)),
         "OUT": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1",
     }
-    env.pop("RAY_ADDRESS", None)
+    for inherited in ("RAY_ADDRESS", "RAY_metrics_report_interval_ms"):  # the script's own defaults
+        env.pop(inherited, None)
     log = tmp_path / f"{name}.log"
     with open(log, "w") as out:
         script = subprocess.Popen(["bash", f"scripts/quickstart/{name}.sh"], cwd=ROOT, env=env, stdout=out,
@@ -93,6 +95,30 @@ def predicted_ids(out: Path) -> dict[str, list[int]]:
     return {combo: sorted(found) for combo, found in ids.items()}
 
 
+def first_forward_done_at(out: Path) -> float:
+    """Wall-clock time at which the run's first encrypted forward ended (the client's records)."""
+    return min(json.loads(line)["forward_done_at"] for line in (out / "predictions.jsonl").read_text().splitlines())
+
+
+def scrape_interval_s(prometheus_dir: Path) -> float:
+    """The scrape interval of the Prometheus config ``mpcformer.jobs.monitor`` wrote, in seconds."""
+    interval = yaml.safe_load((prometheus_dir / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    assert interval.endswith("s") and interval[:-1].isdigit(), f"unexpected scrape interval {interval}"
+    return float(interval[:-1])
+
+
+def first_sample_at(prometheus_dir: Path, metric: str, tmp_path: Path) -> float:
+    """Timestamp of the earliest sample of ``metric`` in the TSDB of a Prometheus that has stopped:
+    a Prometheus that scrapes nothing reopens it and answers a range query (15 minutes back: more
+    than the quick start's 10-minute limit)."""
+    config = tmp_path / "replay.yml"
+    config.write_text("global: {}\n")
+    with PrometheusServer(config, prometheus_dir / "tsdb") as server:
+        series = server.query(f"{metric}[15m]")
+    assert series, f"Prometheus stored no sample of {metric}"
+    return min(float(s["values"][0][0]) for s in series)
+
+
 @pytest.mark.slow
 def test_ray_jobs_quick_start_runs_resumes_and_stops_its_head(tmp_path):
     ran = run_quick_start("ray-jobs", tmp_path, "RAY_PORT", "DASHBOARD_PORT")
@@ -115,3 +141,11 @@ def test_observability_quick_start_finds_the_runs_rounds_in_prometheus(tmp_path)
     per_run = {c: s["rounds_per_batch"] * s["batches"] for c, s in summary["combos"].items()}
     assert rounds["exact"] > rounds["quad+2quad"] > 0
     assert rounds["exact"] / rounds["quad+2quad"] == pytest.approx(per_run["exact"] / per_run["quad+2quad"])
+    # ...and had the first forward's rounds within one scrape interval: samples are stamped at scrape
+    # times, so allow a second interval for a loaded machine
+    prometheus_dir = tmp_path / "out" / "prometheus"
+    interval_s = scrape_interval_s(prometheus_dir)
+    lag_s = first_sample_at(prometheus_dir, "ray_mpcformer_comm_rounds_total", tmp_path) - \
+        first_forward_done_at(tmp_path / "out" / "infer")
+    print(f"first forward to first Prometheus sample: {lag_s:.1f}s ({lag_s / interval_s:.2f} scrape intervals)")
+    assert lag_s <= 2 * interval_s, f"the first forward's rounds reached Prometheus after {lag_s:.1f}s"

@@ -227,10 +227,10 @@ def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> di
 def summarize_records(records: Sequence[dict[str, Any]], regression: bool = False) -> dict[str, Any]:
     """Accuracy, agreement with plaintext, batch latency percentiles, rounds and bytes per sequence.
 
-    Records carry per-batch figures (``batch_latency_s``, ``rounds``, ``bytes``); each batch is
-    counted once. ``agreement`` = mean(prediction == plaintext_prediction) where the plaintext
-    reference was computed. A regression's predictions are scores: no accuracy nor agreement, but
-    ``max_abs_error_vs_plaintext`` = max |prediction - plaintext_prediction|.
+    Records carry per-batch figures (``batch_latency_s``, ``forward_done_at``, ``rounds``,
+    ``bytes``); each batch is counted once. ``agreement`` = mean(prediction == plaintext_prediction)
+    where the plaintext reference was computed. A regression's predictions are scores: no accuracy
+    nor agreement, but ``max_abs_error_vs_plaintext`` = max |prediction - plaintext_prediction|.
     """
     batches: dict[int, dict[str, Any]] = {}
     for record in records:

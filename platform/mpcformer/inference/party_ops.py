@@ -252,11 +252,13 @@ def client_batch(rank: int, request: ClientBatch) -> dict[str, Any]:
         token_type_ids=types, combo=request.combo,
     )
     latency_s = time.perf_counter() - tic
+    forward_done_at = time.time()  # wall clock, comparable with Prometheus sample timestamps
     owner = crypten.communicator.get().broadcast_obj(None, src=0)
     _record_forward(out["costs"], request.combo, request.model_label, request.job, rank, len(request.example_ids))
     mine = _cost_totals(out["costs"])
     figures = {
         "batch_latency_s": latency_s,
+        "forward_done_at": forward_done_at,
         "rounds": mine["rounds"],
         "bytes": mine["bytes"] + owner["bytes"],  # party-to-party traffic, both directions
         "dealer_bytes": mine["dealer_bytes"] + owner["dealer_bytes"],
