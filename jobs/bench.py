@@ -58,6 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="processes or Ray actors")
     parser.add_argument(
+        "--insecure-transport", action="store_true",
+        help="gloo over plain TCP even when the parties are on different nodes (to measure what TLS costs); "
+        "default: TLS 1.3 with per-party certificates whenever they are",
+    )
+    parser.add_argument(
+        "--role-resources", action="store_true",
+        help="Ray launcher: the owner, the client and the dealer each on a node offering its resource (mpc_owner, "
+        "mpc_client, mpc_dealer; e.g. `mpcformer netns`), one per node",
+    )
+    parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu",
         help="where parties and dealer compute (cuda: all on one GPU unless --gpus-per-actor says otherwise)",
     )
@@ -82,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         "fast_exchange": args.no_fast_exchange,
     }
     mpc.update({switch: False for switch, off in switched_off.items() if off})
+    if args.insecure_transport:
+        mpc["transport"] = "tcp"
     if args.crypten_randomness:
         mpc["randomness"] = "crypten-insecure-baseline"
     if args.exact_truncation is not None:
@@ -94,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size,
             "approx": [a for a in args.approx.split(",") if a], "repeats": args.repeats,
             "launcher": args.launcher, "warmup": not args.no_warmup, "gpus_per_actor": args.gpus_per_actor,
+            "role_resources": args.role_resources,
             "truncation_risk": not args.no_truncation_risk,
             "mpc": mpc,
         },
