@@ -20,16 +20,32 @@ import subprocess
 from mpcformer.errors import UserError
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["up", "down", "exec", "run", "list"], help="what to do")
-    parser.add_argument("--id", help="cluster id (4 hex digits) for down and exec")
-    parser.add_argument("--all", action="store_true", help="down: every namespace cluster of ours")
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=3, help="Ray nodes, one namespace each (node 0 is the head)")
     parser.add_argument("--rate-mbit", type=float, default=None, help="tbf limit on both directions of every link")
     parser.add_argument("--subnet", default=None, help="a /24 inside 198.18.0.0/15 (default: chosen from the id)")
     parser.add_argument("--cpus-per-node", type=int, default=1, help="logical CPUs each Ray node offers")
-    parser.add_argument("--node", type=int, default=0, help="exec/run: the node whose namespace runs the command")
-    parser.add_argument("command", nargs="*", help="exec/run: the command, after --")
+
+
+def _command_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", type=int, default=0, help="the node whose namespace runs the command (0: the head)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _cluster_options(actions.add_parser("up", help="build a cluster and leave it running; prints it as JSON"))
+    run = actions.add_parser("run", help="build a cluster, run a command in its head's namespace, tear it down")
+    _cluster_options(run)
+    _command_options(run)
+    exec_ = actions.add_parser("exec", help="run a command in a running cluster's head namespace")
+    exec_.add_argument("--id", required=True, help="cluster id (4 hex digits; `list` shows them)")
+    _command_options(exec_)
+    down = actions.add_parser("down", help="tear a cluster down (processes, namespaces, links, state)")
+    which = down.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", help="cluster id (4 hex digits)")
+    which.add_argument("--all", action="store_true", help="every namespace cluster of ours")
+    actions.add_parser("list", help="the clusters present and what each still holds")
 
 
 def _config(args: argparse.Namespace):
@@ -61,16 +77,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({cid: leftovers(cid) for cid in cluster_ids()}, indent=2))
         return 0
     if args.action == "down":
-        if not (args.id or args.all):
-            raise UserError("netns down needs --id ID or --all")
         left = [line for cid in ([args.id] if args.id else cluster_ids()) for line in teardown(cid)]
         if left:
             print("still there: " + "; ".join(left))
             return 1
         return 0
     if args.action == "exec":
-        if not args.id:
-            raise UserError(f"netns exec needs --id ID; running: {', '.join(cluster_ids()) or 'none'}")
         return _exec(NetnsCluster.attach(args.id), args)
     cluster = NetnsCluster(_config(args))
     if args.action == "run":

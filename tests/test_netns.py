@@ -58,6 +58,21 @@ def send(cluster: NetnsCluster, src: int, dst: int, nbytes: int) -> int:
             receiver.wait()
 
 
+def test_the_command_line_keeps_cluster_options_apart_from_the_command():
+    import argparse
+
+    from mpcformer.jobs import netns
+
+    parser = argparse.ArgumentParser()
+    netns.add_arguments(parser)
+    run = parser.parse_args(["run", "--nodes", "4", "--rate-mbit", "1000", "--", "mpcformer", "bench", "--launcher", "ray"])
+    assert (run.nodes, run.rate_mbit, netns._command(run)) == (4, 1000.0, ["mpcformer", "bench", "--launcher", "ray"])
+    down = parser.parse_args(["down", "--id", "ab12"])
+    assert (down.action, down.id, down.all) == ("down", "ab12", False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["down"])  # which cluster must be said
+
+
 def test_subnet_must_be_a_24_of_the_benchmarking_range():
     assert NetnsConfig(subnet="198.19.7.0/24").subnet == "198.19.7.0/24"
     for bad in ("10.0.0.0/24", "198.18.0.0/16", "198.20.1.0/24"):
