@@ -84,6 +84,8 @@ def test_bench_runs_each_role_on_its_node_and_the_client_link_carries_its_ledger
     # the client's ledger: the forward and the session's model set-up (the client exchanges nothing with the dealer)
     ledger = combo["bytes"] + combo["setup"]["bytes"]
     assert ledger > 10e6  # enough that Ray's own traffic during the run cannot hide a mismatch
+    print(f"{transport}: client link {link:,.0f} B, ledger {ledger:,.0f} B ({link / ledger - 1:+.2%}), "
+          f"latency {combo['latency_s']:.2f} s")  # shown with -s / -rA
     assert abs(link - ledger) <= 0.05 * ledger, f"client link {link:,.0f} B, ledger {ledger:,.0f} B ({transport})"
 
 

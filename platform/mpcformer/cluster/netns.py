@@ -16,7 +16,9 @@ Layout of cluster ``ID`` (4 hex digits from ``secrets``), all names starting ``m
 - bridge ``mpcfn-ID-br`` (layer 2 only: the host has no address on it);
 - node ``i``: namespace ``mpcfn-ID-n<i>``; veth ``mpcfn-ID-h<i>`` on the bridge, ``mpcfn0`` inside with
   198.18.S.<i+2>/24 (S from ``subnet``, else from the id);
-- Ray: node 0 is the head (GCS port 6379 in its own namespace). Node ``i`` offers one unit of the
+- Ray: node 0 is the head (GCS port 6379 in its own namespace); nodes start one at a time, each
+  started again (up to 3 times) when it misses Ray's 30 s registration deadline on a loaded
+  machine. Node ``i`` offers one unit of the
   role resource of :data:`NODE_ROLES` ``[i]`` (dealer, owner, client; further nodes offer CPUs only),
   so a party group with ``role_resources`` lands STRICT_SPREAD, one role per node. Every node has its
   temp dir under ``/tmp/mpcfn-ID``; the cluster's token is the file ``/tmp/mpcfn-ID/token`` (mode 0600,
@@ -340,13 +342,38 @@ class NetnsCluster:
         self.token_path.touch(mode=0o600)
         self.token_path.write_text(secrets.token_hex(32))
         env = self.ray_env()
-        self._start_node(self.head, env, ["--head", f"--port={GCS_PORT}", "--include-dashboard=false"])
-        self._wait_started([self.head])
-        for node in self.nodes[1:]:
-            self._start_node(node, env, [f"--address={self.address}"])
-        self._wait_started(self.nodes[1:])
+        # one node at a time: on a loaded machine raylets starting together miss Ray's fixed 30 s
+        # registration deadline; a node that misses it anyway is started again
+        for node in self.nodes:
+            role_args = ["--head", f"--port={GCS_PORT}", "--include-dashboard=false"] if node is self.head else [
+                f"--address={self.address}"]
+            self._start_with_retries(node, env, role_args)
         self._save()
         self._check_joined()
+
+    def _start_with_retries(self, node: NetnsNode, env: dict[str, str], role_args: list[str], attempts: int = 3) -> None:
+        for attempt in range(1, attempts + 1):
+            self._start_node(node, env, role_args)
+            try:
+                self._wait_started([node])
+                return
+            except NetnsError as err:
+                if attempt == attempts:
+                    raise
+                log.warning("namespace cluster %s: Ray did not start on node %d (attempt %d of %d), starting it "
+                            "again: %s", self.id, node.index, attempt, attempts, str(err).splitlines()[0])
+                self._kill_node(node)
+
+    def _kill_node(self, node: NetnsNode) -> None:
+        """Stop what a failed start left in the node's namespace (by PID) and forget its process."""
+        process = self._ray.pop(node.index)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in _pids_in(node.namespace):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.state_dir / f"n{node.index}", ignore_errors=True)
 
     def _start_node(self, node: NetnsNode, env: dict[str, str], role_args: list[str]) -> None:
         temp_dir = self.state_dir / f"n{node.index}"
@@ -358,7 +385,7 @@ class NetnsCluster:
         with open(self._log_path(node), "wb") as out:
             process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)  # Ctrl-C reaches the CLI, which tears down
-        self._ray.append(process)
+        self._ray.insert(node.index, process)  # by node: a restarted node takes its old place
         self._ray_pids.append(process.pid)
 
     def _log_path(self, node: NetnsNode) -> Path:
