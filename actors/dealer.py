@@ -37,8 +37,10 @@ class DealerActor:
     def ping(self) -> float:
         return time.time()
 
-    def serve(self, rendezvous: str) -> None:
-        """Join ``rendezvous`` as rank ``world_size`` and serve until party 0 leaves."""
+    def serve(self, rendezvous: str, transport: dict[str, Any] | None = None) -> None:
+        """Join ``rendezvous`` as rank ``world_size`` and serve until party 0 leaves (``transport``: as
+        :meth:`PartyActor.open`)."""
         from mpcformer.mpc.session import run_dealer
 
-        run_dealer(self.world_size, rendezvous, self.mpc_config)
+        config = self.mpc_config.model_validate({**self.mpc_config.model_dump(), **(transport or {})})
+        run_dealer(self.world_size, rendezvous, config)

@@ -98,8 +98,9 @@ class PartyActor:
             raise RuntimeError("only party 0 publishes the rendezvous address")
         return free_tcp_address(ray.util.get_node_ip_address())
 
-    def open(self, rendezvous: str) -> None:
-        """Join the MPC session (blocks until every party and the dealer joined, or the deadline)."""
+    def open(self, rendezvous: str, transport: dict[str, Any] | None = None) -> None:
+        """Join the MPC session (blocks until every party and the dealer joined, or the deadline).
+        ``transport``: the group's choice of ``transport`` and ``credentials_dir`` (MPCConfig fields)."""
         from mpcformer.mpc.party_context import PartyContext, set_party_context
         from mpcformer.mpc import progress
         from mpcformer.mpc.session import MPCSession
@@ -110,7 +111,8 @@ class PartyActor:
             import torch
 
             torch.cuda.set_device(0)  # Ray made the assigned GPU the only visible one
-        session = MPCSession(self.rank, self.world_size, rendezvous, self.mpc_config)
+        config = self.mpc_config.model_validate({**self.mpc_config.model_dump(), **(transport or {})})
+        session = MPCSession(self.rank, self.world_size, rendezvous, config)
         session.__enter__()
         self._session = session
         progress.set_sink(self._progress.append)

@@ -26,6 +26,7 @@ _FLAG_KEYS = {
     "no_stream_triples": "mpc.stream_triples", "no_fast_exchange": "mpc.fast_exchange",
     "exact_truncation": "mpc.exact_truncation", "truncation_risk": "truncation_risk", "warmup": "warmup",
     "launcher": "launcher", "device": "mpc.device", "gpus_per_actor": "gpus_per_actor", "out": "out",
+    "insecure_transport": "mpc.transport", "role_resources": "role_resources",
 }
 
 
@@ -81,6 +82,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "costs included)",
     )
     parser.add_argument("--launcher", choices=["local", "ray"], help="processes or Ray actors")
+    parser.add_argument(
+        "--insecure-transport", action="store_const", const="tcp",
+        help="gloo over plain TCP even when the parties are on different nodes (to measure what TLS costs); "
+        "default: TLS 1.3 with per-party certificates whenever they are",
+    )
+    parser.add_argument(
+        "--role-resources", action="store_const", const=True,
+        help="Ray launcher: the owner, the client and the dealer each on a node offering its resource (mpc_owner, "
+        "mpc_client, mpc_dealer; e.g. `mpcformer netns`), one per node",
+    )
     parser.add_argument(
         "--device", choices=["cpu", "cuda"],
         help="where parties and dealer compute (cuda: all on one GPU unless --gpus-per-actor says otherwise)",

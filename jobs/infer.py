@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--check-plaintext", action="store_true",
                        help="evaluation mode: the client also loads the owner's model for plaintext reference logits")
     check.add_argument("--no-plaintext-check", action="store_true", help="no plaintext reference logits (the default)")
+    parser.add_argument("--insecure-transport", action="store_true",
+                        help="gloo over plain TCP even when the parties are on different nodes (default: TLS 1.3 there)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--num-cpus", type=_positive_int, help="logical CPUs of a new local Ray cluster")
@@ -66,6 +68,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["combos"] = [c for c in args.approx.split(",") if c.strip()]
     if args.check_plaintext or args.no_plaintext_check:
         overrides["check_plaintext"] = bool(args.check_plaintext)
+    if args.insecure_transport:
+        overrides["group.mpc.transport"] = "tcp"
     if args.data:
         path = Path(args.data)
         overrides["data.data_dir" if _is_folder(path) else f"data.{args.split or 'dev'}_file"] = str(path)

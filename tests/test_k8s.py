@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -128,6 +129,9 @@ _KEY_FIELDS = {  # used when the kubernetes-validate package is not installed
         "required": ["accessModes", "resources"],
         "properties": {"accessModes": {"type": "array", "items": {
             "enum": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]}}}}}},
+    "NetworkPolicy": {"required": ["metadata", "spec"], "properties": {"spec": {
+        "required": ["podSelector", "policyTypes"],
+        "properties": {"policyTypes": {"type": "array", "items": {"enum": ["Ingress", "Egress"]}}}}}},
 }
 
 
@@ -140,7 +144,7 @@ def test_core_kinds_are_valid(kind):
     except ImportError:
         kubernetes_validate = None
     for doc in docs:
-        assert doc["apiVersion"] == "v1" and doc["metadata"]["name"]
+        assert doc["apiVersion"] in ("v1", "networking.k8s.io/v1") and doc["metadata"]["name"]
         if kubernetes_validate is not None:
             kubernetes_validate.validate(doc, "1.32.0", strict=True)  # raises on any schema error
         else:
@@ -334,7 +338,8 @@ def test_each_role_of_every_rendered_rayjob_mounts_what_it_reads_and_writes(over
     """What each process of a job opens (docs/ray-jobs.md, *Where things run and what they read*) lies
     under a volume its pod mounts: the infer driver writes run.json/status.json under --out, party 0 reads
     --model, party 1 reads --data and writes --out; the sweep driver reads its --config and writes the
-    storage path, and the trainers read the teacher and data and write the storage path."""
+    storage path, and the trainers read the teacher and data and write the storage path; the dealer
+    mounts only its TLS credentials."""
     from mpcformer.sweep import SweepConfig
 
     jobs = {d["metadata"]["name"]: d for d in _render(overlay) if d["kind"] == "RayJob"}
@@ -345,7 +350,8 @@ def test_each_role_of_every_rendered_rayjob_mounts_what_it_reads_and_writes(over
     assert _reaches(infer["head"], arg("--out"), write=True)
     assert _reaches(infer["owner"], arg("--model"))
     assert _reaches(infer["client"], arg("--data")) and _reaches(infer["client"], arg("--out"), write=True)
-    assert not _mount_paths(infer["dealer"])
+    credentials = next(a.split("=", 1)[1] for a in argv if a.startswith("group.mpc.credentials_dir="))
+    assert _mount_paths(infer["dealer"]) == [(credentials, False)]  # nothing but its rank's TLS key, read-only
 
     sweep, argv = _role_groups(jobs["mpcformer-sweep"]), _entrypoint(jobs["mpcformer-sweep"])
     assert _reaches(sweep["head"], argv[argv.index("--config") + 1])
@@ -382,7 +388,8 @@ def test_kustomize_renders_the_overlay(overlay):
     docs = _render(overlay)
     kinds = sorted(doc["kind"] for doc in docs)
     assert kinds == sorted(["Namespace", "PersistentVolumeClaim", "PersistentVolumeClaim", "PersistentVolumeClaim",
-                            "RayCluster", "RayJob", "RayJob", "ConfigMap", "ConfigMap", "PodMonitor", "PodMonitor"])
+                            "RayCluster", "RayJob", "RayJob", "ConfigMap", "ConfigMap", "PodMonitor", "PodMonitor",
+                            "NetworkPolicy"])
     assert all(doc["metadata"].get("namespace") == "mpcformer" for doc in docs if doc["kind"] != "Namespace")
     workers = [g for t, g in _ray_pod_templates(docs) if t == "worker"]
     images = {c["image"] for _, g in _ray_pod_templates(docs) for c in g["template"]["spec"]["containers"]}
@@ -409,3 +416,77 @@ def test_dockerfile_installs_with_the_project_script_on_ray_2_60():
     copied = {part for line in text.splitlines() if line.startswith("COPY") for part in line.split()[1:-1]
               if not part.startswith("--")}
     assert needed <= copied, f"the image misses {sorted(needed - copied)} that scripts/install.sh needs"
+
+
+# ------------------------------------------------------------------------------- network policy
+_ROLES = {"owner", "client", "dealer"}
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions with In) selects pods with ``labels``."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression  # the only operator these manifests use
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _pod_labels(doc: dict) -> dict[str, dict]:
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+    return {name: group["template"]["metadata"]["labels"] for name, group in groups}
+
+
+def test_party_pods_reach_only_each_other_the_head_and_dns():
+    """The parties' NetworkPolicy selects every owner, client and dealer pod of every Ray cluster and no
+    head; its peers are party pods and the head (any port), DNS (port 53 in kube-system) and the
+    monitoring namespace (metrics port only): no rule lets any other pod in or lets a party out."""
+    policy = next(d for d in _manifests() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "mpcformer-parties")
+    spec = policy["spec"]
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    clusters = _of_kind(_manifests(), "RayCluster") + _of_kind(_manifests(), "RayJob")
+    pods = [(doc["metadata"]["name"], group, labels) for doc in clusters for group, labels in _pod_labels(doc).items()]
+    for name, group, labels in pods:
+        selected = _selects(spec["podSelector"], labels)
+        assert selected == (labels.get("mpcformer/role") in _ROLES), f"{name}/{group}: {labels}"
+    party_labels = [labels for _, _, labels in pods if labels.get("mpcformer/role") in _ROLES]
+    head_labels = [labels for _, group, labels in pods if group == "head"]
+    assert len(party_labels) >= 3 and head_labels
+    for direction, key in (("ingress", "from"), ("egress", "to")):
+        for rule in spec[direction]:
+            peers = rule[key]  # a rule without peers would admit everyone
+            assert peers, f"{direction} rule without {key}: {rule}"
+            for peer in peers:
+                if "namespaceSelector" in peer:  # another namespace: one named one, narrow ports
+                    namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    ports = tuple(sorted(p["port"] for p in rule["ports"]))
+                    assert (namespace, direction, ports) in {("kube-system", "egress", (53, 53)),
+                                                             ("monitoring", "ingress", (8080,))}, rule
+                    continue
+                selector = peer["podSelector"]
+                assert selector, f"an empty podSelector admits every pod of the namespace: {rule}"
+                reached = {id(labels) for _, _, labels in pods if _selects(selector, labels)}
+                assert reached in ({id(labels) for labels in party_labels}, {id(labels) for labels in head_labels}), (
+                    f"{direction} peer {peer} selects pods other than exactly the parties or exactly the heads")
+
+
+def test_each_role_mounts_only_its_own_tls_secret_where_the_job_reads_credentials():
+    """The inference RayJob: owner, client and dealer pods each mount the Secret of their own role (their
+    rank's key), read-only, at the directory the entrypoint passes as group.mpc.credentials_dir; the head
+    mounts none."""
+    job = next(d for d in _of_kind(_manifests(), "RayJob") if d["metadata"]["name"] == "mpcformer-infer")
+    entrypoint = " ".join(_entrypoint(job))
+    match = re.search(r"group\.mpc\.credentials_dir=(\S+)", entrypoint)
+    assert match, entrypoint
+    for role, group in _role_groups(job).items():
+        pod = group["template"]["spec"]
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        mounts = [(m["name"], m["mountPath"], m.get("readOnly", False)) for c in pod["containers"]
+                  for m in c.get("volumeMounts", []) if m["name"] in secrets]
+        if role == "head":
+            assert not secrets, secrets
+            continue
+        assert sorted(secrets.values()) == [f"mpcformer-infer-tls-{role}"], (role, secrets)
+        assert mounts == [(next(iter(secrets)), match.group(1), True)], (role, mounts)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mpcformer.jobs.bench", "benchmark approximations under MPC (latency, rounds, bytes)"),
     "approximations": ("mpcformer.jobs.approximations", "list the registered MPC-friendly approximations"),
     "monitor": ("mpcformer.jobs.monitor", "start a real Prometheus scraping a local Ray cluster and print its URL"),
+    "netns": ("mpcformer.jobs.netns", "Ray nodes on separate network stacks of this machine (namespaces; root)"),
 }
 
 

@@ -52,8 +52,14 @@ def _protocol_line(path: dict) -> str:
         f"Protocol: {path['profile']} (owner weights: {path['owner_operands']}; elementwise triples: "
         f"{path['elementwise_triples']}; dealer overlap: {'on' if path['dealer_overlap'] else 'off'}; matmul: "
         f"{path['beaver_matmul']}, {path['matmul_kernel']} kernel; openings: {path['exchange']}; randomness: "
-        f"{path['randomness']}; truncation: {path['truncation']})."
+        f"{path['randomness']}; truncation: {path['truncation']}; transport: {path.get('transport', 'tcp (cleartext)')})."
     )
+
+
+def _placement_line(placement: dict) -> str:
+    """Where the first combination's party group ran (Ray launcher), in one sentence."""
+    actors = ", ".join(f"{a['who']} on {a['node_ip']}" for a in placement["actors"])
+    return f"Placement: {placement['strategy']} ({actors}); transport between them: {placement.get('transport')}."
 
 
 def render_markdown(report: dict) -> str:
@@ -97,6 +103,9 @@ def render_markdown(report: dict) -> str:
     lines += ["", _truncation_line(report["combinations"])]
     if report.get("protocol_path"):
         lines += ["", _protocol_line(report["protocol_path"])]
+    placement = report["combinations"][0].get("placement")
+    if placement:
+        lines += ["", _placement_line(placement)]
     env = report["environment"]
     where = f"GPU: {env['gpu']}" if env.get("gpu") else "CPU only"
     lines += ["", f"Machine: {env['machine']}, {env['cpus']} CPUs, {where}; versions: {env['versions']}", ""]

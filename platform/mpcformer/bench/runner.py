@@ -52,6 +52,10 @@ class BenchConfig(StrictModel):
         default=None, gt=0, le=1,
         description="Ray launcher on CUDA: GPUs per party and for the dealer; None: all share one GPU",
     )
+    role_resources: bool = Field(
+        default=False, description="Ray launcher: the owner, the client and the dealer each on a node offering its "
+        "role resource (mpc_owner, mpc_client, mpc_dealer), one actor per node (STRICT_SPREAD)",
+    )
     truncation_risk: bool = Field(
         default=True,
         description="with CrypTen's truncation (exact_truncation off): one more untimed forward that records every "
@@ -150,6 +154,7 @@ def _combo_result(name: str, costs: dict, overlap_dealer: bool) -> dict:
         "setup": {k: costs["setup"][k] for k in ("time_s", "rounds", "bytes")},
         "truncation": costs.get("truncation"),
         "protocol_path": costs.get("protocol_path"),
+        "placement": costs.get("placement"),
         "ops": ops,
         "projected_latency_s": {
             prof: project_latency(
@@ -189,7 +194,7 @@ def ray_group_config(cfg: BenchConfig) -> "PartyGroupConfig":
     """
     from mpcformer.cluster.config import PartyGroupConfig
 
-    group = PartyGroupConfig(use_gpu=cfg.mpc.device == "cuda", mpc=cfg.mpc)
+    group = PartyGroupConfig(use_gpu=cfg.mpc.device == "cuda", role_resources=cfg.role_resources, mpc=cfg.mpc)
     if not group.use_gpu:
         return group
     share = cfg.gpus_per_actor or round(1.0 / (group.world_size + 1), 4)
@@ -224,11 +229,14 @@ def run_combo(cfg: BenchConfig, name: str, on_progress: PartyProgress | None = N
     risk = cfg.truncation_risk and not exact_under(cfg.mpc) and cfg.mpc.device == "cpu"  # the recorder: gloo, CPU
     args = (cfg.model, name, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.repeats, cfg.warmup, risk)
     relay = None if on_progress is None else (lambda rank, event: on_progress(event) if rank == _CLIENT else None)
-    results = launcher(cfg).run(bench_party, args=args, on_progress=relay)
+    parties = launcher(cfg)
+    results = parties.run(bench_party, args=args, on_progress=relay)
     owner = results[1 - _CLIENT]
+    placements = getattr(parties, "placements", None)  # the Ray launcher's: node of each party and the dealer
     return {
         **results[_CLIENT]["costs"], "dealer": owner["costs"]["dealer"], "setup": results[_CLIENT]["setup"],
         "truncation": _truncation_risk(cfg, owner["truncation"]), "protocol_path": owner["protocol_path"],
+        "placement": placements[-1] if placements else None,
     }
 
 

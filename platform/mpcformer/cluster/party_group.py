@@ -14,7 +14,13 @@ Lifecycle (Ray Train's backend pattern, plain functions shipped to actors):
    it (e.g. KubeRay worker groups that mount only that role's volumes). A group the
    cluster cannot place raises :class:`PlacementError` after ``placement_timeout_s``, never hangs.
 2. spawn the actors in their bundles; 3. rendezvous: party 0 publishes ``tcp://<node IP>:<free
-   port>``, the dealer and every party join it within ``mpc.timeout_s``.
+   port>``, the dealer and every party join it within ``mpc.timeout_s``. The transport
+   (``mpc.transport``) is chosen here: ``auto`` means TLS when the actors are on more than one
+   node address, else gloo over TCP. TLS needs the session's certificates: from
+   ``mpc.credentials_dir`` (mounted on every node), else issued for the group into a private
+   directory on the driver's filesystem (seen by the actors only where the nodes share it, as the
+   namespace nodes of :mod:`mpcformer.cluster.netns` do) and removed at shutdown. Only the
+   directory's path reaches the actors.
 4. ``run``: each party runs ``fn(rank, *args, **kwargs)`` inside the session; ``fn`` must be a
    registered party operation (:mod:`mpcformer.operations`): the party receives its name, never
    its code, and refuses anything unregistered. The first party error,
@@ -43,7 +49,7 @@ from mpcformer.operations import OperationRefused, operation_name
 
 __all__ = [
     "PartyCall", "PartyGroup", "GroupFailure", "PlacementError", "Placement", "plan_placement", "run_on_party_group",
-    "RayLauncher",
+    "RayLauncher", "describe_placement",
 ]
 
 log = logging.getLogger(__name__)
@@ -204,6 +210,8 @@ class PartyGroup:
         self.name = f"{name or 'mpcformer'}-{uuid.uuid4().hex[:6]}"
         self.placement: Placement | None = None
         self.actors_info: list[dict[str, Any]] = []
+        self.transport: dict[str, Any] = {}  # the session's transport and credentials dir, chosen at start
+        self._credentials_dir: str | None = None  # issued by this group, removed at shutdown
         self._pg = None
         self._parties: list[Any] = []
         self._dealer = None
@@ -235,7 +243,8 @@ class PartyGroup:
         except BaseException:
             self.shutdown()
             raise
-        log.info("party group %s running (%s): %s", self.name, self.placement.strategy, self.actors_info)
+        log.info("party group %s running (%s, %s): %s", self.name, self.placement.strategy,
+                 self.transport.get("transport"), self.actors_info)
         return self
 
     def _check_not_stopped(self) -> None:
@@ -278,12 +287,32 @@ class PartyGroup:
             else:
                 self._dealer = DealerActor.options(name=f"{self.name}/dealer", **options).remote(n, mpc, self.name)
 
+    def _choose_transport(self) -> dict[str, Any]:
+        """``mpc.transport`` resolved against where the actors are (module doc, step 3)."""
+        mpc = self.config.mpc
+        spread = len({info.get("node_ip") for info in self.actors_info}) > 1
+        transport = mpc.transport if mpc.transport != "auto" else ("tls" if spread else "tcp")
+        if transport == "tcp":
+            return {"transport": "tcp"}
+        credentials_dir = mpc.credentials_dir
+        if credentials_dir is None:
+            import tempfile
+
+            from mpcformer.mpc.credentials import issue_credentials
+
+            with self._lock:
+                self._check_not_stopped()
+                self._credentials_dir = tempfile.mkdtemp(prefix="mpcformer-tls-")
+            credentials_dir = str(issue_credentials(self._credentials_dir, ranks=len(self._actors())))
+        return {"transport": "tls", "credentials_dir": credentials_dir}
+
     def _join(self) -> None:
+        self.transport = self._choose_transport()
         ref = self._parties[0].rendezvous_address.remote()
         rendezvous = self._await({"party 0": ref}, "publishing the rendezvous address", self.config.mpc.timeout_s)["party 0"]
         if self._dealer is not None:
-            self._dealer_ref = self._dealer.serve.remote(rendezvous)
-        refs = {self._who(rank): party.open.remote(rendezvous) for rank, party in enumerate(self._parties)}
+            self._dealer_ref = self._dealer.serve.remote(rendezvous, self.transport)
+        refs = {self._who(rank): party.open.remote(rendezvous, self.transport) for rank, party in enumerate(self._parties)}
         self._await(refs, f"joining the MPC session at {rendezvous}", self.config.mpc.timeout_s + _JOIN_SLACK_S)
         self._open = True
 
@@ -350,6 +379,11 @@ class PartyGroup:
                     log.warning("party group %s: could not remove its placement group: %s", self.name, err)
             self._pg, self._parties, self._dealer, self._dealer_ref, self._open = None, [], None, None, False
             self._failed = False
+            if self._credentials_dir is not None:
+                import shutil
+
+                shutil.rmtree(self._credentials_dir, ignore_errors=True)
+                self._credentials_dir = None
 
     def _close_session(self) -> None:
         self._open = False
@@ -452,15 +486,34 @@ class PartyGroup:
 @dataclass(frozen=True)
 class RayLauncher:
     """Parties and the dealer as Ray actors of a fresh party group per call (:func:`run_on_party_group`);
-    the :class:`mpcformer.mpc.launcher.Launcher` for Ray."""
+    the :class:`mpcformer.mpc.launcher.Launcher` for Ray. ``placements`` collects where each call's
+    group ran (:func:`describe_placement`), oldest first."""
 
     group_config: PartyGroupConfig
+    placements: list[dict[str, Any]] = field(default_factory=list, compare=False)
 
     def run(
         self, fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
         on_progress: PartyProgress | None = None,
     ) -> list[Any]:
-        return run_on_party_group(fn, args, kwargs, group_config=self.group_config, on_progress=on_progress)
+        return run_on_party_group(
+            fn, args, kwargs, group_config=self.group_config, on_progress=on_progress,
+            on_started=lambda group: self.placements.append(describe_placement(group)),
+        )
+
+
+def describe_placement(group: PartyGroup) -> dict[str, Any]:
+    """Where a running group's actors are: the strategy, the transport, each actor's role, node IP and node id."""
+    n = group.config.world_size
+    return {
+        "strategy": group.placement.strategy if group.placement else None,
+        "transport": group.transport.get("transport"),
+        "actors": [
+            {"who": "dealer" if index == n else f"party {index}", "node_ip": info.get("node_ip"),
+             "node_id": info.get("node_id")}
+            for index, info in enumerate(group.actors_info)
+        ],
+    }
 
 
 def run_on_party_group(
@@ -470,12 +523,14 @@ def run_on_party_group(
     config: MPCConfig | None = None,
     group_config: PartyGroupConfig | None = None,
     on_progress: PartyProgress | None = None,
+    on_started: Callable[[PartyGroup], None] | None = None,
 ) -> list[Any]:
     """Run ``fn(rank, *args, **kwargs)`` on every party of a fresh group; return the results by rank.
 
     The one-shot counterpart of :func:`mpcformer.mpc.launcher.run_local` on Ray actors. Joins the
     running Ray cluster, or starts a local one for the call when none is connected.
-    ``on_progress(rank, event)`` receives the parties' progress events.
+    ``on_progress(rank, event)`` receives the parties' progress events; ``on_started(group)`` is
+    called once the group has joined its session, before ``fn`` runs.
     """
     from mpcformer.cluster_connect import connect
 
@@ -485,4 +540,6 @@ def run_on_party_group(
     call = PartyCall(fn, tuple(args), dict(kwargs or {}))
     with connect(num_cpus=max(2, group_config.world_size + 1)):
         with PartyGroup(group_config, name="oneshot") as group:
+            if on_started is not None:
+                on_started(group)
             return group.run([call] * group_config.world_size, on_progress=on_progress)

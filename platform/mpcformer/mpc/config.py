@@ -102,6 +102,16 @@ class MPCConfig(StrictModel):
         "drawn from AES-128-CTR under it; 'crypten-insecure-baseline': CrypTen's own seeds and torch.randint "
         "(Mersenne Twister, 32 bits of entropy from the dealer): the benchmarks' measured baseline, never private",
     )
+    transport: Literal["auto", "tls", "tcp"] = Field(
+        default="auto",
+        description="how parties and the dealer exchange messages: 'tls' = mutually authenticated TLS 1.3 with the "
+        "session's certificates (credentials_dir), rendezvous included; 'tcp' = gloo over plain TCP (cleartext, "
+        "unauthenticated rendezvous); 'auto' = tls when a party group's actors are on different nodes, else tcp",
+    )
+    credentials_dir: str | None = Field(
+        default=None, description="directory with the session's TLS credentials (ca.pem, rank-<r>.pem, rank-<r>.key; "
+        "mpcformer.mpc.credentials); None with tls: a party group issues them per group on the driver's filesystem",
+    )
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     network: NetworkProfile | None = Field(
         default=None, description="emulate this link between parties (mode 'emulate'); None = this machine"
@@ -114,4 +124,10 @@ class MPCConfig(StrictModel):
                 "dealer 'tfp' lets party 0 see the client's inputs; set insecure_dealer: true "
                 "to accept that, or use dealer: ttp"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_on_gloo_only(self) -> "MPCConfig":
+        if self.transport == "tls" and self.backend != "gloo":
+            raise ValueError(f"transport 'tls' replaces gloo; it cannot carry backend {self.backend!r}")
         return self

@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import shutil
+import socket
 import tempfile
 import time
 import traceback
@@ -125,7 +126,8 @@ def run_local(
     threads = threads_per_party or max(1, (os.cpu_count() or 2) // world_size)
     ctx = mp.get_context("spawn")  # fork deadlocks once the parent has run torch ops
     workdir = tempfile.mkdtemp(prefix="mpcformer-rdv-")
-    rendezvous = f"file://{os.path.join(workdir, 'rendezvous')}"
+    # TLS brings its own rendezvous on a TCP port (mpc/secure_transport.py); gloo meets through a file
+    rendezvous = _tcp_rendezvous() if config.transport == "tls" else f"file://{os.path.join(workdir, 'rendezvous')}"
     results = ctx.Queue()
     procs = {
         rank: ctx.Process(
@@ -148,6 +150,13 @@ def run_local(
     finally:
         _stop_all(procs)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _tcp_rendezvous() -> str:
+    """``tcp://127.0.0.1:<port>`` with a port free right now (party 0 listens on it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _collect(procs, results, world_size, deadline, timeout_s, on_progress=None) -> list[Any]:

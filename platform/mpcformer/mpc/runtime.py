@@ -58,6 +58,7 @@ SWITCHES: dict[str, Callable[[MPCConfig], bool]] = {
     "os_randomness": lambda config: config.randomness == "os",
     # the truncation takes its values from the OS-keyed triple streams, in order with beaver's requests
     "exact_truncation": lambda config: config.exact_truncation and config.randomness == "os" and _beaver_steps(config),
+    "tls_transport": lambda config: config.transport == "tls",
 }
 
 
@@ -121,6 +122,10 @@ def _resolve(path: str) -> Any:
     return obj
 
 
+#: What :meth:`Patch.read` returns for a dict entry that is not there (restoring it removes the key).
+ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
+
+
 @dataclass(frozen=True)
 class Patch:
     """One change to CrypTen or torch: ``target.attribute = replacement`` while a session runs.
@@ -128,7 +133,8 @@ class Patch:
     ``target`` and ``replacement`` are ``"module:qualified.name"`` paths (imported at install, so
     the manifest costs nothing to import). ``wraps``: the replacement is a factory called with the
     value it replaces and the session's config. ``item``: the target is a dict and ``attribute`` a
-    key (CrypTen's provider registry). ``before_restore``: called first when the patch is undone.
+    key (CrypTen's provider registry, torch's backend registry; a key the dict lacks is added, and
+    removed at restore). ``before_restore``: called first when the patch is undone.
     """
 
     name: str
@@ -148,10 +154,12 @@ class Patch:
         return _resolve(self.target)
 
     def read(self, target: Any) -> Any:
-        return target[self.attribute] if self.item else getattr(target, self.attribute)
+        return target.get(self.attribute, ABSENT) if self.item else getattr(target, self.attribute)
 
     def write(self, target: Any, value: Any) -> None:
-        if self.item:
+        if self.item and value is ABSENT:
+            target.pop(self.attribute, None)
+        elif self.item:
             target[self.attribute] = value
         else:
             setattr(target, self.attribute, value)
@@ -187,6 +195,12 @@ MANIFEST: tuple[Patch, ...] = (
     # every process group CrypTen creates gets the session's deadline instead of gloo's 30 minutes
     Patch("deadline", "torch.distributed", "init_process_group", "mpcformer.mpc.session:with_deadline", wraps=True),
     Patch("deadline", "torch.distributed", "new_group", "mpcformer.mpc.session:with_deadline", wraps=True),
+    # every message over mutually authenticated TLS 1.3: torch's backend registry gains mpcformer's TLS
+    # process group, and CrypTen's init_process_group uses it (no gloo, no TCP store)
+    Patch("secure_transport", "torch.distributed:Backend._plugins", "MPCFORMER_TLS",
+          "mpcformer.mpc.secure_transport:backend_plugin", switch="tls_transport", wraps=True, item=True),
+    Patch("secure_transport", "torch.distributed", "init_process_group", "mpcformer.mpc.secure_transport:init_over_tls",
+          switch="tls_transport", wraps=True, before_restore="mpcformer.mpc.secure_transport:close_mesh"),
     # CUDA parties exchange through host copies (gloo takes CUDA tensors for few ops)
     *(Patch("host_staging", module, "dist", "mpcformer.mpc.host_staging:staged_dist", condition="cuda", wraps=True)
       for module in ("crypten.communicator.distributed_communicator", _TTP)),
@@ -341,6 +355,7 @@ class Runtime:
             "exchange": "all-gather" if self.applied("exchange") and self.parties == 2 else "all-reduce",
             "randomness": "aes-ctr under 128-bit os keys" if os_keys else "crypten seeds (mersenne twister, insecure)",
             "truncation": "exact (dealer streams)" if self.applied("truncation") else "crypten local division",
+            "transport": "tls 1.3, mutual (session CA)" if self.applied("secure_transport") else "tcp (cleartext)",
             "dealer": config.dealer,
             "parties": self.parties,
             "device": config.device,
