@@ -36,7 +36,9 @@ _BASELINES = ("none", "wo_d", "wo_pd", "w/o{d}", "w/o{p,d}")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", help="fine-tuned teacher checkpoint folder (from `mpcformer finetune`)")
-    parser.add_argument("--combo", help="approximation, <activation>+<normaliser>: quad+2quad, quad+2relu, ...")
+    parser.add_argument(
+        "--combo", help="approximation, <activation>+<normaliser>[+ln:<variant>]: quad+2quad, quad+2quad-fit+ln:fit, ..."
+    )
     parser.add_argument("--baseline", choices=_BASELINES,
                         help="train a baseline instead of distilling: w/o{d} (teacher init) or w/o{p,d} (random init)")
     parser.add_argument("--stage1-epochs", type=float, help="stage 1 (attention + hidden states) epochs")

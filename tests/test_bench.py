@@ -35,6 +35,12 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
         assert c["projected_latency_s"]["wan"] > c["projected_latency_s"]["lan"]
     assert combos["exact"]["speedup_vs_exact"] == pytest.approx(1.0)
     assert combos["quad+2quad"]["rounds"] < combos["exact"]["rounds"]
+    saved = combos["exact"]["rounds"] - combos["quad+2quad"]["rounds"]
+    assert combos["exact"]["rounds_saved_vs_exact"] == 0 and combos["quad+2quad"]["rounds_saved_vs_exact"] == saved
+    for op in combos["quad+2quad"]["ops"].values():  # each operation on each link
+        assert set(op["projected_latency_s"]) == {"lan", "wan"} and op["projected_latency_s"]["wan"] >= 0
+    markdown = (out / "bench.md").read_text()
+    assert "rounds saved vs exact" in markdown and "## WAN projection per operation (s)" in markdown
     assert "| quad+2quad |" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr()
@@ -278,3 +284,33 @@ def test_a_party_killed_under_the_ray_launcher_is_one_line_and_exit_1(tmp_path, 
     assert killed and code == 1, (killed, code, err)
     assert len(lines) == 1 and "party 1" in lines[0] and "Traceback" not in err, err
     assert not ray.is_initialized()
+
+
+def _op(time_s: float, rounds: float, nbytes: float) -> dict:
+    wan = project_latency(time_s, rounds, nbytes, NetworkProfile(bandwidth_bps=100e6, rtt_s=0.04))
+    return {"time_s": time_s, "comm_time_s": 0.0, "rounds": rounds, "bytes": nbytes, "projected_latency_s": {"lan": time_s, "wan": wan}}
+
+
+def test_report_shows_rounds_saved_and_the_wan_projection_per_operation():
+    from mpcformer.bench.report import render_markdown
+
+    def combo(name: str, rounds: float, saved: float | None) -> dict:
+        return {
+            "approx": name, "latency_s": 2.0, "comm_time_s": 0.5, "rounds": rounds, "bytes": 1e6, "speedup_vs_exact": None,
+            "rounds_saved_vs_exact": saved, "projected_latency_s": {"lan": 2.0, "wan": 9.0},
+            "ops": {"layernorm": _op(1.0, rounds, 1e6)},
+        }
+
+    report = {
+        "settings": {"model": "tiny", "seq_len": 16, "batch_size": 1},
+        "combinations": [combo("exact", 400, 0), combo("quad+2quad+ln:fit", 100, 300)],
+        "environment": {"machine": "x86_64", "cpus": 2, "versions": {}},
+        "profiles": {"wan": {"bandwidth_bps": 100e6, "rtt_s": 0.04}},
+    }
+    markdown = render_markdown(report)
+    assert "| quad+2quad+ln:fit | 2.00 | 0.50 | 100 | 300 (75%) |" in markdown
+    assert "| exact | 2.00 | 0.50 | 400 | 0 (0%) |" in markdown
+    wan_table = markdown.split("## WAN projection per operation (s)")[1]
+    assert f"| layernorm | {1.0 + 400 * 0.04 + 0.08:.2f} | {1.0 + 100 * 0.04 + 0.08:.2f} |" in wan_table
+    report["combinations"][1]["rounds_saved_vs_exact"] = None  # no exact in the run
+    assert "| 100 | - |" in render_markdown(report)

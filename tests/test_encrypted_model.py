@@ -31,6 +31,10 @@ import encrypted_model_fns as fns
 pytestmark = pytest.mark.timeout(780)
 
 COMBOS = ("exact", "quad+2quad", "quad+2relu", "relu+softmax")
+#: the fitted LayerNorm normaliser and 2quad reciprocal, where the models' values lie in their ranges
+#: (undistilled MiniLM with quad leaves them: its LayerNorm variances reach 1.4e3)
+FITTED = {"tiny-bert": "quad+2quad-fit+ln:fit", "minilm": "gelu+2quad-fit+ln:fit"}
+FITTED_MODELS = tuple(FITTED)
 #: max |encrypted - plaintext| logit error allowed (16 fractional bits). Measured: tiny <= ~0.01
 #: (logits up to ~3), MiniLM <= 0.004 (its fresh head gives logits ~0.1).
 TOLERANCE = {"tiny-bert": 0.05, "tiny-roberta": 0.05, "minilm": 0.01}
@@ -70,6 +74,7 @@ def session(sst2_dir):
     jobs.append(_job("tiny-bert", "quad+2quad", alone, tag="again"))  # the model built for "alone", served again
     jobs.append(_job("tiny-bert", "quad+2quad", alone, tag="changed", shift_classifier_bias=1.0))
     jobs.append({"inv_sqrt": INV_SQRT_PROBES.tolist(), "tag": "inv_sqrt"})
+    jobs += [_job(model, FITTED[model], batches[model], tag=f"fitted-{model}") for model in FITTED_MODELS]
     owner, client = run_local(fns.private_inference_jobs, args=(jobs,), timeout_s=600)
     runs = {(job["model"], job["combo"]): (job, o, c) for job, o, c in zip(jobs, owner, client) if "tag" not in job}
     tagged = {job["tag"]: (job, o, c) for job, o, c in zip(jobs, owner, client) if "tag" in job}
@@ -97,6 +102,24 @@ def test_encrypted_logits_match_plaintext_approximation(session, model_name):
     # the tolerance tells the approximations apart: it is no looser than their effect on logits
     effect = (references["exact"] - references["quad+2quad"]).abs().max().item()
     assert effect > 3 * tolerance, f"{model_name}: quad+2quad moves logits by only {effect:.4f}"
+
+
+@pytest.mark.parametrize("model_name", FITTED_MODELS)
+def test_fitted_combo_matches_its_plaintext_twin_in_a_fraction_of_the_rounds(session, model_name):
+    """The encrypted LayerNorms and 2quad use the fitted normalisers exactly as the plaintext twin
+    does (input scales included), in at most a quarter (LayerNorm) and a third (softmax) of
+    quad+2quad's rounds."""
+    batch = session["batches"][model_name]
+    _, owner, client = session["tagged"][f"fitted-{model_name}"]
+    reference = _reference(model_name, FITTED[model_name], batch)
+    error = (torch.tensor(client["logits"]) - reference).abs().max().item()
+    assert error < TOLERANCE[model_name], f"{model_name} {FITTED[model_name]}: max |logit error| {error:.4f}"
+    assert owner["combo"] == client["combo"] == FITTED[model_name]
+    fitted = client["costs"]["by_category"]
+    quad = session["runs"][(model_name, "quad+2quad")][2]["costs"]["by_category"]
+    assert 4 * fitted["layernorm"]["rounds"] <= quad["layernorm"]["rounds"]
+    assert 3 * fitted["softmax"]["rounds"] <= quad["softmax"]["rounds"]
+    assert fitted["layernorm"]["bytes"] < quad["layernorm"]["bytes"]  # no comparisons left
 
 
 def test_padding_does_not_change_a_sentence(session):
@@ -260,3 +283,35 @@ def test_two_sessions_with_identical_weights_broadcast_different_fingerprints():
     (first_owner, first), (second_owner, second) = sessions
     assert first_owner["unkeyed"] == second_owner["unkeyed"]  # identical weights
     assert first["keys"][0] != second["keys"][0]
+
+
+def test_minilm_layernorm_variances_lie_in_the_fitted_range(sst2_dir):
+    """``ln:fit``'s default range is the one the pretrained MiniLM shows on real sentences: every
+    LayerNorm input variance (times the public input scale squared) lies in it, and spans most of
+    it (the [CLS] token's near 128, the smallest near 0.13)."""
+    from mpcformer.approx import get
+
+    low, high = (get("ln:fit").params[key] for key in ("low", "high"))
+    batch = _tokenize(sst2_dir, 64, 64)
+    model = fns.build_model("minilm")
+    config = EncryptedBertConfig.from_hf(model)
+    real = batch["attention_mask"].bool()
+    seen: list[torch.Tensor] = []
+    hooks = [
+        module.register_forward_hook(
+            lambda mod, inputs, out, name=name: seen.append(
+                inputs[0].var(-1, unbiased=False)[real]
+                * (config.embeddings_ln_input_scale if "embeddings" in name else config.encoder_ln_input_scale) ** 2
+            )
+        )
+        for name, module in model.named_modules() if name.endswith("LayerNorm")
+    ]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    variances = torch.cat(seen)
+    assert low <= variances.min().item() and variances.max().item() <= high * 1.05, (variances.min(), variances.max())
+    assert variances.min().item() < 2 * low and variances.max().item() > high / 2

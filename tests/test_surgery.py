@@ -17,6 +17,7 @@ from mpcformer.approx import Combo, list_approximations
 from mpcformer.errors import UserError
 from mpcformer.models.surgery import (
     ApproximatedActivation,
+    ApproximatedLayerNorm,
     approximate,
     combo_of,
     encoder_family,
@@ -202,3 +203,68 @@ def test_gelu_activation_module_matches_hf():
     x = torch.linspace(-6, 6, 101)
     assert torch.allclose(ApproximatedActivation("gelu")(x), F.gelu(x))
     assert "quad" in repr(ApproximatedActivation("quad"))
+
+
+# ----------------------------------------------------------------------------- LayerNorm normaliser
+def _layer_norms(model: torch.nn.Module) -> dict[str, torch.nn.LayerNorm]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_a_layernorm_normaliser_swaps_every_layer_norm_and_keeps_the_weights(family):
+    model = _model(family)
+    keys = set(model.state_dict())
+    approximated = approximate(copy.deepcopy(model), Combo.parse("quad+2quad+ln:fit"))
+    norms = _layer_norms(approximated)
+    assert len(norms) == 1 + 2 * 2  # embeddings + two per layer
+    assert all(isinstance(m, ApproximatedLayerNorm) and m.approximation == "ln:fit" for m in norms.values())
+    assert set(approximated.state_dict()) == keys  # checkpoints load either way
+    scales = {name: m.input_scale for name, m in norms.items()}
+    embeddings = next(name for name in scales if "embeddings" in name)
+    if family == "distilbert":  # no encrypted model: no input scale
+        assert set(scales.values()) == {1}
+    else:
+        from mpcformer.models.encrypted_bert import EncryptedBertConfig
+
+        assert scales[embeddings] == EncryptedBertConfig.from_hf(model).embeddings_ln_input_scale > 1
+        assert {s for name, s in scales.items() if name != embeddings} == {1}
+    with torch.no_grad():
+        fitted = approximated(**_batch()).logits
+        quad = approximate(copy.deepcopy(model), Combo.parse("quad+2quad"))(**_batch()).logits
+    assert not torch.equal(fitted, quad)
+
+
+def test_approximated_layer_norm_is_layer_norm_with_the_normaliser_swapped():
+    torch.manual_seed(0)
+    layer_norm = torch.nn.LayerNorm(32, eps=1e-12)
+    torch.nn.init.normal_(layer_norm.weight)
+    torch.nn.init.normal_(layer_norm.bias)
+    x = torch.randn(3, 5, 32) * torch.logspace(-0.5, 1, 5)[None, :, None]  # variances 0.1 .. 100
+    exact = ApproximatedLayerNorm(layer_norm, "ln:exact", input_scale=4)
+    fit = ApproximatedLayerNorm(layer_norm, "ln:fit", input_scale=1)
+    with torch.no_grad():
+        assert torch.allclose(exact(x), layer_norm(x), atol=1e-5)
+        centred = x - x.mean(-1, keepdim=True)
+        by_hand = centred * fit._fn(centred.square().mean(-1, keepdim=True), **fit.params) * layer_norm.weight
+        assert torch.allclose(fit(x), by_hand + layer_norm.bias, atol=1e-6)
+        assert not torch.allclose(fit(x), layer_norm(x), atol=1e-4)
+    fit(x).sum().backward()  # distillation trains gamma and beta through the twin
+    assert layer_norm.weight.grad is not None and fit.weight is layer_norm.weight
+
+
+def test_layernorm_normaliser_survives_save_reload_and_goes_back_to_exact(tmp_path):
+    combo = Combo.parse("quad+2quad-fit+ln:fit")
+    model = approximate(_model("bert"), combo)
+    model.save_pretrained(tmp_path)
+    reloaded = load_approximated(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**_batch()).logits, model(**_batch()).logits)
+    assert combo_of(reloaded) == combo
+    back = approximate(reloaded, Combo.parse("quad+2quad"))
+    assert not any(isinstance(m, ApproximatedLayerNorm) for m in back.modules())
+    with torch.no_grad():
+        fresh = approximate(_model("bert"), Combo.parse("quad+2quad"))(**_batch()).logits
+        assert torch.allclose(back(**_batch()).logits, fresh, atol=1e-6)
+    clone = pickle.loads(pickle.dumps(model))
+    with torch.no_grad():
+        assert torch.equal(clone(**_batch()).logits, model(**_batch()).logits)

@@ -8,6 +8,7 @@
 from mpcformer.approx.registry import (
     Approximation,
     Combo,
+    DEFAULT_LAYERNORM,
     InvalidApproximationParams,
     UnknownApproximation,
     get,
@@ -16,4 +17,7 @@ from mpcformer.approx.registry import (
 )
 from mpcformer.approx import functions as _functions  # noqa: F401  (registers the built-ins)
 
-__all__ = ["Approximation", "Combo", "InvalidApproximationParams", "UnknownApproximation", "get", "list_approximations", "register"]
+__all__ = [
+    "Approximation", "Combo", "DEFAULT_LAYERNORM", "InvalidApproximationParams", "UnknownApproximation", "get", "list_approximations",
+    "register",
+]

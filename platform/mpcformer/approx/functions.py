@@ -17,6 +17,7 @@ Fixed-point notes (CrypTen, 16 fractional bits, delta = 2^-16):
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from mpcformer.approx.registry import Approximation, register
 
-__all__: list[str] = []  # functions are reached through the registry
+__all__ = ["INV_SQRT_RANGE", "encrypted_inv_sqrt", "fitted_polynomial", "fit_error"]  # the rest: through the registry
 
 # Scores of padded keys are pushed this far below the rest before a max (fits 16-bit fixed point).
 _MASK_SHIFT = 1.0e4
@@ -75,6 +76,173 @@ def _scaled_reciprocal(x, scale: float, initial=None, iterations: int | None = N
     for _ in range(iterations or cfg.functions.reciprocal_nr_iters):
         y = y * (2 - z * y)
     return y
+
+
+# ----------------------------------------------------------------------------- fitted powers
+# A reciprocal or inverse square root in few rounds: a polynomial fitted to x^exponent over the
+# range of inputs a trained model shows, then a few fused Newton-type steps. No comparison, no bit
+# decomposition; outside the fitted range the error grows quickly (the polynomial is not clamped).
+_FIT_SAMPLES = 4001
+_LAWSON_ITERATIONS = 40
+
+
+@functools.lru_cache(maxsize=64)
+def fitted_polynomial(exponent: float, low: float, high: float, degree: int) -> tuple[float, ...]:
+    """Coefficients ``c_0 .. c_degree`` (lowest first) of ``p(u) ~ u^exponent``, ``u = x / sqrt(low high)``,
+    for ``x`` in ``[low, high]``.
+
+    Weighted least squares on the relative error ``p(u) u^-exponent - 1`` at log-uniform samples,
+    the weights moved towards the minimax fit by Lawson's rule. float64; the coefficients are
+    rounded to 10 significant digits, so parties on different machines encode the same public
+    values (a coefficient that differed by one unit of 2^-16 between the parties would scale
+    their random shares differently).
+    """
+    centre = math.sqrt(low * high)
+    u = torch.logspace(math.log10(low / centre), math.log10(high / centre), _FIT_SAMPLES, dtype=torch.float64)
+    design = torch.stack([u**j for j in range(degree + 1)], dim=1) / (u**exponent)[:, None]  # (N, d+1)
+    ones = torch.ones(len(u), 1, dtype=torch.float64)
+    weights = torch.full((len(u), 1), 1.0 / len(u), dtype=torch.float64)
+    for _ in range(_LAWSON_ITERATIONS):
+        coefficients = torch.linalg.lstsq(design * weights.sqrt(), ones * weights.sqrt()).solution  # (d+1, 1)
+        weights = weights * (design @ coefficients - ones).abs()
+        weights = weights / weights.sum()
+    return tuple(float(f"{c:.10g}") for c in coefficients[:, 0].tolist())
+
+
+def _polynomial(powers: list, coefficients: tuple[float, ...], times=operator.mul):
+    """``c_0 + sum_j c_j u^j`` from ``powers = [u, u^2, ...]``; ``times(value, public coefficient)``."""
+    value = coefficients[0]
+    for power, coefficient in zip(powers, coefficients[1:]):
+        value = times(power, coefficient) + value
+    return value
+
+
+def _plain_powers(u: torch.Tensor, degree: int) -> list[torch.Tensor]:
+    return [u**j for j in range(1, degree + 1)]
+
+
+def _encrypted_powers(u, degree: int) -> list:
+    """``[u, u^2, ..., u^degree]`` of an encrypted ``u`` in ceil(log2 degree) rounds: each round
+    multiplies the powers known so far by the highest, in one product (u^2 by one square)."""
+    from mpcformer.mpc.compat import crypten
+
+    powers = [u]
+    while len(powers) < degree:
+        top, count = powers[-1], min(len(powers), degree - len(powers))
+        if len(powers) == 1:
+            powers.append(u.square())
+        elif count == 1:
+            powers.append(powers[0] * top)
+        else:
+            powers += _rows(crypten.stack(powers[:count]) * crypten.stack([top] * count))
+    return powers
+
+
+def _fit_scale(low: float, high: float) -> float:
+    return math.sqrt(low * high)
+
+
+def _inv_sqrt_steps_plain(u: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+    for _ in range(steps):
+        y = y * 1.5 - (u * y) * (y * y) * 0.5
+    return y
+
+
+def fitted_inv_sqrt_plain(variance: torch.Tensor, low: float, high: float, degree: float, steps: float) -> torch.Tensor:
+    """``1/sqrt(v)`` as :func:`fitted_inv_sqrt_encrypted` computes it, in torch, of ``v`` clamped to
+    ``[low, high]``: the two agree inside the range; outside it the encrypted form's polynomial
+    grows without bound (a clamp would take a comparison), where the clamp keeps a student's
+    training finite."""
+    centre = _fit_scale(low, high)
+    u = variance.clamp(low, high) / centre
+    y = _polynomial(_plain_powers(u, int(degree)), fitted_polynomial(-0.5, low, high, int(degree)))
+    return _inv_sqrt_steps_plain(u, y, int(steps)) / math.sqrt(centre)
+
+
+def fitted_inv_sqrt_encrypted(variance, low: float, high: float, degree: float, steps: float):
+    """``1/sqrt(v)`` for encrypted ``v`` in ``[low, high]``: with ``u = v / sqrt(low high)``, the
+    polynomial :func:`fitted_polynomial` ``(-1/2, low, high, degree)`` of ``u``, then ``steps``
+    Newton steps ``y <- 3y/2 - (u y)(y^2)/2`` (``u y`` and ``y^2`` in one product: 2 rounds a
+    step), divided by ``(low high)^(1/4)``.
+
+    Rounds: ceil(log2 degree) + 2 steps. Relative error over ``[low, high]``: :func:`fit_error`.
+    Reads no CrypTen setting.
+
+    ``ln:fit``'s defaults, ``[0.125, 128]``, degree 4, no step (2 rounds; a LayerNorm of 5 rounds
+    instead of 20), cover the variances (times the input scale squared) of every LayerNorm of
+    the pretrained all-MiniLM-L6-v2 on 256 SST-2 dev sentences: 0.13-131, the top from the
+    [CLS] token (125-131 in layer 0's output LayerNorm, 16-95 in layers 1-3), the other tokens
+    0.13-27. Over three decades a degree-4 polynomial is a coarse normaliser: relative error up to
+    0.64 (float64), a smooth token-dependent gain that a student distilled with the plaintext twin
+    trains with; it is not a drop-in. Narrower ranges are far more precise (``[0.3, 3]``: 0.021;
+    degree 2 and one step on ``[0.1, 1.3]``: 0.026). Beyond ``high`` the polynomial grows (no
+    clamp without a comparison).
+    """
+    from mpcformer.mpc.compat import crypten
+
+    centre = _fit_scale(low, high)
+    u = _times(variance, 1.0 / centre)
+    y = _polynomial(_encrypted_powers(u, int(degree)), fitted_polynomial(-0.5, low, high, int(degree)), times=_times)
+    for _ in range(int(steps)):
+        y_squared, u_y = _rows(crypten.stack([y, u]) * crypten.stack([y, y]))
+        y = y * 1.5 - (u_y * y_squared) * 0.5
+    return _times(y, 1.0 / math.sqrt(centre))
+
+
+def _reciprocal_steps_plain(u: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+    error = 1.0 - u * y
+    for _ in range(steps):
+        y, error = y * (1.0 + error), error * error
+    return y
+
+
+def fitted_reciprocal_plain(x: torch.Tensor, low: float, high: float, degree: int, steps: int) -> torch.Tensor:
+    """``sqrt(low high) / x`` as :func:`fitted_reciprocal_encrypted` computes it, in torch, of ``x``
+    clamped to ``[low, high]`` (as :func:`fitted_inv_sqrt_plain`: outside the range the encrypted
+    form's steps diverge)."""
+    u = x.clamp(low, high) / _fit_scale(low, high)
+    y = _polynomial(_plain_powers(u, degree), fitted_polynomial(-1.0, low, high, degree))
+    return _reciprocal_steps_plain(u, y, steps)
+
+
+def fitted_reciprocal_encrypted(x, low: float, high: float, degree: int, steps: int):
+    """``sqrt(low high) / x`` (a value near 1, precise in fixed point) for encrypted ``x`` in
+    ``[low, high]``: with ``u = x / sqrt(low high)``, the polynomial :func:`fitted_polynomial`
+    ``(-1, low, high, degree)`` of ``u``, then ``steps`` Goldschmidt steps ``y <- y (1 + e)``,
+    ``e <- e^2`` from ``e = 1 - u y`` (the same iterates as Newton's ``y (2 - u y)``, but the next
+    ``e`` comes in the same product: 1 round a step).
+
+    Rounds: ceil(log2 degree) without steps, else ceil(log2(degree + 1)) + steps. Reads no
+    CrypTen setting.
+    """
+    from mpcformer.mpc.compat import crypten
+
+    u = _times(x, 1.0 / _fit_scale(low, high))
+    coefficients = fitted_polynomial(-1.0, low, high, degree)
+    powers = _encrypted_powers(u, degree + 1 if steps else degree)
+    y = _polynomial(powers, coefficients, times=_times)
+    if not steps:
+        return y
+    error = 1.0 - _polynomial(powers[1:], (0.0, *coefficients[1:]), times=_times) - _times(u, coefficients[0])
+    for step in range(steps):
+        if step == steps - 1:
+            return y * (error + 1.0)
+        y, error = _rows(crypten.stack([y, error]) * crypten.stack([error + 1.0, error]))
+    return y
+
+
+def fit_error(kind: str, low: float, high: float, degree: float, steps: float, span: float = 1.0) -> float:
+    """Largest relative error (float64, no fixed point) of the fitted ``"inv_sqrt"`` or
+    ``"reciprocal"`` over ``[low / span, high * span]``."""
+    degree, steps = int(degree), int(steps)
+    x = torch.logspace(math.log10(low / span), math.log10(high * span), 20001, dtype=torch.float64)
+    if kind == "inv_sqrt":
+        got, exact = fitted_inv_sqrt_plain(x, low, high, degree, steps), x.rsqrt()
+    elif kind == "reciprocal":
+        got, exact = fitted_reciprocal_plain(x, low, high, degree, steps), _fit_scale(low, high) / x
+    else:
+        raise ValueError(f"fit_error's kind must be 'inv_sqrt' or 'reciprocal', got '{kind}'")
+    return float((got / exact - 1.0).abs().max())
 
 
 # ----------------------------------------------------------------------------- activations
@@ -305,6 +473,118 @@ def two_relu_encrypted(scores, mask: torch.Tensor, eps: float = 1e-2):
     return numerator * inverse / n
 
 
+def two_quad_fit_plain(
+    scores: torch.Tensor, mask: torch.Tensor, c: float = 5.0, low: float = 2.0, high: float = 512.0,
+    degree: float = 3.0, steps: float = 6.0,
+) -> torch.Tensor:
+    """2Quad with the fitted reciprocal of :func:`two_quad_fit_encrypted`, in torch (the student
+    trains with it)."""
+    full = _full_mask(mask, scores.shape)
+    numerator = (scores + c).square() * full
+    n = _valid_keys(full)
+    inverse = fitted_reciprocal_plain(numerator.sum(-1, keepdim=True) / n, low, high, int(degree), int(steps))
+    return numerator * inverse / (n * _fit_scale(low, high))
+
+
+def two_quad_fit_encrypted(
+    scores, mask: torch.Tensor, c: float = 5.0, low: float = 2.0, high: float = 512.0, degree: float = 3.0,
+    steps: float = 6.0,
+):
+    """2Quad whose division takes the reciprocal of the row mean ``m`` by
+    :func:`fitted_reciprocal_encrypted` over ``[low, high]`` (the range the row means of a
+    trained model take) instead of ``reciprocal_nr_iters`` Newton steps from an ``exp`` start:
+    ceil(log2(degree + 1)) + steps rounds for the reciprocal instead of 28 (defaults: 8, relative error
+    5e-4 on ``[2, 512]``; MiniLM's row means on SST-2 span 3.7-404, 1.2-404 with quad before
+    distillation). Outside ``[low, high]`` the reciprocal's error grows quickly (:func:`fit_error`);
+    the plaintext twin computes the same numbers, so distillation sees them. Reads no CrypTen
+    setting."""
+    full = _full_mask(mask, scores.size())
+    numerator = (scores + c).square() * full
+    n = _valid_keys(full)
+    inverse = fitted_reciprocal_encrypted(numerator.sum(-1, keepdim=True) / n, low, high, int(degree), int(steps))
+    return numerator * inverse / (n * _fit_scale(low, high))
+
+
+def two_relu_fit_plain(
+    scores: torch.Tensor, mask: torch.Tensor, eps: float = 1e-2, low: float = 0.02, high: float = 16.0,
+    degree: float = 3.0, steps: float = 7.0,
+) -> torch.Tensor:
+    """2ReLU with the fitted reciprocal of :func:`two_relu_fit_encrypted`, in torch."""
+    full = _full_mask(mask, scores.shape)
+    numerator = torch.relu(scores) * full
+    n = _valid_keys(full)
+    inverse = fitted_reciprocal_plain(numerator.sum(-1, keepdim=True) / n + eps, low, high, int(degree), int(steps))
+    return numerator * inverse / (n * _fit_scale(low, high))
+
+
+def two_relu_fit_encrypted(
+    scores, mask: torch.Tensor, eps: float = 1e-2, low: float = 0.02, high: float = 16.0, degree: float = 3.0,
+    steps: float = 7.0,
+):
+    """2ReLU whose division takes the reciprocal of ``mean + eps`` by
+    :func:`fitted_reciprocal_encrypted` over ``[low, high]``: one comparison per score, then
+    ceil(log2(degree + 1)) + steps rounds for the reciprocal (defaults: 9, relative error 7e-3 on
+    ``[0.02, 16]``; MiniLM's row means + eps on SST-2: 0.01-13.5, 0.018 at the 0.01% quantile;
+    a row whose mean is eps has no positive score and stays 0). Reads no CrypTen setting."""
+    full = _full_mask(mask, scores.size())
+    numerator = scores.relu() * full
+    n = _valid_keys(full)
+    inverse = fitted_reciprocal_encrypted(numerator.sum(-1, keepdim=True) / n + eps, low, high, int(degree), int(steps))
+    return numerator * inverse / (n * _fit_scale(low, high))
+
+
+# ----------------------------------------------------------------------------- layernorm normalisers
+#: Inputs for which :func:`encrypted_inv_sqrt` (3 Newton-Raphson steps, 16 fractional bits) has
+#: relative error < 5e-3; CrypTen's own ``inv_sqrt`` only manages about [0.1, 150].
+INV_SQRT_RANGE = (2.0**-10, 2.0**17)
+
+
+def _fixed_point_bits(bits):
+    """Comparison results (CrypTen encodes them with scale 1) re-encoded at the session precision,
+    by an exact multiplication with the public integer scale, so they mix with public floats."""
+    from crypten.encoder import FixedPointEncoder
+
+    encoder = FixedPointEncoder()
+    encoded = bits * int(encoder.scale)  # an int: exact, no truncation
+    encoded.encoder = encoder
+    return encoded
+
+
+def inv_sqrt_plain(variance: torch.Tensor) -> torch.Tensor:
+    """1/sqrt(v): LayerNorm's own normaliser."""
+    return torch.rsqrt(variance)
+
+
+def encrypted_inv_sqrt(x, low_exponent: int = -10, high_exponent: int = 16):
+    """1/sqrt(x), elementwise, for encrypted x > 0, accurate over [2^low_exponent, 2^(high_exponent + 1)).
+
+    Start: y0 = 2^(-(j + 1/2)/2) on [2^j, 2^(j+1)), read off one batched comparison of x with the
+    public thresholds 2^low .. 2^high (below 2^low: the value of [2^(low-1), 2^low)), so
+    y0 sqrt(x) lies in [2^-1/4, 2^1/4]. Then Newton-Raphson y <- y (3 - (x y) y) / 2, which
+    converges quadratically from there (worst relative error 0.19 -> 0.06 -> 8e-3 -> 1e-4).
+    Measured at 16 fractional bits: relative error < 1.5e-3 on [5e-4, 1e5], the ends limited by the
+    fixed-point resolution of x and of y; as many rounds as CrypTen's ``inv_sqrt`` (17), whose
+    exp-based start is only right on about [0.1, 150] (it returns garbage at 1e3).
+    Configuration parameters: ``functions.sqrt_nr_iters`` (CrypTen's default 3).
+    """
+    from crypten.config import cfg
+
+    exponents = torch.arange(low_exponent, high_exponent + 1, dtype=torch.float64, device=x.device)  # (K,)
+    starts = 2.0 ** (-(exponents + 0.5) / 2)  # y0 on [2^j, 2^(j+1)), (K,)
+    below = 2.0 ** (-(low_exponent - 0.5) / 2)
+    steps = starts - torch.cat([starts.new_tensor([below]), starts[:-1]])  # (K,)
+    at_least = _fixed_point_bits(x.unsqueeze(-1).ge((2.0 ** exponents).float()))  # (..., 1) vs (K,) -> (..., K)
+    y = (at_least * steps.float()).sum(-1) + below  # (...)
+    for _ in range(cfg.functions.sqrt_nr_iters):
+        y = y * (3 - (x * y) * y) * 0.5
+    return y
+
+
+def exact_inv_sqrt_encrypted(variance):
+    """:func:`encrypted_inv_sqrt` (comparison start, ``functions.sqrt_nr_iters`` Newton steps)."""
+    return encrypted_inv_sqrt(variance)
+
+
 # ----------------------------------------------------------------------------- parameter checks
 def _check_c(params: dict[str, float]) -> None:
     if not 0.0 <= params["c"] <= 64.0:
@@ -325,6 +605,26 @@ def _check_n(params: dict[str, float]) -> None:
 def _check_order(params: dict[str, float]) -> None:
     if params["order"] not in (2.0, 4.0):
         raise ValueError(f"taylor-softmax's order must be 2 or 4 (even orders stay positive), got {params['order']}")
+
+
+def _check_fit(params: dict[str, float]) -> None:
+    low, high, degree, steps = (params[key] for key in ("low", "high", "degree", "steps"))
+    if not 0.0 < low < high <= 1e6 * low:
+        raise ValueError(f"the fitted range needs 0 < low < high <= 1e6 low, got [{low:g}, {high:g}]")
+    if degree != int(degree) or not 1 <= degree <= 4:
+        raise ValueError(f"the fitted polynomial's degree must be an integer in 1..4, got {degree:g}")
+    if steps != int(steps) or not 0 <= steps <= 8:
+        raise ValueError(f"the number of steps after the fitted polynomial must be an integer in 0..8, got {steps:g}")
+
+
+def _check_c_and_fit(params: dict[str, float]) -> None:
+    _check_c(params)
+    _check_fit(params)
+
+
+def _check_eps_and_fit(params: dict[str, float]) -> None:
+    _check_eps(params)
+    _check_fit(params)
 
 
 # ----------------------------------------------------------------------------- registrations
@@ -362,4 +662,26 @@ register(Approximation(
     "taylor-softmax", "normaliser", "T(s_i) / sum_j T(s_j), T(x) = 1 + x + x^2/2 (+ x^3/6 + x^4/24)",
     taylor_softmax_plain, taylor_softmax_encrypted, params={"order": 2.0},
     reference="Taylor softmax (Vincent et al. 2015; de Brebisson & Vincent, ICLR 2016)", check=_check_order,
+))
+register(Approximation(
+    "2quad-fit", "normaliser", "(s_i + c)^2 / sum_j (s_j + c)^2, reciprocal: fitted polynomial + Goldschmidt steps",
+    two_quad_fit_plain, two_quad_fit_encrypted,
+    params={"c": 5.0, "low": 2.0, "high": 512.0, "degree": 3.0, "steps": 6.0},
+    reference="MPCFormer's 2Quad; Goldschmidt division (Goldschmidt 1964)", check=_check_c_and_fit,
+))
+register(Approximation(
+    "2relu-fit", "normaliser", "ReLU(s_i) / (sum_j ReLU(s_j) + eps n), reciprocal: fitted polynomial + Goldschmidt steps",
+    two_relu_fit_plain, two_relu_fit_encrypted,
+    params={"eps": 1e-2, "low": 0.02, "high": 16.0, "degree": 3.0, "steps": 7.0},
+    reference="MPCFormer's 2ReLU; Goldschmidt division (Goldschmidt 1964)", check=_check_eps_and_fit,
+))
+register(Approximation(
+    "ln:exact", "layernorm", "1/sqrt(v); MPC: comparison start + Newton", inv_sqrt_plain, exact_inv_sqrt_encrypted,
+    reference="Ba et al. 2016; start from 27 thresholds (this project)",
+))
+register(Approximation(
+    "ln:fit", "layernorm", "1/sqrt(v): fitted polynomial on [low, high] + fused Newton steps",
+    fitted_inv_sqrt_plain, fitted_inv_sqrt_encrypted,
+    params={"low": 0.125, "high": 128.0, "degree": 4.0, "steps": 0.0},
+    reference="this project (fit to MiniLM's LayerNorm variances)", check=_check_fit,
 ))

@@ -6,6 +6,8 @@ Signatures, shared by both forms:
 - normaliser:  ``fn(scores, mask, **params) -> probs`` over the last dim. ``scores`` is
   ``(B, H, Tq, Tk)``; ``mask`` is a *public* plaintext 0/1 float tensor broadcastable to it
   (``(B, 1, 1, Tk)``: 1 = real token, 0 = padding). Masked keys get probability exactly 0.
+- layernorm:   ``fn(variance, **params) -> 1/sqrt(variance)`` (elementwise, ``variance > 0``): the
+  normaliser of LayerNorm, ``gamma (x - mean) fn(var + eps) + beta``. Its names start with ``ln:``.
 
 ``params`` are the function's keyword parameters with their defaults; ``check`` (optional) raises
 ``ValueError`` for values outside the range the function supports.
@@ -19,12 +21,15 @@ from typing import Any, Callable, Literal
 from mpcformer.errors import UserError
 
 __all__ = [
-    "Approximation", "Combo", "register", "get", "list_approximations", "UnknownApproximation",
+    "Approximation", "Combo", "DEFAULT_LAYERNORM", "register", "get", "list_approximations", "UnknownApproximation",
     "InvalidApproximationParams",
 ]
 
-Kind = Literal["activation", "normaliser"]
-_KINDS = ("activation", "normaliser")
+Kind = Literal["activation", "normaliser", "layernorm"]
+_KINDS = ("activation", "normaliser", "layernorm")
+#: the LayerNorm normaliser of every combination that names none (today's exact inverse square root)
+DEFAULT_LAYERNORM = "ln:exact"
+_LAYERNORM_PREFIX = "ln:"
 
 
 class UnknownApproximation(UserError, ValueError):
@@ -75,6 +80,8 @@ def register(approx: Approximation) -> Approximation:
         raise ValueError(f"approximation kind must be one of {_KINDS}, got '{approx.kind}'")
     if not approx.name or "+" in approx.name or approx.name == "exact":
         raise ValueError(f"approximation name '{approx.name}' must be non-empty, without '+', and not 'exact'")
+    if (approx.kind == "layernorm") != approx.name.startswith(_LAYERNORM_PREFIX):
+        raise ValueError(f"'{approx.name}': LayerNorm normalisers, and only they, are named '{_LAYERNORM_PREFIX}<variant>'")
     if approx.name in _REGISTRY:
         raise ValueError(f"approximation '{approx.name}' is already registered")
     _REGISTRY[approx.name] = approx
@@ -100,56 +107,71 @@ def _names(kind: Kind | None) -> str:
 
 @dataclass(frozen=True)
 class Combo:
-    """An activation plus an attention normaliser, written ``<activation>+<normaliser>``.
+    """An activation, an attention normaliser and a LayerNorm normaliser, written
+    ``<activation>+<normaliser>[+ln:<variant>]``.
 
-    ``exact`` means ``gelu+softmax``. ``params`` overrides per-function parameters, e.g.
-    ``{"c": 4.0}`` for ``2quad``; keys must exist in the function's declared params.
+    ``exact`` means ``gelu+softmax``; a combination that names no LayerNorm normaliser has
+    ``ln:exact`` (and its name leaves it out), so ``quad+2quad+ln:exact`` is ``quad+2quad``.
+    ``params`` overrides per-function parameters, e.g. ``{"c": 4.0}`` for ``2quad``; keys must
+    exist in the function's declared params.
     """
 
     activation: str = "gelu"
     normaliser: str = "softmax"
     activation_params: dict[str, float] = field(default_factory=dict)
     normaliser_params: dict[str, float] = field(default_factory=dict)
+    layernorm: str = DEFAULT_LAYERNORM
+    layernorm_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, kind, params in (
-            (self.activation, "activation", self.activation_params),
-            (self.normaliser, "normaliser", self.normaliser_params),
-        ):
+        for kind in _KINDS:
+            name, params = self._parts(kind)  # type: ignore[arg-type]
             get(name, kind).resolve_params(params)  # type: ignore[arg-type]
 
+    def _parts(self, kind: Kind) -> tuple[str, dict[str, float]]:
+        if kind == "activation":
+            return self.activation, self.activation_params
+        if kind == "normaliser":
+            return self.normaliser, self.normaliser_params
+        return self.layernorm, self.layernorm_params
+
     def __hash__(self) -> int:  # dict fields: hash the sorted items
-        return hash((self.activation, self.normaliser, tuple(sorted(self.activation_params.items())),
-                     tuple(sorted(self.normaliser_params.items()))))
+        return hash(tuple((name, tuple(sorted(params.items()))) for name, params in map(self._parts, _KINDS)))
 
     @classmethod
     def parse(cls, text: str, **params: dict[str, float]) -> "Combo":
-        """``"quad+2quad"`` or ``"exact"``; ``params`` are ``activation_params=`` / ``normaliser_params=``."""
+        """``"quad+2quad"``, ``"quad+2quad+ln:fit"``, ``"exact"`` or ``"exact+ln:fit"``; ``params`` are
+        ``activation_params=`` / ``normaliser_params=`` / ``layernorm_params=``."""
         text = text.strip()
-        if text == "exact":
-            return cls("gelu", "softmax", **params)
         parts = text.split("+")
+        layernorm = {}
+        if len(parts) in (2, 3) and parts[-1].startswith(_LAYERNORM_PREFIX):
+            layernorm = {"layernorm": parts.pop()}
+        if parts == ["exact"]:
+            return cls("gelu", "softmax", **layernorm, **params)
         if len(parts) != 2 or not all(parts):
             raise UnknownApproximation(
                 f"approximation combination '{text}' must be '<activation>+<normaliser>' (e.g. quad+2quad) or "
-                f"'exact'; activations: {_names('activation')}; normalisers: {_names('normaliser')}"
+                "'exact', optionally followed by '+ln:<variant>' (e.g. quad+2quad+ln:fit); "
+                f"activations: {_names('activation')}; normalisers: {_names('normaliser')}"
             )
         try:
-            return cls(parts[0], parts[1], **params)
+            return cls(parts[0], parts[1], **layernorm, **params)
         except UnknownApproximation as err:  # name the combination the unknown part came from
             raise type(err)(f"{text}: {err}") from None
 
     @property
     def name(self) -> str:
-        return "exact" if (self.activation, self.normaliser) == ("gelu", "softmax") else f"{self.activation}+{self.normaliser}"
+        core = "exact" if (self.activation, self.normaliser) == ("gelu", "softmax") else f"{self.activation}+{self.normaliser}"
+        return core if self.layernorm == DEFAULT_LAYERNORM else f"{core}+{self.layernorm}"
 
     @property
     def is_exact(self) -> bool:
         return self.name == "exact"
 
     def _merged(self, kind: Kind) -> tuple[Approximation, dict[str, float]]:
-        approx = get(self.activation if kind == "activation" else self.normaliser, kind)
-        overrides = self.activation_params if kind == "activation" else self.normaliser_params
+        name, overrides = self._parts(kind)
+        approx = get(name, kind)
         return approx, approx.resolve_params(overrides)
 
     def activation_fn(self, encrypted: bool = False) -> Callable[[Any], Any]:
@@ -164,18 +186,31 @@ class Combo:
         fn = approx.encrypted if encrypted else approx.plain
         return lambda scores, mask: fn(scores, mask, **params)
 
+    def layernorm_fn(self, encrypted: bool = False) -> Callable[[Any], Any]:
+        """``fn(variance)`` ~ ``1/sqrt(variance)``: the LayerNorm normaliser's chosen form."""
+        approx, params = self._merged("layernorm")
+        fn = approx.encrypted if encrypted else approx.plain
+        return lambda variance: fn(variance, **params)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """Plain record; the LayerNorm normaliser only when it is not the default (records of
+        combinations without one are unchanged, and older readers accept them)."""
+        record: dict[str, Any] = {
             "activation": self.activation,
             "normaliser": self.normaliser,
             "activation_params": dict(self.activation_params),
             "normaliser_params": dict(self.normaliser_params),
         }
+        if self.layernorm != DEFAULT_LAYERNORM or self.layernorm_params:
+            record.update(layernorm=self.layernorm, layernorm_params=dict(self.layernorm_params))
+        return record
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Combo":
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`UnknownApproximation`."""
-        unknown = set(data) - {"activation", "normaliser", "activation_params", "normaliser_params"}
+        unknown = set(data) - {
+            "activation", "normaliser", "activation_params", "normaliser_params", "layernorm", "layernorm_params",
+        }
         if unknown:
             raise UnknownApproximation(f"approximation record has unknown field(s) {sorted(unknown)}")
         return cls(**data)

@@ -24,6 +24,31 @@ def _mb(nbytes: float) -> str:
     return f"{nbytes / 1e6:,.1f}"
 
 
+def _saved(combo: dict) -> str:
+    """Rounds saved against ``exact`` in the same run, with the share of exact's rounds."""
+    saved = combo.get("rounds_saved_vs_exact")
+    if saved is None:
+        return "-"
+    exact_rounds = combo["rounds"] + saved
+    return f"{saved:,.0f} ({100 * saved / exact_rounds:.0f}%)" if exact_rounds else f"{saved:,.0f}"
+
+
+def _per_operation_wan(report: dict) -> list[str]:
+    """Per operation category: its WAN projection (its compute here + rounds x RTT + bytes / bandwidth)."""
+    combos = report["combinations"]
+    names = [c["approx"] for c in combos]
+    lines = ["", "## WAN projection per operation (s)", "", "| operation | " + " | ".join(names) + " |"]
+    lines.append("| --- |" + " ---: |" * len(names))
+    for op in CATEGORIES:
+        cells = []
+        for c in combos:
+            projected = c["ops"].get(op, {}).get("projected_latency_s")
+            cells.append(f"{projected['wan']:.2f}" if projected else "-")
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _setup(combo: dict) -> str:
     setup = combo.get("setup")
     return f"{setup['time_s']:.2f} / {_mb(setup['bytes'])}" if setup else "-"
@@ -67,15 +92,15 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# mpcformer bench: {s['model']}, seq len {s['seq_len']}, batch {s['batch_size']}",
         "",
-        "| approx | latency (s) | comm time (s) | rounds | MB sent | speed-up vs exact | LAN (s) | WAN (s) "
-        "| model set-up, once (s / MB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| approx | latency (s) | comm time (s) | rounds | rounds saved vs exact | MB sent | speed-up vs exact "
+        "| LAN (s) | WAN (s) | model set-up, once (s / MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in report["combinations"]:
         speed = f"{c['speedup_vs_exact']:.2f}x" if c.get("speedup_vs_exact") else "-"
         proj = c["projected_latency_s"]
         lines.append(
-            f"| {c['approx']} | {c['latency_s']:.2f} | {c['comm_time_s']:.2f} | {c['rounds']:,.0f} | "
+            f"| {c['approx']} | {c['latency_s']:.2f} | {c['comm_time_s']:.2f} | {c['rounds']:,.0f} | {_saved(c)} | "
             f"{_mb(c['bytes'])} | {speed} | {proj['lan']:.2f} | {proj['wan']:.2f} | {_setup(c)} |"
         )
     lines += ["", "## Per operation (time s / rounds / MB)", ""]
@@ -89,6 +114,7 @@ def render_markdown(report: dict) -> str:
             cells.append(f"{o['time_s']:.2f} / {o['rounds']:,.0f} / {_mb(o['bytes'])}" if o else "-")
         if any(cell != "-" for cell in cells):
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    lines += _per_operation_wan(report)
     lines += [
         "",
         "Latency is one forward of a model already built in the session; building it (sharing the "

@@ -140,7 +140,15 @@ def _vocab_size(model_name: str) -> int:
 def _combo_result(name: str, costs: dict, overlap_dealer: bool) -> dict:
     total = costs["total"]
     ops = {
-        op: {"time_s": c["time_s"], "comm_time_s": c["comm_time_s"], "rounds": c["rounds"], "bytes": c["bytes"]}
+        op: {
+            "time_s": c["time_s"], "comm_time_s": c["comm_time_s"], "rounds": c["rounds"], "bytes": c["bytes"],
+            # the operation alone on each link: its compute here plus its rounds and bytes (the dealer's
+            # waits, if any, are charged to the whole forward only)
+            "projected_latency_s": {
+                prof: project_latency(max(c["time_s"] - c["comm_time_s"], 0.0), c["rounds"], c["bytes"], PROFILES[prof])
+                for prof in PROFILES
+            },
+        }
         for op, c in costs["by_category"].items()
     }
     compute_s = max(total["time_s"] - total["comm_time_s"], 0.0)
@@ -291,6 +299,7 @@ def run_bench(
     exact = next((c for c in combos if c["approx"] == "exact"), None)
     for c in combos:
         c["speedup_vs_exact"] = (exact["latency_s"] / c["latency_s"]) if exact else None
+        c["rounds_saved_vs_exact"] = (exact["rounds"] - c["rounds"]) if exact else None
     return {
         "settings": cfg.model_dump(mode="json"),
         "protocol_path": combos[0]["protocol_path"],  # the owner's runtime (every combination runs the same config)

@@ -8,9 +8,10 @@ Who holds what (two parties plus CrypTen's dealer):
 - public to both: the architecture (:class:`EncryptedBertConfig`) and the batch
   (:class:`PublicBatch`: shape, attention mask, token-type ids, hence position ids).
 
-The activation and the attention normaliser come from an approximation :class:`~mpcformer.approx.Combo`
-(exact GeLU/softmax, or MPCFormer's quad, relu, 2quad, 2relu); LayerNorm, the pooler's tanh and
-everything else are computed as in the plaintext model. Every operation runs inside a
+The activation, the attention normaliser and LayerNorm's normaliser (its inverse square root)
+come from an approximation :class:`~mpcformer.approx.Combo` (exact GeLU/softmax/inverse square
+root, or MPCFormer's quad, relu, 2quad, 2relu, ...); the pooler's tanh and everything else are
+computed as in the plaintext model. Every operation runs inside a
 :class:`~mpcformer.mpc.costs.CostLedger` scope: ``embedding``, ``linear``, ``attention-matmul``,
 ``softmax`` (every normaliser), ``activation``, ``layernorm``, ``pooler``, ``classifier``; encoder
 layers also set the layer index, and their reshapes count as that layer's ``other``.
@@ -30,6 +31,7 @@ import torch
 from pydantic import Field, model_validator
 
 from mpcformer.approx import Combo
+from mpcformer.approx.functions import INV_SQRT_RANGE, encrypted_inv_sqrt
 from mpcformer.config import StrictModel
 from mpcformer.errors import UserError
 from mpcformer.mpc import progress
@@ -37,8 +39,6 @@ from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
 from mpcformer.mpc.fixed_operand import FixedOperand, release_masks
 from mpcformer.models.surgery import encoder_family
-from crypten.config import cfg
-from crypten.encoder import FixedPointEncoder
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -55,13 +55,10 @@ __all__ = [
 CrypTensor = Any  # crypten.CrypTensor (kept loose: CrypTen has no type stubs)
 Activation = Callable[[CrypTensor], CrypTensor]
 Normaliser = Callable[[CrypTensor, torch.Tensor], CrypTensor]
+InvSqrt = Callable[[CrypTensor], CrypTensor]
 
 #: Hugging Face ``model_type`` values this file encrypts (MiniLM checkpoints are ``bert``).
 SUPPORTED_FAMILIES = ("bert", "roberta")
-
-#: Inputs for which :func:`encrypted_inv_sqrt` (3 Newton-Raphson steps, 16 fractional bits) has
-#: relative error < 5e-3; CrypTen's own ``inv_sqrt`` only manages about [0.1, 150].
-INV_SQRT_RANGE = (2.0**-10, 2.0**17)
 
 
 # ----------------------------------------------------------------------------- public config
@@ -281,49 +278,20 @@ class EncryptedLinear(_Module):
         return self.weight_t.rmatmul(x) + self.bias  # (..., in) @ (in, k*out) -> (..., k*out)
 
 
-def _fixed_point_bits(bits: CrypTensor) -> CrypTensor:
-    """Comparison results (CrypTen encodes them with scale 1) re-encoded at the session precision,
-    by an exact multiplication with the public integer scale, so they mix with public floats."""
-    encoder = FixedPointEncoder()
-    encoded = bits * int(encoder.scale)  # an int: exact, no truncation
-    encoded.encoder = encoder
-    return encoded
-
-
-def encrypted_inv_sqrt(x: CrypTensor, low_exponent: int = -10, high_exponent: int = 16) -> CrypTensor:
-    """1/sqrt(x), elementwise, for encrypted x > 0, accurate over [2^low_exponent, 2^(high_exponent + 1)).
-
-    Start: y0 = 2^(-(j + 1/2)/2) on [2^j, 2^(j+1)), read off one batched comparison of x with the
-    public thresholds 2^low .. 2^high (below 2^low: the value of [2^(low-1), 2^low)), so
-    y0 sqrt(x) lies in [2^-1/4, 2^1/4]. Then Newton-Raphson y <- y (3 - (x y) y) / 2, which
-    converges quadratically from there (worst relative error 0.19 -> 0.06 -> 8e-3 -> 1e-4).
-    Measured at 16 fractional bits: relative error < 1.5e-3 on [5e-4, 1e5], the ends limited by the
-    fixed-point resolution of x and of y; as many rounds as CrypTen's ``inv_sqrt`` (17), whose
-    exp-based start is only right on about [0.1, 150] (it returns garbage at 1e3).
-    Configuration parameters: ``functions.sqrt_nr_iters`` (CrypTen's default 3).
-    """
-    exponents = torch.arange(low_exponent, high_exponent + 1, dtype=torch.float64, device=x.device)  # (K,)
-    starts = 2.0 ** (-(exponents + 0.5) / 2)  # y0 on [2^j, 2^(j+1)), (K,)
-    below = 2.0 ** (-(low_exponent - 0.5) / 2)
-    steps = starts - torch.cat([starts.new_tensor([below]), starts[:-1]])  # (K,)
-    at_least = _fixed_point_bits(x.unsqueeze(-1).ge((2.0 ** exponents).float()))  # (..., 1) vs (K,) -> (..., K)
-    y = (at_least * steps.float()).sum(-1) + below  # (...)
-    for _ in range(cfg.functions.sqrt_nr_iters):
-        y = y * (3 - (x * y) * y) * 0.5
-    return y
-
-
 class EncryptedLayerNorm(_Module):
     """LayerNorm under MPC over the last dim: gamma (x - mean) / sqrt(var + eps) + beta.
 
-    ``1/sqrt`` is :func:`encrypted_inv_sqrt`, right for variances in :data:`INV_SQRT_RANGE`
+    ``1/sqrt`` is the combination's LayerNorm normaliser (``inv_sqrt``, passed to each forward);
+    the default, ``ln:exact``, is :func:`encrypted_inv_sqrt`, right for variances in :data:`INV_SQRT_RANGE`
     (about [1e-3, 1.3e5]): MiniLM's encoder LayerNorms see 0.13-131, and up to 1.4e3 with quad
     before distillation, where CrypTen's ``inv_sqrt`` fails. Small variances lose precision in
     fixed point, so x is first multiplied by a public power of 2, ``input_scale`` = k (an exact
     integer product): LayerNorm(k x) = LayerNorm(x), and var(k x) = k^2 var(x) keeps more
     significant bits (embeddings: variance 0.003-0.03 in MiniLM, k = 16 from
     :func:`embeddings_input_scale`; encoder: k = 1). BERT's eps = 1e-12 is below the fixed-point
-    resolution (2^-16) and vanishes. Reads ``functions.sqrt_nr_iters``.
+    resolution (2^-16) and vanishes. The plaintext twin of an approximate normaliser
+    (:class:`~mpcformer.models.surgery.ApproximatedLayerNorm`) applies the same input scale, so
+    both evaluate it on the same variances.
     """
 
     def __init__(self, weights: OwnerWeights, name: str, hidden_size: int, eps: float, input_scale: int = 1):
@@ -331,11 +299,11 @@ class EncryptedLayerNorm(_Module):
         self.bias = weights.share(f"{name}.bias", (hidden_size,))  # beta (H,)
         self.eps, self.input_scale = eps, int(input_scale)
 
-    def forward(self, x: CrypTensor) -> CrypTensor:
+    def forward(self, x: CrypTensor, inv_sqrt: InvSqrt = encrypted_inv_sqrt) -> CrypTensor:
         scaled = x * self.input_scale if self.input_scale != 1 else x  # (B, T, H), exact
         centred = scaled - scaled.mean(-1, keepdim=True)  # (B, T, H)
         variance = centred.square().mean(-1, keepdim=True)  # (B, T, 1)
-        inv_std = encrypted_inv_sqrt(variance + self.eps * self.input_scale**2)  # (B, T, 1)
+        inv_std = inv_sqrt(variance + self.eps * self.input_scale**2)  # (B, T, 1)
         return centred * inv_std * self.weight + self.bias  # (B, T, H)
 
 
@@ -363,14 +331,16 @@ class EncryptedBertEmbeddings(_Module):
             weights, "embeddings.LayerNorm", H, config.layer_norm_eps, config.embeddings_ln_input_scale
         )
 
-    def forward(self, client_ids: torch.Tensor | None, batch: PublicBatch, ledger: CostLedger) -> CrypTensor:
+    def forward(
+        self, client_ids: torch.Tensor | None, batch: PublicBatch, inv_sqrt: InvSqrt, ledger: CostLedger
+    ) -> CrypTensor:
         with ledger.scope("embedding"):
             words = self.lookup_words(client_ids, batch.shape)  # (B, T, H)
             positions = self.position_embeddings[batch.position_ids]  # (B, T, H)
             types = self.token_type_embeddings[batch.token_type_ids]  # (B, T, H)
             summed = words + positions + types
         with ledger.scope("layernorm"):
-            return self.LayerNorm(summed)
+            return self.LayerNorm(summed, inv_sqrt)
 
     def lookup_words(self, client_ids: torch.Tensor | None, shape: tuple[int, int]) -> CrypTensor:
         """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1."""
@@ -426,11 +396,11 @@ class EncryptedBertResidualOutput(_Module):
             weights, f"{prefix}.LayerNorm", H, config.layer_norm_eps, config.encoder_ln_input_scale
         )
 
-    def forward(self, x: CrypTensor, residual: CrypTensor, ledger: CostLedger) -> CrypTensor:
+    def forward(self, x: CrypTensor, residual: CrypTensor, inv_sqrt: InvSqrt, ledger: CostLedger) -> CrypTensor:
         with ledger.scope("linear"):
             summed = self.dense(x) + residual  # (B, T, in) @ (in, H) + (B, T, H)
         with ledger.scope("layernorm"):
-            return self.LayerNorm(summed)  # (B, T, H)
+            return self.LayerNorm(summed, inv_sqrt)  # (B, T, H)
 
 
 class EncryptedBertLayer(_Module):
@@ -445,16 +415,17 @@ class EncryptedBertLayer(_Module):
         self.output = EncryptedBertResidualOutput(config, weights, f"{prefix}.output", I)
 
     def forward(
-        self, x: CrypTensor, key_mask: torch.Tensor, activation: Activation, normaliser: Normaliser, ledger: CostLedger
+        self, x: CrypTensor, key_mask: torch.Tensor, activation: Activation, normaliser: Normaliser,
+        inv_sqrt: InvSqrt, ledger: CostLedger,
     ) -> CrypTensor:
         with ledger.scope("other", layer=self.index):  # inner scopes inherit the layer index
             attended = self.attention(x, key_mask, normaliser, ledger)  # (B, T, H)
-            x = self.attention_output(attended, x, ledger)  # (B, T, H)
+            x = self.attention_output(attended, x, inv_sqrt, ledger)  # (B, T, H)
             with ledger.scope("linear"):
                 hidden = self.intermediate(x)  # (B, T, H) @ (H, I) -> (B, T, I)
             with ledger.scope("activation"):
                 hidden = activation(hidden)  # (B, T, I)
-            return self.output(hidden, x, ledger)  # (B, T, H)
+            return self.output(hidden, x, inv_sqrt, ledger)  # (B, T, H)
 
 
 class EncryptedBertForSequenceClassification(_Module):
@@ -478,11 +449,12 @@ class EncryptedBertForSequenceClassification(_Module):
         """Encrypted logits (B, L). ``client_ids`` (B, T) on the client (party 1), ``None`` elsewhere."""
         ledger = ledger if ledger is not None else CostLedger()  # an inactive ledger: free no-op scopes
         activation, normaliser = combo.activation_fn(encrypted=True), combo.normaliser_fn(encrypted=True)
+        inv_sqrt = combo.layernorm_fn(encrypted=True)
         batch = batch.to(self.embeddings.device)  # public tensors beside the shares
         key_mask = batch.key_mask()  # (B, 1, 1, T)
-        hidden = self.embeddings(client_ids, batch, ledger)  # (B, T, H)
+        hidden = self.embeddings(client_ids, batch, inv_sqrt, ledger)  # (B, T, H)
         for done, layer in enumerate(self.layers, start=1):
-            hidden = layer(hidden, key_mask, activation, normaliser, ledger)  # (B, T, H)
+            hidden = layer(hidden, key_mask, activation, normaliser, inv_sqrt, ledger)  # (B, T, H)
             progress.report(kind="layer", done=done, total=len(self.layers))
         with ledger.scope("pooler"):
             pooled = self.pooler(hidden[:, 0]).tanh()  # (B, H) @ (H, H) -> (B, H)

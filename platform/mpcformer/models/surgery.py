@@ -1,5 +1,5 @@
-"""Plaintext model surgery: an HF encoder with its GeLU and attention softmax swapped for an
-approximation combo, same weights (MPCFormer stage 1).
+"""Plaintext model surgery: an HF encoder with its GeLU, attention softmax and (if the combo says
+so) LayerNorm normaliser swapped for an approximation combo, same weights (MPCFormer stage 1).
 
     model = approximate(AutoModelForSequenceClassification.from_pretrained(path), Combo.parse("quad+2quad"))
     model.save_pretrained(out)             # config.json records {"mpcformer": combo.to_dict()}
@@ -8,7 +8,10 @@ approximation combo, same weights (MPCFormer stage 1).
 The attention normaliser is plugged in through transformers' attention interface (the
 ``"mpcformer"`` implementation registered in ``ALL_ATTENTION_FUNCTIONS``, with boolean masks
 from ``ALL_MASK_ATTENTION_FUNCTIONS``); the activation module of each feed-forward block is
-replaced by :class:`ApproximatedActivation`. Teachers go through the same code path with the
+replaced by :class:`ApproximatedActivation`, and, with a LayerNorm normaliser other than
+``ln:exact``, every ``nn.LayerNorm`` by :class:`ApproximatedLayerNorm` (same parameters; the
+embeddings' one takes its public input scale from the weights at surgery time, as the encrypted
+model does from the weights it serves). Teachers go through the same code path with the
 ``exact`` combo (gelu+softmax), which reproduces the untouched model's logits.
 
 Supported families (``encoder_family``): BERT and its variants (MiniLM, ...), RoBERTa, DistilBERT.
@@ -26,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpcformer.approx.registry import Combo, get
+from mpcformer.approx.registry import DEFAULT_LAYERNORM, Combo, get
 from mpcformer.errors import UserError
 
 __all__ = [
     "ATTENTION_IMPLEMENTATION",
     "ApproximatedActivation",
+    "ApproximatedLayerNorm",
     "approximate",
     "approximated_attention",
     "combo_of",
@@ -102,6 +106,74 @@ class ApproximatedActivation(nn.Module):
         return ", ".join([self.approximation, *(f"{k}={v:g}" for k, v in self.params.items())])
 
 
+# ----------------------------------------------------------------------------- layer norm
+class ApproximatedLayerNorm(nn.LayerNorm):
+    """LayerNorm whose ``1/sqrt(var + eps)`` is the registry LayerNorm normaliser ``name`` (plaintext
+    form), evaluated where the encrypted model evaluates it: on the variance of ``input_scale * x``
+    (the public power of 2 of :class:`~mpcformer.models.encrypted_bert.EncryptedLayerNorm`).
+    Same parameters (``weight``, ``bias``) and state-dict keys as the module it replaces."""
+
+    def __init__(self, layer_norm: nn.LayerNorm, name: str, params: dict[str, float] | None = None, input_scale: int = 1):
+        super().__init__(layer_norm.normalized_shape, eps=layer_norm.eps, elementwise_affine=True)
+        self.weight, self.bias = layer_norm.weight, layer_norm.bias  # the same Parameters: optimisers keep them
+        self.approximation, self.input_scale = name, int(input_scale)
+        self.params = get(name, "layernorm").resolve_params(params)
+        self._fn = get(name, "layernorm").plain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.input_scale
+        centred = x - x.mean(-1, keepdim=True)  # (..., H)
+        variance = centred.square().mean(-1, keepdim=True)  # (..., 1)
+        inv_std = self._fn(variance * k**2 + self.eps * k**2, **self.params) * k  # 1/sqrt(var + eps), (..., 1)
+        return centred * inv_std * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        params = ", ".join(f"{key}={value:g}" for key, value in self.params.items())
+        return f"{self.approximation}, input_scale={self.input_scale}" + (f", {params}" if params else "")
+
+    def restored(self) -> nn.LayerNorm:
+        """A plain ``nn.LayerNorm`` holding the same parameters."""
+        plain = nn.LayerNorm(self.normalized_shape, eps=self.eps, elementwise_affine=True)
+        plain.weight, plain.bias = self.weight, self.bias
+        return plain
+
+
+def _layer_norm_slots(model: nn.Module) -> list[tuple[nn.Module, str, nn.LayerNorm]]:
+    """(parent, attribute, module) of every LayerNorm of the encoder and its embeddings."""
+    return [
+        (parent, attribute, child)
+        for parent in model.modules()
+        for attribute, child in parent.named_children()
+        if isinstance(child, nn.LayerNorm)
+    ]
+
+
+def _embeddings_input_scale(model: nn.Module, parent: nn.Module) -> int:
+    """The public input scale the encrypted model gives the embeddings' LayerNorm (1 elsewhere)."""
+    if "Embeddings" not in type(parent).__name__ or encoder_family(model) not in ("bert", "roberta"):
+        return 1
+    from mpcformer.models.encrypted_bert import embeddings_input_scale
+
+    family = encoder_family(model)
+    first_position = (model.config.pad_token_id or 0) + 1 if family == "roberta" else 0
+    return embeddings_input_scale(
+        parent.word_embeddings.weight, parent.position_embeddings.weight, parent.token_type_embeddings.weight,
+        first_position,
+    )
+
+
+def _swap_layer_norms(model: nn.Module, combo: Combo) -> None:
+    """Every LayerNorm with the combo's normaliser: HF's own module for ``ln:exact``, else an
+    :class:`ApproximatedLayerNorm` (modules already approximated are rebuilt or restored)."""
+    for parent, attribute, module in _layer_norm_slots(model):
+        plain = module.restored() if isinstance(module, ApproximatedLayerNorm) else module
+        if combo.layernorm == DEFAULT_LAYERNORM and not combo.layernorm_params:
+            setattr(parent, attribute, plain)
+        else:
+            scale = _embeddings_input_scale(model, parent)
+            setattr(parent, attribute, ApproximatedLayerNorm(plain, combo.layernorm, combo.layernorm_params, scale))
+
+
 # ----------------------------------------------------------------------------- attention
 @functools.lru_cache(maxsize=64)
 def _normaliser(record_json: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -162,7 +234,8 @@ def _register_attention() -> None:
 
 # ----------------------------------------------------------------------------- public API
 def approximate(model: nn.Module, combo: Combo) -> nn.Module:
-    """Swap ``model``'s feed-forward activation and attention normaliser for ``combo`` (in place).
+    """Swap ``model``'s feed-forward activation, attention normaliser and LayerNorm normaliser for
+    ``combo`` (in place).
 
     Records ``combo.to_dict()`` as ``model.config.mpcformer`` so ``save_pretrained`` +
     :func:`load_approximated` restore it. Works on an already approximated model (re-surgery).
@@ -181,6 +254,7 @@ def approximate(model: nn.Module, combo: Combo) -> nn.Module:
     _register_attention()
     for parent, attribute in slots:
         setattr(parent, attribute, ApproximatedActivation(combo.activation, combo.activation_params))
+    _swap_layer_norms(model, combo)
     setattr(model.config, CONFIG_KEY, combo.to_dict())
     model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
     log.info("approximated %s model with %s", family, combo.name)
