@@ -134,12 +134,15 @@ def test_a_rank_without_credentials_cannot_join(tmp_path):
     assert 1 in errors  # the stranger never got in either
 
 
-def test_a_session_over_tls_computes_and_says_so(tmp_path):
+@pytest.mark.parametrize("issued_by", ["operator", "launcher"])
+def test_a_session_over_tls_computes_and_says_so(tmp_path, issued_by):
     from mpcformer.mpc.launcher import run_local
 
     import transport_party_fns as fns
 
-    config = MPCConfig(transport="tls", credentials_dir=str(issue_credentials(tmp_path / "tls", ranks=3)), timeout_s=120)
+    # the operator's files, or none: then the local launcher issues a session CA of its own
+    credentials = str(issue_credentials(tmp_path / "tls", ranks=3)) if issued_by == "operator" else None
+    config = MPCConfig(transport="tls", credentials_dir=credentials, timeout_s=120)
     results = run_local(fns.multiply, args=(16,), config=config, timeout_s=300)
     for party in results:
         assert party["product"] == [i * (i + 2) for i in range(16)]
@@ -171,3 +174,13 @@ def test_the_runtime_adds_the_tls_backend_for_a_session_and_removes_it_after():
         installed.restore()
     assert "MPCFORMER_TLS" not in dist.Backend._plugins
     assert MPCConfig().transport == "auto"  # sessions choose TLS only when told (party groups: across nodes)
+
+
+def test_a_tls_group_keeps_the_name_torch_gives_it():
+    """torch stores a group's name in the group's backends; the TLS group is its own backend, and
+    destroy_process_group (CrypTen's teardown) looks the name up."""
+    from mpcformer.mpc.secure_transport import TlsProcessGroup
+
+    group = TlsProcessGroup(mesh=None, group_id="7", rank=0, size=2, global_ranks=[0, 1])
+    group._set_group_name("7")
+    assert group.group_name == "7"

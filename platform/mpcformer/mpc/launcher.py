@@ -128,6 +128,11 @@ def run_local(
     workdir = tempfile.mkdtemp(prefix="mpcformer-rdv-")
     # TLS brings its own rendezvous on a TCP port (mpc/secure_transport.py); gloo meets through a file
     rendezvous = _tcp_rendezvous() if config.transport == "tls" else f"file://{os.path.join(workdir, 'rendezvous')}"
+    if config.transport == "tls" and config.credentials_dir is None:  # a session CA of its own, as Ray's launcher issues
+        from mpcformer.mpc.credentials import issue_credentials
+
+        credentials = issue_credentials(os.path.join(workdir, "credentials"), ranks=world_size + 1)
+        config = config.model_copy(update={"credentials_dir": str(credentials)})
     results = ctx.Queue()
     procs = {
         rank: ctx.Process(

@@ -88,6 +88,9 @@ class _Channel:
     under a lock), one reader thread receives."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, server: bool, deadline: float):
+        # A round is a small message each way: without TCP_NODELAY, Nagle's algorithm holds a record
+        # back until the peer's delayed ACK (40 ms on Linux), as gloo's sockets avoid too.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server)
@@ -125,18 +128,21 @@ class _Channel:
         return ranks[0]
 
     def send(self, *parts: Any) -> None:
-        """Encrypt and send ``parts`` (bytes-like) as one uninterrupted stretch of the stream."""
+        """Encrypt and send ``parts`` (bytes-like) as one uninterrupted stretch of the stream; a small
+        message leaves in one segment (its header and payload records together)."""
         with self._send_lock:
             for part in parts:
                 view = memoryview(part).cast("B")
-                for start in range(0, max(len(view), 1), _CHUNK):
-                    chunk = view[start:start + _CHUNK]
-                    if not len(chunk):
-                        continue
+                for start in range(0, len(view), _CHUNK):
                     with self._tls_lock:
-                        self.tls.write(chunk)
-                        data = self._outgoing.read()
-                    self.sock.sendall(data)
+                        self.tls.write(view[start:start + _CHUNK])
+                        data = self._outgoing.read() if self._outgoing.pending >= _CHUNK else None
+                    if data:
+                        self.sock.sendall(data)
+            with self._tls_lock:
+                data = self._outgoing.read()
+            if data:
+                self.sock.sendall(data)
 
     def read_into(self, buffer: memoryview) -> None:
         """Fill ``buffer`` with plaintext (the reader thread, or the rendezvous before it starts)."""
@@ -471,7 +477,7 @@ class TlsProcessGroup(dist.ProcessGroup):
     def __init__(self, mesh: Mesh, group_id: str, rank: int, size: int, global_ranks: list[int]):
         super().__init__(rank, size)
         self._mesh, self._global = mesh, list(global_ranks)
-        self._group = group_id
+        self._group = self._group_name = group_id
         self._collective = _channel_id(group_id, "collective")
         self._seq = itertools.count()
         self._p2p: dict[tuple[str, int, int], itertools.count] = {}
@@ -479,6 +485,15 @@ class TlsProcessGroup(dist.ProcessGroup):
 
     def getBackendName(self) -> str:  # noqa: N802 - torch's name
         return BACKEND
+
+    # torch keeps a group's name in its backends; this group is its own backend, so it keeps the name
+    # (without it, destroy_process_group fails and CrypTen's teardown stops half-way)
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    @property
+    def group_name(self) -> str:
+        return self._group_name
 
     def __repr__(self) -> str:
         return f"TlsProcessGroup({self._group}, rank {self.rank()} of {self._global})"
