@@ -91,7 +91,7 @@ def scraped(tmp_path_factory):
             )
         done = _wait_for_line(log_path, "WORKLOAD DONE ", workload, timeout_s=400)
         summary = json.loads(done.removeprefix("WORKLOAD DONE "))
-        _wait_until_scraped(prom, summary, timeout_s=60)
+        _wait_until_scraped(prom, summary, timeout_s=180)  # the tests below say what never arrived
         yield prom, summary
     finally:
         if workload is not None:
@@ -112,9 +112,20 @@ def _wait_until_scraped(prom: PrometheusServer, summary: dict, timeout_s: float)
     while time.monotonic() < deadline:
         counted = {(r["metric"]["approx"], r["metric"]["rank"]): float(r["value"][1])
                    for r in prom.query(f'sum by (approx, rank) (ray_mpcformer_forwards_total{{job_name="{JOB}"}})')}
-        if counted == expected and all(prom.query(expr) for expr, _ in _all_queries()):
+        if counted == expected and _per_sequence_matches(prom, summary) and all(prom.query(expr) for expr, _ in _all_queries()):
             return
         time.sleep(2)
+
+
+def _per_sequence_matches(prom: PrometheusServer, summary: dict) -> bool:
+    """Whether the rounds and bytes panels already show the summary's figures: a party exports its
+    counters on its own schedule, so the forward count can be scraped before the last bytes are."""
+    for title, key in (("Rounds per sequence", "rounds_per_sequence"), ("Bytes per sequence", "bytes_per_sequence")):
+        shown = {r["metric"]["approx"]: float(r["value"][1]) for r in prom.query(_panel_by_title(title))}
+        for combo, figures in summary["combos"].items():
+            if combo not in shown or not math.isclose(shown[combo], figures[key], rel_tol=1e-9):
+                return False
+    return True
 
 
 def _end(process: subprocess.Popen) -> None:
