@@ -114,8 +114,10 @@ class _Channel:
         self._flush()
         self.sock.settimeout(None)
 
-    def _flush(self) -> None:
-        data = self._outgoing.read()
+    def _flush(self, min_bytes: int = 1) -> None:
+        """Send the ciphertext waiting in the outgoing buffer, if it holds at least ``min_bytes``."""
+        with self._tls_lock:
+            data = self._outgoing.read() if self._outgoing.pending >= min_bytes else b""
         if data:
             self.sock.sendall(data)
 
@@ -136,13 +138,8 @@ class _Channel:
                 for start in range(0, len(view), _CHUNK):
                     with self._tls_lock:
                         self.tls.write(view[start:start + _CHUNK])
-                        data = self._outgoing.read() if self._outgoing.pending >= _CHUNK else None
-                    if data:
-                        self.sock.sendall(data)
-            with self._tls_lock:
-                data = self._outgoing.read()
-            if data:
-                self.sock.sendall(data)
+                    self._flush(min_bytes=_CHUNK)
+            self._flush()
 
     def read_into(self, buffer: memoryview) -> None:
         """Fill ``buffer`` with plaintext (the reader thread, or the rendezvous before it starts)."""
