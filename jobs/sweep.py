@@ -1,13 +1,17 @@
-"""Run a distillation sweep (Ray Tune) from a YAML grid; resumes an interrupted sweep.
+"""Run a distillation sweep (Ray Tune) from a YAML grid, or a GLUE suite from a ``tasks:`` config;
+resumes an interrupted one.
 
     mpcformer sweep --config sweep-quick          # a shipped config's name, or a YAML path
     python -m mpcformer.jobs.sweep --config jobs/configs/sweep-sst2-minilm.yaml
+    mpcformer sweep --config sweep-glue-minilm --quick    # the suite on the tiny preset, a few steps per task
 
 Relative paths in the config resolve against the directory the command runs in (under
 ``ray job submit``: the job's working directory on the head). The teacher and data must exist
 before any trial starts: a missing one stops the sweep with one line naming it and the command
-that makes it (exit 2). Writes results.csv, results.md and best.json under <storage_path>/<name>/;
-each failed trial's cause is in them and in the summary printed at the end (exit 1).
+that makes it (exit 2). A grid writes results.csv, results.md and best.json under
+<storage_path>/<name>/; a suite trains its teachers first (or takes them from ``teachers_dir``),
+then its students and baselines, and writes suite.md and suite.json there. Each failed trial's
+cause is in them and in the summary printed at the end (exit 1).
 """
 
 from __future__ import annotations
@@ -19,23 +23,43 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True,
-                        help="sweep YAML, or a shipped config's name (sweep-quick, sweep-sst2-minilm)")
+                        help="sweep YAML, or a shipped config's name (sweep-quick, sweep-sst2-minilm, "
+                        "sweep-glue-minilm)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: the job's cluster or a new local one)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if the sweep exists")
+    parser.add_argument("--quick", action="store_true",
+                        help="a suite on the tiny preset, a few updates per task (named <name>-quick): "
+                        "checks the setup")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep key (dotted)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mpcformer.cluster_connect import connect
     from mpcformer.config import load_config, parse_set
-    from mpcformer.sweep import SweepConfig, check_prerequisites, failure_lines, resolve_paths, run_sweep
+    from mpcformer.sweep import SweepConfig
+
+    sweep = load_config(SweepConfig, args.config, parse_set(args.set), override_names={})
+    if args.quick:
+        from mpcformer.suite import quick_form
+
+        sweep = quick_form(sweep)
+    return _run_suite(sweep, args) if sweep.tasks else _run_grid(sweep, args)
+
+
+def _on_this_machine(args: argparse.Namespace) -> bool:
+    """Whether the trials will run here (no cluster to join): the paths are checked before Ray starts."""
+    return not (args.address or os.environ.get("RAY_ADDRESS"))
+
+
+def _run_grid(sweep, args: argparse.Namespace) -> int:
+    from mpcformer.cluster_connect import connect
+    from mpcformer.sweep import check_prerequisites, failure_lines, resolve_paths, run_sweep
 
     here = Path.cwd()
-    sweep = resolve_paths(load_config(SweepConfig, args.config, parse_set(args.set), override_names={}), here)
+    sweep = resolve_paths(sweep, here)
     print(f"sweep '{sweep.name}': relative paths resolved against {here}; "
           f"results in {sweep.storage_path}/{sweep.name}")
-    if not (args.address or os.environ.get("RAY_ADDRESS")):  # the trials will run here: check before Ray starts
+    if _on_this_machine(args):
         check_prerequisites(sweep)
     with connect(args.address):
         summary = run_sweep(sweep, resume=not args.no_resume, base_dir=here)
@@ -45,6 +69,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"{summary['trials']} trials, {summary['failed']} failed; "
           f"best per approximation in {summary['sweep_dir']}/best.json")
     return 1 if summary["failed"] else 0
+
+
+def _run_suite(sweep, args: argparse.Namespace) -> int:
+    from mpcformer.cluster_connect import connect
+    from mpcformer.suite import check_suite_prerequisites, resolve_suite_paths, run_suite
+
+    here = Path.cwd()
+    sweep = resolve_suite_paths(sweep, here)
+    print(f"suite '{sweep.name}': {len(sweep.tasks)} tasks x (teacher + {len(sweep.arms)} arms); relative paths "
+          f"resolved against {here}; results in {sweep.storage_path}/{sweep.name}")
+    if args.no_resume:
+        print("--no-resume: a suite reuses the trials its folders hold; delete the folder to start over")
+    if _on_this_machine(args):
+        check_suite_prerequisites(sweep)
+    with connect(args.address):
+        summary = run_suite(sweep, base_dir=here)
+    print(summary["report"]["markdown"])
+    for key, cause in summary["errors"].items():
+        print(f"failed: {key}: {cause}")
+    trained = sum(summary["ran"].values())
+    print(f"{trained} trials run this time, {len(summary['errors'])} failed; "
+          f"report in {summary['sweep_dir']}/suite.md and suite.json")
+    return 1 if summary["errors"] else 0
 
 
 if __name__ == "__main__":

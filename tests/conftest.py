@@ -23,7 +23,7 @@ SLOW_MODULES = {
     "test_bench", "test_infer_job", "test_device_script", "test_leaks", "test_network", "test_truncation",
     "test_encrypted_model", "test_prometheus_scrape", "test_ray_job_submit", "test_party_group",
     "test_mpc_session", "test_keys", "test_host_staging", "test_sweep", "test_prg", "test_training",
-    "test_glue_regression", "test_multihost",
+    "test_glue_regression", "test_multihost", "test_sweep_suite",
 }
 
 

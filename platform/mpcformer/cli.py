@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mpcformer.jobs.demo", "the whole story on a local Ray cluster: fine-tune, distill, private inference"),
     "finetune": ("mpcformer.jobs.finetune", "fine-tune a teacher model on a GLUE-style task"),
     "distill": ("mpcformer.jobs.distill", "two-stage distillation of an approximated student from its teacher"),
-    "sweep": ("mpcformer.jobs.sweep", "run a distillation sweep (Ray Tune) from a YAML grid"),
+    "sweep": ("mpcformer.jobs.sweep", "run a distillation sweep (Ray Tune) from a YAML grid, or a GLUE suite (tasks:)"),
     "infer": ("mpcformer.jobs.infer", "encrypted inference batches through Ray party actors"),
     "bench": ("mpcformer.jobs.bench", "benchmark approximations under MPC (latency, rounds, bytes)"),
     "approximations": ("mpcformer.jobs.approximations", "list the registered MPC-friendly approximations"),

@@ -10,6 +10,9 @@
     prerequisites:                           # optional: path -> the command that makes it
       runs/finetune/sst2-minilm/best: mpcformer finetune --config finetune-sst2-minilm
 
+A config with ``tasks:`` in place of ``grid:`` is a GLUE suite (a teacher per task, then its
+students and baselines): :mod:`mpcformer.suite`, which uses this module's trial machinery.
+
 Before any trial starts, on the driver: relative paths (``storage_path``, the teacher and data
 paths in ``base`` and ``grid``, the ``prerequisites``) are made absolute against the directory the
 command runs in (a trial runs in a folder of Tune's, on any node), every trial's config is
@@ -38,14 +41,14 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from mpcformer.config import StrictModel, apply_overrides, build_config
+from mpcformer.config import ComboName, StrictModel, apply_overrides, build_config
 from mpcformer.errors import UserError
 from mpcformer.training.config import DistillConfig
 
 __all__ = [
-    "SweepConfig", "run_sweep", "trial_config", "trial_configs", "validate_grid", "resolve_paths",
+    "SweepConfig", "SuiteTask", "run_sweep", "trial_config", "trial_configs", "validate_grid", "resolve_paths",
     "missing_prerequisites", "check_prerequisites", "error_cause", "failure_lines", "TrialStopped",
 ]
 
@@ -67,6 +70,21 @@ PREREQUISITE_CHECK_TIMEOUT_S = 120.0
 TrialRunner = Callable[[DistillConfig], dict[str, Any]]
 
 
+#: The arms of a suite by default: both approximations distilled, and the paper's two baselines.
+SUITE_ARMS = ["quad+2quad", "quad+2relu", "wo_d", "wo_pd"]
+
+#: The tasks a suite averages by default (GLUE's small and medium sets; WNLI is reported apart).
+SUITE_AVERAGE = ["cola", "sst2", "mrpc", "stsb", "rte"]
+
+
+class SuiteTask(StrictModel):
+    """One task of a suite (``tasks:`` form, :mod:`mpcformer.suite`); its key names the task."""
+
+    data: dict[str, Any] = Field(default_factory=dict, description="data fields of its teacher and its students")
+    teacher: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields of its teacher")
+    distill: dict[str, Any] = Field(default_factory=dict, description="DistillConfig fields of its arms")
+
+
 class SweepConfig(StrictModel):
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.+-]+$")
     base: dict[str, Any] = Field(default_factory=dict, description="DistillConfig fields shared by all trials")
@@ -79,6 +97,29 @@ class SweepConfig(StrictModel):
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial (it resumes from its checkpoint)")
+    # the suite form (mpcformer.suite): per task a teacher, then its arms; ``base`` is then shared by the arms
+    tasks: dict[str, SuiteTask] = Field(default_factory=dict, description="task name -> its settings (suite form)")
+    teacher_base: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields of every teacher")
+    arms: list[str] = Field(default_factory=lambda: list(SUITE_ARMS), description="approximations, wo_d, wo_pd")
+    baseline_combo: ComboName = "quad+2quad"  # what the baselines wo_d and wo_pd train
+    teachers_dir: str | None = None  # teachers trained elsewhere: <teachers_dir>/<task>/best; None = train them
+    average_tasks: list[str] = Field(default_factory=lambda: list(SUITE_AVERAGE),
+                                     description="tasks the report averages; the others are reported apart")
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, arms: list[str]) -> list[str]:
+        from mpcformer.approx import Combo
+
+        if not arms or len(set(arms)) != len(arms):
+            raise ValueError("arms must be a non-empty list without repeats")
+        return [arm if arm in ("wo_d", "wo_pd") else Combo.parse(arm).name for arm in arms]
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "SweepConfig":
+        if self.tasks and self.grid:
+            raise ValueError("a suite (tasks:) takes no grid: its trials are every task x every arm")
+        return self
 
     @field_validator("grid")
     @classmethod

@@ -52,6 +52,12 @@ class TaskSpec:
         """The single number used to pick the best checkpoint (GLUE's first-listed metric)."""
         return {"accuracy": "accuracy", "f1": "f1", "matthews": "matthews", "pearson_spearman": "pearson"}[self.metric]
 
+    @property
+    def official_metrics(self) -> tuple[str, ...]:
+        """GLUE's reported metrics: F1 and accuracy (MRPC, QQP), Pearson and Spearman (STS-B), else one."""
+        return {"accuracy": ("accuracy",), "f1": ("f1", "accuracy"), "matthews": ("matthews",),
+                "pearson_spearman": ("pearson", "spearman")}[self.metric]
+
     def with_columns(
         self, text_fields: tuple[str, ...] | None = None, label_field: str | None = None
     ) -> "TaskSpec":
