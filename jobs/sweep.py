@@ -1,5 +1,6 @@
-"""Run a distillation sweep (Ray Tune) from a YAML grid, or a GLUE suite from a ``tasks:`` config;
-resumes an interrupted one.
+"""Run a distillation sweep (Ray Tune) from a YAML grid, or a GLUE suite from a tasks: config.
+
+Both resume an interrupted run.
 
     mpcformer sweep --config sweep-quick          # a shipped config's name, or a YAML path
     python -m mpcformer.jobs.sweep --config jobs/configs/sweep-sst2-minilm.yaml
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sweep-glue-minilm)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (default: the job's cluster or a new local one)")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if the sweep exists")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if the sweep exists (a grid; a suite reuses the finished trials in its folder)")
     parser.add_argument("--quick", action="store_true",
                         help="a suite on the tiny preset, a few updates per task (named <name>-quick): "
                         "checks the setup")
