@@ -37,8 +37,8 @@ from typing import Any, Callable
 from mpcformer.config import apply_overrides, build_config
 from mpcformer.errors import UserError
 from mpcformer.sweep import (
-    NOT_RETRIED, NOT_RETRIED_KEY, SweepConfig, TrialStopped, _absolute, _count_attempt, _no_retry_callback,
-    _raise_missing, _read_attempts, error_cause, resolve_paths,
+    BASELINE_ARMS, NOT_RETRIED, NOT_RETRIED_KEY, SweepConfig, TrialStopped, _absolute, _count_attempt,
+    _no_retry_callback, _raise_missing, _read_attempts, error_cause, resolve_paths,
 )
 from mpcformer.training.config import DistillConfig, FinetuneConfig
 from mpcformer.training.report import SUITE_LAYOUT
@@ -53,7 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PHASES = ("teachers", "students")
-BASELINE_ARMS = ("wo_d", "wo_pd")
 
 #: ``--quick``: every task of the suite on the tiny preset, a few updates over a few examples, so
 #: that the whole suite runs end to end in minutes (checks the setup, measures nothing)

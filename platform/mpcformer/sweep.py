@@ -39,13 +39,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mpcformer.config import ComboName, StrictModel, apply_overrides, build_config
 from mpcformer.errors import UserError
-from mpcformer.training.config import DistillConfig
+from mpcformer.training.config import Baseline, DistillConfig
 
 __all__ = [
     "SweepConfig", "SuiteTask", "run_sweep", "trial_config", "trial_configs", "validate_grid", "resolve_paths",
@@ -70,8 +70,11 @@ PREREQUISITE_CHECK_TIMEOUT_S = 120.0
 TrialRunner = Callable[[DistillConfig], dict[str, Any]]
 
 
+#: The arms of a suite that are the paper's baselines (DistillConfig.baseline other than "none").
+BASELINE_ARMS = tuple(b for b in get_args(Baseline) if b != "none")
+
 #: The arms of a suite by default: both approximations distilled, and the paper's two baselines.
-SUITE_ARMS = ["quad+2quad", "quad+2relu", "wo_d", "wo_pd"]
+SUITE_ARMS = ["quad+2quad", "quad+2relu", *BASELINE_ARMS]
 
 #: The tasks a suite averages by default (GLUE's small and medium sets; WNLI is reported apart).
 SUITE_AVERAGE = ["cola", "sst2", "mrpc", "stsb", "rte"]
@@ -113,7 +116,7 @@ class SweepConfig(StrictModel):
 
         if not arms or len(set(arms)) != len(arms):
             raise ValueError("arms must be a non-empty list without repeats")
-        return [arm if arm in ("wo_d", "wo_pd") else Combo.parse(arm).name for arm in arms]
+        return [arm if arm in BASELINE_ARMS else Combo.parse(arm).name for arm in arms]
 
     @model_validator(mode="after")
     def _one_form(self) -> "SweepConfig":

@@ -161,6 +161,12 @@ def _suite_row(task: str, arm: str, folder: str, error: str) -> dict[str, Any]:
     }
 
 
+def _share(value: float | None, base: float | None) -> float | None:
+    """``value / base``; None without both, or when ``base`` is at or below 0 (a Matthews or Pearson
+    correlation can be), where a share means nothing."""
+    return value / base if value is not None and base is not None and base > 0 else None
+
+
 def _average(rows: list[dict[str, Any]], tasks: list[str], key: str) -> tuple[float | None, list[str]]:
     """Mean of ``key`` over ``tasks`` and the tasks without a value (the mean is None unless all have one)."""
     by_task = {r["task"]: r.get(key) for r in rows}
@@ -179,9 +185,7 @@ def suite_summary(layout: dict[str, Any]) -> dict[str, Any]:
         teacher = _suite_row(task, "teacher", folders["teacher"], errors.get(task, ""))
         for row in [teacher] + [_suite_row(task, arm, folders["arms"][arm], errors.get(f"{task}/{arm}", ""))
                                 for arm in layout["arms"]]:
-            base, value = teacher.get("score_kept"), row.get("score_kept")
-            # a share of a score at or below 0 (a Matthews or Pearson correlation can be) means nothing
-            row["vs_teacher"] = value / base if value is not None and base is not None and base > 0 else None
+            row["vs_teacher"] = _share(row.get("score_kept"), teacher.get("score_kept"))
             rows.append(row)
     averaged = [t for t in layout["average_tasks"] if t in layout["tasks"]]
     averages = {}
@@ -193,8 +197,7 @@ def suite_summary(layout: dict[str, Any]) -> dict[str, Any]:
     teacher_average = averages["teacher"]["kept"]
     for entry in averages.values():
         for key in ("kept", "last"):  # both against the teacher's kept average
-            entry[f"{key}_vs_teacher"] = (entry[key] / teacher_average if entry[key] is not None
-                                          and teacher_average is not None and teacher_average > 0 else None)
+            entry[f"{key}_vs_teacher"] = _share(entry[key], teacher_average)
     return {"name": layout.get("name", ""), "arms": arms, "average_tasks": averaged,
             "apart_tasks": [t for t in layout["tasks"] if t not in averaged], "rows": rows, "averages": averages}
 
