@@ -108,3 +108,21 @@ def test_leaving_a_session_runs_the_close_hooks(tmp_path):
     assert generations == [1, 1]  # a fresh process: its first session
     assert [(tmp_path / f"closed-{rank}").read_text() for rank in (0, 1)] == ["0", "1"]
     assert private_inference._forget_built_model in session._close_hooks
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_clean_leave_collects_before_rank_0_dismisses_the_dealer(monkeypatch, failed):
+    """Party 0 receives the dealer's answers still on their way (its prefetched range) before it says
+    "terminate", so the dealer never sends into a closed connection; after an error it only drops them."""
+    from mpcformer.mpc import beaver, session
+
+    assert beaver.drain in session._clean_leave_hooks  # beaver's answers in flight
+    order: list[str] = []
+    monkeypatch.setattr(session, "_clean_leave_hooks", [lambda: order.append("collect")])
+    monkeypatch.setattr(session, "_close_hooks", [lambda: order.append("drop")])
+    monkeypatch.setattr(session.crypten, "uninit", lambda: order.append("terminate"))
+    monkeypatch.setattr(session, "_release_ttp_client", lambda: None)
+    party = session.MPCSession(0, 2, "tcp://127.0.0.1:1")
+    party._open = True
+    party.close(failed=failed)
+    assert order == (["drop", "terminate"] if failed else ["collect", "drop", "terminate"])

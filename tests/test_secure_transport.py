@@ -149,6 +149,18 @@ def test_a_session_over_tls_computes_and_says_so(tmp_path, issued_by):
         assert party["transport"].startswith("tls")
 
 
+@pytest.mark.parametrize("transport", ["tls", "tcp"])
+def test_the_dealer_leaves_cleanly_when_party_0_leaves_an_answer_uncollected(transport):
+    from mpcformer.mpc.launcher import run_local
+
+    import transport_party_fns as fns
+
+    # 4M elements (32 MB) are still being computed and sent when party 0 says "terminate" and closes
+    config = MPCConfig(transport=transport, timeout_s=120)
+    results = run_local(fns.leave_with_an_answer_uncollected, args=(1 << 22,), config=config, timeout_s=300)
+    assert [party["rank"] for party in results] == [0, 1]
+
+
 def test_a_tls_session_without_credentials_fails_saying_so(tmp_path):
     from mpcformer.errors import PartyFailure
     from mpcformer.mpc.launcher import run_local
@@ -184,3 +196,14 @@ def test_a_tls_group_keeps_the_name_torch_gives_it():
     group = TlsProcessGroup(mesh=None, group_id="7", rank=0, size=2, global_ranks=[0, 1])
     group._set_group_name("7")
     assert group.group_name == "7"
+
+
+def test_a_send_to_a_rank_that_left_raises_the_transport_error_naming_it():
+    class Gone:  # a channel whose peer closed before our reader noticed
+        def send(self, *parts):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    mesh = Mesh.__new__(Mesh)
+    mesh.rank, mesh._lost, mesh.channels = 2, {}, {0: Gone()}
+    with pytest.raises(TransportError, match="rank 0 is gone"):
+        mesh.send(0, 1, 0, b"x")

@@ -43,3 +43,17 @@ def send_share(rank: int, n: int, path: str) -> dict:
         return {"digest": hashlib.sha256(x.share.numpy().tobytes()).hexdigest()}
     received = comm.get().recv(torch.empty_like(x.share), 1)
     return {"digest": hashlib.sha256(received.numpy().tobytes()).hexdigest()}
+
+
+@party_operation
+def leave_with_an_answer_uncollected(rank: int, count: int) -> dict:
+    """Party 0 asks the dealer for a long stream range and leaves without collecting it, as it does
+    with the range it prefetches; the dealer is still sending when party 0 closes its connection."""
+    import torch
+
+    from mpcformer.mpc import beaver
+    from mpcformer.mpc.dealer import STREAM_RANGE
+
+    if rank == 0:
+        beaver.ask_dealer(STREAM_RANGE, "cpu", "mul", 0, count, size=torch.Size([count]))
+    return {"rank": rank}

@@ -56,7 +56,7 @@ from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient
 from mpcformer.mpc import prg, runtime, tap
 from mpcformer.mpc.dealer import BROADCAST_REPLY, REPLY_KEY, STREAM_RANGE
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
-from mpcformer.mpc.session import on_session_close, session_generation
+from mpcformer.mpc.session import on_clean_leave, on_session_close, session_generation
 from mpcformer.mpc.triple_stream import PartyStreams
 
 __all__ = [
@@ -136,6 +136,11 @@ def drain() -> None:
     """Receive every answer still on its way (before a CrypTen-style request, or leaving)."""
     while _unanswered:
         _receive(_unanswered.popleft())
+
+
+# A clean leave collects them first (the range party 0 prefetched): the dealer, still sending,
+# must not find the connection closed, and every answer it sent is then received.
+on_clean_leave(drain)
 
 
 def _receive(ticket: DealerTicket) -> None:

@@ -101,7 +101,7 @@ class Dealer(TTPServer):
         ttp_rank = comm.get().get_ttp_rank()
         while True:
             message = comm.get().recv_obj(0, self.ttp_group)
-            if message == "terminate":  # party 0 collected every answer before saying so
+            if message == "terminate":  # party 0 collected every answer before saying so (a clean leave)
                 self._in_flight.clear()
                 return
             self.device = message["device"]

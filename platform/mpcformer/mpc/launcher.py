@@ -79,7 +79,7 @@ def _party_main(fn, rank, world_size, rendezvous, config, args, kwargs, results,
         # Report before leaving the session: peers only see "connection closed" after we leave,
         # so the root cause reaches the launcher first.
         results.put((rank, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
-        session.close()
+        session.close(failed=True)
         return
     session.close()
     results.put((rank, "ok", value))

@@ -334,7 +334,10 @@ class Mesh:
         if dst in self._lost:
             raise TransportError(f"rank {self.rank}: the connection to rank {dst} is gone: {self._lost[dst]}")
         view = memoryview(payload).cast("B")
-        self.channels[dst].send(_HEADER.pack(channel, seq, len(view)), view)
+        try:
+            self.channels[dst].send(_HEADER.pack(channel, seq, len(view)), view)
+        except OSError as err:  # the peer left while we sent (its reader here may not know yet)
+            raise TransportError(f"rank {self.rank}: the connection to rank {dst} is gone: {err}") from err
 
     def expect(self, src: int, channel: int, seq: int, deliver: Callable[[bytearray], None],
                fail: Callable[[BaseException], None], what: str) -> None:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 __all__ = [
     "MPCSession", "run_dealer", "install_runtime", "session_device", "session_generation", "on_session_close",
-    "SessionError",
+    "on_clean_leave", "SessionError",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,21 @@ _device = "cpu"
 _generation = 0
 #: Called when this process leaves a session, to drop what only that session could use.
 _close_hooks: list[Callable[[], None]] = []
+#: Called first when a party leaves without an error, while its connections are still up.
+_clean_leave_hooks: list[Callable[[], None]] = []
 
 
 def on_session_close(hook: Callable[[], None]) -> None:
     """Run ``hook()`` whenever a party of this process leaves its session (errors are logged)."""
     if hook not in _close_hooks:
         _close_hooks.append(hook)
+
+
+def on_clean_leave(hook: Callable[[], None]) -> None:
+    """Run ``hook()`` when a party of this process leaves its session without an error, before the
+    close hooks and before rank 0 tells the dealer to exit (errors are logged)."""
+    if hook not in _clean_leave_hooks:
+        _clean_leave_hooks.append(hook)
 
 
 def session_generation() -> int:
@@ -130,7 +139,7 @@ class MPCSession:
             self._join()
         except BaseException:
             if self._open:  # joined, then failed (the emulated link): leave as a session does
-                self.close()
+                self.close(failed=True)
             else:  # a session that did not open leaves CrypTen as it found it
                 self.runtime.restore()
                 self.runtime = None
@@ -161,16 +170,23 @@ class MPCSession:
         """The protocol path this session runs (:meth:`mpcformer.mpc.runtime.Runtime.describe`)."""
         return None if self.runtime is None else self.runtime.describe()
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(failed=exc_type is not None)
 
-    def close(self) -> None:
-        """Leave the session; on rank 0 this also tells the dealer to exit. Safe to call twice."""
+    def close(self, failed: bool = False) -> None:
+        """Leave the session; on rank 0 this also tells the dealer to exit. ``failed``: leaving after
+        an error, so what is still on its way is dropped rather than waited for. Safe to call twice."""
         global _device
         if not self._open:
             return
         self._open = False
         _device = "cpu"
+        if not failed:
+            for hook in _clean_leave_hooks:
+                try:
+                    hook()
+                except Exception as err:  # the peers may be gone already: leave all the same
+                    log.warning("party %d: %r while leaving the session: %s", self.rank, hook, err)
         for hook in _close_hooks:
             try:
                 hook()
