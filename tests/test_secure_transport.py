@@ -207,3 +207,46 @@ def test_a_send_to_a_rank_that_left_raises_the_transport_error_naming_it():
     mesh.rank, mesh._lost, mesh.channels = 2, {}, {0: Gone()}
     with pytest.raises(TransportError, match="rank 0 is gone"):
         mesh.send(0, 1, 0, b"x")
+
+
+def test_a_message_lands_whole_whether_its_receive_is_posted_before_or_after_it_arrives(tmp_path):
+    import torch
+
+    from mpcformer.mpc.secure_transport import _fill, _target
+
+    session = issue_credentials(tmp_path / "session", ranks=2)
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    meshes: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda r=r: meshes.__setitem__(
+        r, Mesh(r, 2, rendezvous, load_credentials(session, r), timeout_s=120).connect())) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    try:
+        sent = [torch.randint(-2**62, 2**62, (n,), dtype=torch.int64) for n in (3, 100_000, 700_000)]
+        early = [torch.empty_like(t) for t in sent]  # posted first: decrypted straight into the tensor
+        late = [torch.empty_like(t) for t in sent]  # posted after arrival: kept, then copied in
+        arrived, failures = threading.Semaphore(0), []
+
+        def expect(seq, into):
+            meshes[1].expect(0, 9, seq, lambda payload: (_fill(into, payload), arrived.release()),
+                             lambda err: (failures.append(err), arrived.release()), "a test tensor", _target(into))
+
+        for seq, into in enumerate(early):
+            expect(seq, into)
+        for seq, tensor in enumerate(sent + sent):
+            meshes[0].send(1, 9, seq, memoryview(tensor.numpy()).cast("B"))
+        for _ in early:
+            assert arrived.acquire(timeout=60)
+        time.sleep(0.5)  # the late messages are in rank 1's inbox before anyone asks
+        for seq, into in enumerate(late, start=len(sent)):
+            expect(seq, into)
+        for _ in late:
+            assert arrived.acquire(timeout=60)
+        assert not failures, failures
+        for tensor, a, b in zip(sent, early, late):
+            assert torch.equal(a, tensor) and torch.equal(b, tensor)
+    finally:
+        for mesh in meshes.values():
+            mesh.close()

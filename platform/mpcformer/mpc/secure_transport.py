@@ -96,6 +96,7 @@ class _Channel:
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server)
         self._tls_lock = threading.Lock()  # the TLS state
         self._send_lock = threading.Lock()  # ciphertext leaves in the order it was made
+        self._ciphertext = bytearray(_CHUNK)  # what the socket gave, before it goes into the TLS state
         self._handshake(deadline)
         self.peer_rank = self._peer_rank()
 
@@ -157,11 +158,11 @@ class _Channel:
             if got is not None:
                 filled += got
                 continue
-            data = self.sock.recv(_CHUNK)
-            if not data:
+            received = self.sock.recv_into(self._ciphertext)
+            if not received:
                 raise ConnectionError("the peer closed the connection")
             with self._tls_lock:
-                self._incoming.write(data)
+                self._incoming.write(memoryview(self._ciphertext)[:received])
 
     def read_exact(self, n: int) -> bytearray:
         buffer = bytearray(n)
@@ -193,10 +194,14 @@ class _Wait:
     """A receive posted before its message arrived."""
 
     seq: int
-    deliver: Callable[[bytearray], None]
+    deliver: Callable[[memoryview | None], None]  # None: the payload is already in ``target``
     fail: Callable[[BaseException], None]
     deadline: float
     what: str
+    target: memoryview | None  # where the payload goes, if the receiver knows (it is read straight in)
+
+    def takes(self, seq: int, nbytes: int) -> bool:
+        return self.target is not None and self.seq == seq and len(self.target) == nbytes
 
 
 @dataclass
@@ -339,16 +344,18 @@ class Mesh:
         except OSError as err:  # the peer left while we sent (its reader here may not know yet)
             raise TransportError(f"rank {self.rank}: the connection to rank {dst} is gone: {err}") from err
 
-    def expect(self, src: int, channel: int, seq: int, deliver: Callable[[bytearray], None],
-               fail: Callable[[BaseException], None], what: str) -> None:
+    def expect(self, src: int, channel: int, seq: int, deliver: Callable[[memoryview | None], None],
+               fail: Callable[[BaseException], None], what: str, target: memoryview | None = None) -> None:
         """Call ``deliver(payload)`` with message ``seq`` of ``channel`` from ``src`` (now if it is here), or
-        ``fail(error)`` when the connection drops or the deadline passes."""
+        ``fail(error)`` when the connection drops or the deadline passes. With ``target`` (writable bytes
+        of the message's size), a message that arrives later is decrypted straight into it and
+        ``deliver(None)`` is called."""
         with self._lock:
             inbox = self._inboxes[(src, channel)]
             message = inbox.messages.popleft() if inbox.messages else None
             lost = self._lost.get(src) if message is None else None
             if message is None and lost is None:
-                inbox.waits.append(_Wait(seq, deliver, fail, time.monotonic() + self.timeout_s, what))
+                inbox.waits.append(_Wait(seq, deliver, fail, time.monotonic() + self.timeout_s, what, target))
                 return
         if lost is not None:
             fail(TransportError(f"rank {self.rank}: no {what} from rank {src}: the connection is gone: {lost}"))
@@ -361,12 +368,19 @@ class Mesh:
         try:
             while True:
                 channel_id, seq, nbytes = _HEADER.unpack(channel.read_exact(_HEADER.size))
-                payload = channel.read_exact(nbytes)
                 with self._lock:
                     inbox = self._inboxes[(src, channel_id)]
                     wait = inbox.waits.popleft() if inbox.waits else None
-                    if wait is None:
-                        inbox.messages.append((seq, payload))
+                if wait is not None and wait.takes(seq, nbytes):  # posted first: no copy
+                    self._read_into_wait(src, channel, wait)
+                    continue
+                payload = _payload_buffer(nbytes)
+                channel.read_into(payload)
+                if wait is None:  # a receive posted while we read takes it; else it waits in the inbox
+                    with self._lock:
+                        wait = inbox.waits.popleft() if inbox.waits else None
+                        if wait is None:
+                            inbox.messages.append((seq, payload))
                 if wait is not None:
                     if wait.seq != seq:
                         wait.fail(TransportError(f"rank {self.rank}: {wait.what} from rank {src}: message {seq} "
@@ -375,6 +389,14 @@ class Mesh:
                         wait.deliver(payload)
         except BaseException as err:  # noqa: BLE001 - every pending receive learns why
             self._drop(src, err)
+
+    def _read_into_wait(self, src: int, channel: _Channel, wait: _Wait) -> None:
+        try:
+            channel.read_into(wait.target)
+        except BaseException as err:
+            wait.fail(TransportError(f"rank {self.rank}: no {wait.what} from rank {src}: the connection closed ({err})"))
+            raise
+        wait.deliver(None)
 
     def _drop(self, src: int, err: BaseException) -> None:
         with self._lock:
@@ -416,7 +438,21 @@ def _as_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
-def _fill(tensor: torch.Tensor, payload: bytearray) -> None:
+def _payload_buffer(nbytes: int) -> memoryview:
+    """Room for a message nobody waits for yet (uninitialised: it is filled at once)."""
+    return memoryview(torch.empty(nbytes, dtype=torch.uint8).numpy())
+
+
+def _target(tensor: torch.Tensor) -> memoryview | None:
+    """The bytes of ``tensor`` a message can be decrypted straight into (a contiguous CPU tensor)."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or not tensor.numel():
+        return None
+    return memoryview(tensor.detach().view(-1).view(torch.uint8).numpy())
+
+
+def _fill(tensor: torch.Tensor, payload: memoryview | None) -> None:
+    if payload is None:  # decrypted straight into the tensor
+        return
     expected = tensor.numel() * tensor.element_size()
     if len(payload) != expected:
         raise TransportError(f"received {len(payload)} bytes for a tensor of {expected} ({tuple(tensor.shape)}, {tensor.dtype})")
@@ -506,9 +542,9 @@ class TlsProcessGroup(dist.ProcessGroup):
     def _send(self, peer: int, channel: int, seq: int, tensor: torch.Tensor) -> None:
         self._mesh.send(self._global[peer], channel, seq, _as_bytes(tensor))
 
-    def _receive(self, pending: _Pending, peer: int, channel: int, seq: int, into: Callable[[bytearray], None],
-                 what: str) -> None:
-        def deliver(payload: bytearray) -> None:
+    def _receive(self, pending: _Pending, peer: int, channel: int, seq: int, into: Callable[[memoryview | None], None],
+                 what: str, target: memoryview | None = None) -> None:
+        def deliver(payload: memoryview | None) -> None:
             try:
                 into(payload)
             except BaseException as err:  # noqa: BLE001
@@ -516,7 +552,7 @@ class TlsProcessGroup(dist.ProcessGroup):
                 return
             pending.arrived()
 
-        self._mesh.expect(self._global[peer], channel, seq, deliver, pending.fail, f"{what} ({self._group})")
+        self._mesh.expect(self._global[peer], channel, seq, deliver, pending.fail, f"{what} ({self._group})", target)
 
     def _peers(self) -> list[int]:
         return [r for r in range(self.size()) if r != self.rank()]
@@ -531,7 +567,7 @@ class TlsProcessGroup(dist.ProcessGroup):
         channel = _channel_id(self._group, "p2p", tag)
         pending = _Pending(1, tensors)
         self._receive(pending, src, channel, self._next_p2p("from", src, tag),
-                      functools.partial(_fill, tensors[0]), f"a message (tag {tag})")
+                      functools.partial(_fill, tensors[0]), f"a message (tag {tag})", _target(tensors[0]))
         return pending.work()
 
     def recv_anysource(self, tensors: list[torch.Tensor], tag: int) -> Any:
@@ -545,25 +581,22 @@ class TlsProcessGroup(dist.ProcessGroup):
                 self._send(peer, self._collective, seq, tensors[0])
             return _Pending(0, tensors).work()
         pending = _Pending(1, tensors)
-        self._receive(pending, root, self._collective, seq, functools.partial(_fill, tensors[0]), "a broadcast")
+        self._receive(pending, root, self._collective, seq, functools.partial(_fill, tensors[0]), "a broadcast",
+                      _target(tensors[0]))
         return pending.work()
 
     def _reduce_into(self, tensor: torch.Tensor, op: Any, peers: list[int], seq: int, result: Any, what: str) -> _Pending:
         reduce = _reducer(op)
-        received: dict[int, torch.Tensor] = {}
+        received = {peer: torch.empty_like(tensor, memory_format=torch.contiguous_format) for peer in peers}
 
         def finish() -> None:
             for peer in sorted(received):
                 reduce(tensor, received[peer])
 
-        def keep(peer: int, payload: bytearray) -> None:
-            other = torch.empty_like(tensor)
-            _fill(other, payload)
-            received[peer] = other
-
         pending = _Pending(len(peers), result, finish)
         for peer in peers:
-            self._receive(pending, peer, self._collective, seq, functools.partial(keep, peer), what)
+            self._receive(pending, peer, self._collective, seq, functools.partial(_fill, received[peer]), what,
+                          _target(received[peer]))
         return pending
 
     def allreduce(self, tensors: list[torch.Tensor], opts: Any) -> Any:
@@ -586,7 +619,8 @@ class TlsProcessGroup(dist.ProcessGroup):
         outputs[self.rank()].copy_(inputs[0])
         pending = _Pending(len(self._peers()), output_lists)
         for peer in self._peers():
-            self._receive(pending, peer, self._collective, seq, functools.partial(_fill, outputs[peer]), "an all-gather")
+            self._receive(pending, peer, self._collective, seq, functools.partial(_fill, outputs[peer]), "an all-gather",
+                          _target(outputs[peer]))
         return pending.work()
 
     def gather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any) -> Any:
@@ -598,7 +632,8 @@ class TlsProcessGroup(dist.ProcessGroup):
         outputs[root].copy_(inputs[0])
         pending = _Pending(len(self._peers()), output_lists)
         for peer in self._peers():
-            self._receive(pending, peer, self._collective, seq, functools.partial(_fill, outputs[peer]), "a gather")
+            self._receive(pending, peer, self._collective, seq, functools.partial(_fill, outputs[peer]), "a gather",
+                          _target(outputs[peer]))
         return pending.work()
 
     def scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]], opts: Any) -> Any:
@@ -610,7 +645,8 @@ class TlsProcessGroup(dist.ProcessGroup):
             outputs[0].copy_(pieces[root])
             return _Pending(0, outputs).work()
         pending = _Pending(1, outputs)
-        self._receive(pending, root, self._collective, seq, functools.partial(_fill, outputs[0]), "a scatter")
+        self._receive(pending, root, self._collective, seq, functools.partial(_fill, outputs[0]), "a scatter",
+                      _target(outputs[0]))
         return pending.work()
 
     def barrier(self, opts: Any = None) -> Any:
