@@ -13,7 +13,7 @@ that makes it (exit 2). A grid writes results.csv, results.md and best.json unde
 <storage_path>/<name>/; a suite trains its teachers first (or takes them from ``teachers_dir``),
 then its students and baselines, runs its distilled students under MPC on dev examples (the
 inference job of ``mpcformer infer``), and writes suite.md and suite.json there. Each failed trial's
-cause is in them and in the summary printed at the end (exit 1).
+(and MPC run's) cause is in them and in the summary printed at the end (exit 1).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _run_suite(sweep, args: argparse.Namespace) -> int:
     for key, cause in summary["mpc_errors"].items():
         print(f"failed under MPC: {key}: {cause}")
     ran = summary["ran"]
-    trained = sum(count for phase, count in ran.items() if phase in PHASES)
+    trained = sum(ran[phase] for phase in PHASES)
     print(f"{trained} trials and {ran[MPC_PHASE]} MPC runs run this time, {len(summary['errors'])} trials and "
           f"{len(summary['mpc_errors'])} MPC runs failed; report in {summary['sweep_dir']}/suite.md and suite.json")
     return 1 if summary["errors"] or summary["mpc_errors"] else 0

@@ -102,7 +102,8 @@ def test_every_distilled_arm_of_every_task_ran_under_mpc(quick_suite):
     assert set(rows) == {(t, a) for t in TASKS for a in DISTILLED}
     for (task, arm), row in rows.items():
         folder = sweep_dir / "mpc" / task / arm
-        assert json.loads((folder / "run.json").read_text())["model"] == str(sweep_dir / "students" / task / arm / "best")
+        student = sweep_dir / "students" / task / arm / "best"
+        assert json.loads((folder / "run.json").read_text())["model"] == str(student)
         records = _records(folder)
         assert sorted(r["example_id"] for r in records) == list(range(MPC_EXAMPLES))
         assert row["status"] == "ok" and row["examples"] == MPC_EXAMPLES and row["seconds_per_example"] > 0

@@ -13,7 +13,7 @@ import pytest
 from mpcformer.config import ConfigError, build_config, load_config
 from mpcformer.errors import UserError
 from mpcformer.suite import (
-    check_suite_prerequisites, finished_metrics, finished_mpc, mpc_config, mpc_limit, mpc_trials, phase_trials,
+    check_suite_prerequisites, finished_metrics, finished_mpc, mpc_config, mpc_limit, mpc_runs, phase_trials,
     quick_form, resolve_suite_paths, run_suite, student_config, suite_layout, teacher_config, validate_suite,
 )
 from mpcformer.sweep import SweepConfig
@@ -102,7 +102,7 @@ def test_each_distilled_arm_runs_under_mpc_on_its_students_dev_examples(tmp_path
                                               "cola": {"data": {"data_dir": "glue/CoLA"}, "mpc_examples": 0},
                                               "wnli": {"data": {"data_dir": "glue/WNLI"}}}), tmp_path)
     sweep_dir = tmp_path / "s"
-    assert mpc_trials(sweep) == ["rte/quad+2quad", "rte/quad+2relu", "wnli/quad+2quad", "wnli/quad+2relu"]
+    assert mpc_runs(sweep) == ["rte/quad+2quad", "rte/quad+2relu", "wnli/quad+2quad", "wnli/quad+2relu"]
     cfg = mpc_config(sweep, "rte", "quad+2relu", sweep_dir)
     student = student_config(sweep, "rte", "quad+2relu", sweep_dir)
     assert cfg.model == f"{sweep_dir}/students/rte/quad+2relu/best" and cfg.combos == ["quad+2relu"]
@@ -168,12 +168,14 @@ def _finish_mpc(cfg, agreement: float = 1.0, complete: bool = True, mtime: float
 def test_a_finished_mpc_run_of_the_same_settings_after_its_student_is_reused(tmp_path):
     sweep = resolve_suite_paths(_suite(), tmp_path)
     sweep_dir = tmp_path / "s"
-    student, cfg = student_config(sweep, "rte", "quad+2quad", sweep_dir), mpc_config(sweep, "rte", "quad+2quad", sweep_dir)
+    student = student_config(sweep, "rte", "quad+2quad", sweep_dir)
+    cfg = mpc_config(sweep, "rte", "quad+2quad", sweep_dir)
     assert finished_mpc(cfg, student) is None  # nothing there yet
     _finish(student, mtime=1_000)
     _finish_mpc(cfg, mtime=2_000)
     assert finished_mpc(cfg, student)["combos"]["quad+2quad"]["examples"] == 200
-    other = mpc_config(resolve_suite_paths(_suite(mpc_base={"batch_size": 3}), tmp_path), "rte", "quad+2quad", sweep_dir)
+    changed = resolve_suite_paths(_suite(mpc_base={"batch_size": 3}), tmp_path)
+    other = mpc_config(changed, "rte", "quad+2quad", sweep_dir)
     assert finished_mpc(other, student) is None  # other settings: run again
     _finish(student, mtime=3_000)  # the student retrained after the run: measured again
     assert finished_mpc(cfg, student) is None
@@ -385,13 +387,14 @@ def test_the_mpc_rows_put_each_student_under_mpc_beside_plaintext_with_its_bound
     for task in SYNTHETIC:
         layout["tasks"][task]["mpc"] = {"quad+2quad": str(tmp_path / "mpc" / task / "quad+2quad")}
     folder = {task: tmp_path / "mpc" / task / "quad+2quad" for task in SYNTHETIC}
-    _mpc_summary(folder["cola"], "quad+2quad", 200, {"accuracy": 0.7, "matthews": 0.4}, {"accuracy": 0.7, "matthews": 0.4},
-                 agreement_with_plaintext=0.995)
-    _mpc_summary(folder["sst2"], "quad+2quad", 200, {"accuracy": 0.85}, {"accuracy": 0.9}, agreement_with_plaintext=0.99)
+    cola = {"accuracy": 0.7, "matthews": 0.4}
+    _mpc_summary(folder["cola"], "quad+2quad", 200, cola, cola, agreement_with_plaintext=0.995)
+    _mpc_summary(folder["sst2"], "quad+2quad", 200, {"accuracy": 0.85}, {"accuracy": 0.9},
+                 agreement_with_plaintext=0.99)
     _mpc_summary(folder["mrpc"], "quad+2quad", 408, {"accuracy": 0.7, "f1": 0.8}, {"accuracy": 0.7, "f1": 0.8},
                  agreement_with_plaintext=1.0)
-    _mpc_summary(folder["stsb"], "quad+2quad", 200, {"pearson": 0.6, "spearman": 0.58}, {"pearson": 0.6, "spearman": 0.6},
-                 max_abs_error_vs_plaintext=0.04)
+    _mpc_summary(folder["stsb"], "quad+2quad", 200, {"pearson": 0.6, "spearman": 0.58},
+                 {"pearson": 0.6, "spearman": 0.6}, max_abs_error_vs_plaintext=0.04)
     _mpc_summary(folder["rte"], "quad+2quad", 277, {"accuracy": 0.5}, {"accuracy": 0.5}, agreement_with_plaintext=1.0)
     layout["mpc_errors"] = {"wnli/quad+2quad": "JobFailed: party lost"}
     (tmp_path / "suite-layout.json").write_text(json.dumps(layout))
@@ -411,7 +414,8 @@ def test_the_mpc_rows_put_each_student_under_mpc_beside_plaintext_with_its_bound
     markdown = (tmp_path / "suite.md").read_text().split("## Under MPC")[1]
     assert "| mrpc | quad+2quad | 408 | f1 80.00% / accuracy 70.00% | f1 80.00% / accuracy 70.00% |" in markdown
     assert "| stsb | quad+2quad | 200 |" in markdown and "max abs error 0.0400" in markdown
-    assert "| sst2 | quad+2quad | 200 | accuracy 85.00% | accuracy 90.00% | agreement 99.00% | 1.500 s | no |" in markdown
+    assert ("| sst2 | quad+2quad | 200 | accuracy 85.00% | accuracy 90.00% | agreement 99.00% | 1.500 s | no |"
+            in markdown)
     assert "| wnli | quad+2quad | failed: JobFailed: party lost |" in markdown
 
 

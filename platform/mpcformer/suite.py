@@ -26,8 +26,9 @@ of the same examples (``--check-plaintext``), its settings from ``mpc_base``.
 Output folders are derived from the task and arm, so a rerun finds its trials' work: a trial whose
 ``metrics.json`` was written by the same config is reused without training, an unfinished one
 resumes from its last checkpoint; an MPC run whose ``summary.json`` holds the same settings, written
-after its student, is reused, an unfinished one resumes its batches. The report (:func:`mpcformer.training.report.write_suite_report`)
-reads the folders named in ``<sweep>/suite-layout.json`` and writes ``suite.md`` and ``suite.json``.
+after its student, is reused, an unfinished one resumes its batches. The report
+(:func:`mpcformer.training.report.write_suite_report`) reads the folders named in
+``<sweep>/suite-layout.json`` and writes ``suite.md`` and ``suite.json``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # the inference job imports Ray: loaded where an MPC run is b
 
 __all__ = [
     "PHASES", "MPC_PHASE", "QUICK_SUITE", "arm_settings", "teacher_config", "student_config", "trial_config",
-    "teacher_dir", "student_dir", "phase_trials", "mpc_arms", "mpc_dir", "mpc_limit", "mpc_trials", "mpc_config",
+    "teacher_dir", "student_dir", "phase_trials", "mpc_arms", "mpc_dir", "mpc_limit", "mpc_runs", "mpc_config",
     "finished_mpc", "finished_metrics", "resolve_suite_paths", "validate_suite", "missing_suite_prerequisites",
     "check_suite_prerequisites", "quick_form", "suite_layout", "run_suite",
 ]
@@ -179,7 +180,7 @@ def mpc_limit(sweep: SweepConfig, task: str) -> int | None:
     return None if examples == "all" else examples
 
 
-def mpc_trials(sweep: SweepConfig) -> list[str]:
+def mpc_runs(sweep: SweepConfig) -> list[str]:
     """The MPC runs, ``<task>/<arm>``: every distilled arm of every task with examples under MPC."""
     return [f"{task}/{arm}" for task in sweep.tasks if mpc_limit(sweep, task) != 0 for arm in mpc_arms(sweep)]
 
@@ -245,7 +246,7 @@ def validate_suite(sweep: SweepConfig, sweep_dir: Path) -> None:
         if any(cfg.data.validation_fraction == 0 for cfg in cfgs):
             raise UserError(f"task '{task}': the suite keeps checkpoints on the validation split: "
                             "data.validation_fraction must be above 0")
-    for key in mpc_trials(sweep):
+    for key in mpc_runs(sweep):
         mpc_config(sweep, *key.split("/", 1), sweep_dir)
 
 
@@ -383,7 +384,7 @@ def suite_layout(sweep: SweepConfig, sweep_dir: Path, errors: dict[str, str] | N
     """What the report reads: per task its teacher's and its arms' folders and its MPC runs' folders,
     the arms, the tasks averaged, and the cause of each failed trial (``<task>`` or ``<task>/<arm>``)
     and of each failed MPC run (``<task>/<arm>``)."""
-    mpc = set(mpc_trials(sweep))
+    mpc = set(mpc_runs(sweep))
     return {
         "name": sweep.name,
         "arms": list(sweep.arms),
@@ -459,8 +460,8 @@ def _start_over_if_stale(cfg: InferConfig, student: DistillConfig) -> None:
     from mpcformer.inference.job import holds_other_run
 
     out = Path(cfg.out)
-    run_info = out / "run.json"
-    if run_info.is_file() and (holds_other_run(cfg) or _older_than(run_info, Path(student.output_dir) / "metrics.json")):
+    run_info, student_metrics = out / "run.json", Path(student.output_dir) / "metrics.json"
+    if run_info.is_file() and (holds_other_run(cfg) or _older_than(run_info, student_metrics)):
         log.info("suite MPC run %s: starting over (another run's, or older than its student)", out)
         shutil.rmtree(out)
 
@@ -471,7 +472,7 @@ def _run_mpc_phase(sweep: SweepConfig, sweep_dir: Path, errors: dict[str, str],
     party actors on the cluster); returns how many ran and ``<task>/<arm>`` -> cause for the failed
     ones. A failed run does not stop the next; an arm without a finished student is not run."""
     keys, mpc_errors = [], {}
-    for key in mpc_trials(sweep):
+    for key in mpc_runs(sweep):
         task, arm = key.split("/", 1)
         student = student_config(sweep, task, arm, sweep_dir)
         if finished_metrics(student) is None:
@@ -479,7 +480,7 @@ def _run_mpc_phase(sweep: SweepConfig, sweep_dir: Path, errors: dict[str, str],
         elif finished_mpc(mpc_config(sweep, task, arm, sweep_dir), student) is None:
             keys.append(key)
     log.info("suite '%s' %s: %d to run, %d finished", sweep.name, MPC_PHASE, len(keys),
-             len(mpc_trials(sweep)) - len(keys) - len(mpc_errors))
+             len(mpc_runs(sweep)) - len(keys) - len(mpc_errors))
     for key in keys:
         task, arm = key.split("/", 1)
         cfg = mpc_config(sweep, task, arm, sweep_dir)

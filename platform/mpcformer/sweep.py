@@ -48,8 +48,8 @@ from mpcformer.errors import UserError
 from mpcformer.training.config import Baseline, DistillConfig
 
 __all__ = [
-    "SweepConfig", "SuiteTask", "MpcExamples", "run_sweep", "trial_config", "trial_configs", "validate_grid", "resolve_paths",
-    "missing_prerequisites", "check_prerequisites", "error_cause", "failure_lines", "TrialStopped",
+    "SweepConfig", "SuiteTask", "MpcExamples", "run_sweep", "trial_config", "trial_configs", "validate_grid",
+    "resolve_paths", "missing_prerequisites", "check_prerequisites", "error_cause", "failure_lines", "TrialStopped",
 ]
 
 log = logging.getLogger(__name__)
