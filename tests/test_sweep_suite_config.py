@@ -272,6 +272,10 @@ def test_the_shipped_suites_cover_every_task():
     for task in GLUE_TASKS:
         data_dirs = {teacher_config(s, task, sweep_dir).data.data_dir for s in (quick, real)}
         assert len(data_dirs) == 1
+    # under MPC: 200 dev examples per task, all of RTE's and MRPC's; the quick file a few
+    assert {t: mpc_limit(real, t) for t in GLUE_TASKS} == {**{t: 200 for t in GLUE_TASKS}, "rte": None, "mrpc": None}
+    assert {mpc_limit(quick, t) for t in GLUE_TASKS} == {8}
+    assert mpc_runs(real) == [f"{t}/{a}" for t in GLUE_TASKS for a in ("quad+2quad", "quad+2relu")]
 
 
 def test_the_quick_form_keeps_the_tasks_at_a_tiny_budget():
@@ -284,6 +288,9 @@ def test_the_quick_form_keeps_the_tasks_at_a_tiny_budget():
         assert teacher.model == "tiny" and teacher.optim.max_steps and teacher.data.max_train_examples <= 64
         student = student_config(quick, task, "quad+2quad", sweep_dir)
         assert student.stage1.max_steps and student.stage2.max_steps and student.data.max_length <= 32
+    assert {mpc_limit(quick, t) for t in quick.tasks} == {8}  # RTE's and MRPC's "all" too
+    cfg = mpc_config(quick, "rte", "quad+2quad", sweep_dir)
+    assert cfg.limit == 8 and cfg.data.max_length <= 32 and cfg.group.cpus_per_party + cfg.group.cpus_for_dealer <= 1
     with pytest.raises(UserError, match="--quick"):
         quick_form(load_config(SweepConfig, "sweep-quick"))
 
