@@ -11,8 +11,9 @@ Relative paths in the config resolve against the directory the command runs in (
 before any trial starts: a missing one stops the sweep with one line naming it and the command
 that makes it (exit 2). A grid writes results.csv, results.md and best.json under
 <storage_path>/<name>/; a suite trains its teachers first (or takes them from ``teachers_dir``),
-then its students and baselines, and writes suite.md and suite.json there. Each failed trial's
-cause is in them and in the summary printed at the end (exit 1).
+then its students and baselines, runs its distilled students under MPC on dev examples (the
+inference job of ``mpcformer infer``), and writes suite.md and suite.json there. Each failed trial's
+(and MPC run's) cause is in them and in the summary printed at the end (exit 1).
 """
 
 from __future__ import annotations
@@ -74,12 +75,13 @@ def _run_grid(sweep, args: argparse.Namespace) -> int:
 
 def _run_suite(sweep, args: argparse.Namespace) -> int:
     from mpcformer.cluster_connect import connect
-    from mpcformer.suite import check_suite_prerequisites, resolve_suite_paths, run_suite
+    from mpcformer.suite import MPC_PHASE, PHASES, check_suite_prerequisites, mpc_arms, resolve_suite_paths, run_suite
 
     here = Path.cwd()
     sweep = resolve_suite_paths(sweep, here)
-    print(f"suite '{sweep.name}': {len(sweep.tasks)} tasks x (teacher + {len(sweep.arms)} arms); relative paths "
-          f"resolved against {here}; results in {sweep.storage_path}/{sweep.name}")
+    print(f"suite '{sweep.name}': {len(sweep.tasks)} tasks x (teacher + {len(sweep.arms)} arms, "
+          f"{len(mpc_arms(sweep))} of them then under MPC); relative paths resolved against {here}; "
+          f"results in {sweep.storage_path}/{sweep.name}")
     if args.no_resume:
         print("--no-resume: a suite reuses the trials its folders hold; delete the folder to start over")
     if _on_this_machine(args):
@@ -89,10 +91,13 @@ def _run_suite(sweep, args: argparse.Namespace) -> int:
     print(summary["report"]["markdown"])
     for key, cause in summary["errors"].items():
         print(f"failed: {key}: {cause}")
-    trained = sum(summary["ran"].values())
-    print(f"{trained} trials run this time, {len(summary['errors'])} failed; "
-          f"report in {summary['sweep_dir']}/suite.md and suite.json")
-    return 1 if summary["errors"] else 0
+    for key, cause in summary["mpc_errors"].items():
+        print(f"failed under MPC: {key}: {cause}")
+    ran = summary["ran"]
+    trained = sum(ran[phase] for phase in PHASES)
+    print(f"{trained} trials and {ran[MPC_PHASE]} MPC runs run this time, {len(summary['errors'])} trials and "
+          f"{len(summary['mpc_errors'])} MPC runs failed; report in {summary['sweep_dir']}/suite.md and suite.json")
+    return 1 if summary["errors"] or summary["mpc_errors"] else 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ray_support import embedded_ray
 
 ray = pytest.importorskip("ray")
 
-from mpcformer.inference.job import InferConfig, run_infer  # noqa: E402
+from mpcformer.inference.job import InferConfig, finished_summary, run_infer  # noqa: E402
 from mpcformer.config import load_config  # noqa: E402
 from mpcformer.data import write_synthetic_sentiment  # noqa: E402
 
@@ -112,9 +112,13 @@ def test_an_interrupted_run_resumes_on_two_groups_with_the_plaintext_predictions
     combo = summary["combos"][COMBO]
     assert combo["examples"] == 6 and combo["batches"] == 3
     assert combo["agreement_with_plaintext"] == 1.0 and 0.0 <= combo["accuracy"] <= 1.0
+    assert combo["plaintext_task_metrics"] == combo["task_metrics"]  # the same predictions in plaintext
+    assert all(len(r["plaintext_logits"]) == len(r["logits"]) for r in records)
     assert combo["batch_latency_s"]["p50"] <= combo["batch_latency_s"]["p99"]
     assert combo["bytes_per_sequence"] > 0 and combo["rounds_per_sequence"] > 0
     assert summary["complete"] and summary["examples"] == 6 and summary["retries_this_run"] == status["retries_this_run"]
+    assert finished_summary(tiny_config(data_dir, out, limit=6)) == summary  # what a caller may reuse
+    assert finished_summary(tiny_config(data_dir, out, limit=5)) is None  # another run's folder
     with pytest.raises(Exception, match="holds a different run"):
         run_infer(tiny_config(data_dir, out, limit=6, batch_size=3), progress=False)
     assert leftovers() == ([], [])
@@ -273,6 +277,7 @@ def test_infer_succeeds_when_the_client_cannot_read_the_owners_folder(local_ray,
     assert not any(name.endswith((".safetensors", ".bin")) for name in bundle["files"])  # never weights
     summary = json.loads((out / "summary.json").read_text())
     assert summary["combos"][COMBO]["examples"] == 4 and summary["combos"][COMBO]["agreement_with_plaintext"] is None
+    assert "plaintext_task_metrics" not in summary["combos"][COMBO] and "task_metrics" in summary["combos"][COMBO]
     status = json.loads((out / "status.json").read_text())
     assert status["complete"] and "accuracy" not in json.dumps(status)  # the driver's file: counts and paths
     assert leftovers() == ([], [])

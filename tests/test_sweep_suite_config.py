@@ -1,5 +1,6 @@
-"""The GLUE suite without training: its config form, the trials of each phase, reuse of finished
-trials, prerequisites in one line, the quick form, and the report's arithmetic on synthetic runs."""
+"""The GLUE suite without training: its config form, the trials of each phase (the MPC runs too),
+reuse of finished trials and MPC runs, prerequisites in one line, the quick form, and the report's
+arithmetic on synthetic runs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 from mpcformer.config import ConfigError, build_config, load_config
 from mpcformer.errors import UserError
 from mpcformer.suite import (
-    check_suite_prerequisites, finished_metrics, phase_trials, quick_form, resolve_suite_paths, student_config,
-    suite_layout, teacher_config, validate_suite,
+    check_suite_prerequisites, finished_metrics, finished_mpc, mpc_config, mpc_limit, mpc_runs, phase_trials,
+    quick_form, resolve_suite_paths, run_suite, student_config, suite_layout, teacher_config, validate_suite,
 )
 from mpcformer.sweep import SweepConfig
 from mpcformer.training.report import render_suite, suite_summary, task_score, write_suite_report
@@ -60,6 +61,20 @@ def test_the_grid_form_is_unchanged():
     assert not grid.tasks and grid.grid["combo"] == ["quad+2quad", "quad+2relu"]
 
 
+def test_mpc_examples_are_a_count_or_all_per_task_and_mpc_base_leaves_the_derived_fields(tmp_path):
+    sweep = _suite(mpc_examples=50, tasks={"rte": {"mpc_examples": "all"}, "cola": {}, "sst2": {"mpc_examples": 0}})
+    assert [mpc_limit(sweep, t) for t in ("rte", "cola", "sst2")] == [None, 50, 0]
+    assert _suite().mpc_examples == 200
+    with pytest.raises(ConfigError, match="mpc_examples"):
+        _suite(mpc_examples=-1)
+    with pytest.raises(ConfigError, match="mpc_examples"):
+        _suite(tasks={"rte": {"mpc_examples": "some"}})
+    with pytest.raises(UserError, match="mpc_base sets data.max_length, model"):
+        validate_suite(_suite(mpc_base={"model": "tiny", "data": {"max_length": 8}}), tmp_path)
+    with pytest.raises(ConfigError, match="no_such_key"):
+        validate_suite(_suite(mpc_base={"no_such_key": 1}), tmp_path)
+
+
 # ----------------------------------------------------------------------------- trials per phase
 def test_each_phase_derives_its_trials_from_the_task_settings(tmp_path):
     sweep = resolve_suite_paths(_suite(), tmp_path)
@@ -80,6 +95,26 @@ def test_each_phase_derives_its_trials_from_the_task_settings(tmp_path):
     assert len({student_config(sweep, t, a, sweep_dir).output_dir for t in sweep.tasks for a in sweep.arms}) == 8
 
 
+def test_each_distilled_arm_runs_under_mpc_on_its_students_dev_examples(tmp_path):
+    sweep = resolve_suite_paths(_suite(mpc_base={"batch_size": 4, "group": {"cpus_per_party": 0.5}},
+                                       tasks={"rte": {"data": {"data_dir": "glue/RTE", "max_length": 96},
+                                                      "mpc_examples": "all"},
+                                              "cola": {"data": {"data_dir": "glue/CoLA"}, "mpc_examples": 0},
+                                              "wnli": {"data": {"data_dir": "glue/WNLI"}}}), tmp_path)
+    sweep_dir = tmp_path / "s"
+    assert mpc_runs(sweep) == ["rte/quad+2quad", "rte/quad+2relu", "wnli/quad+2quad", "wnli/quad+2relu"]
+    cfg = mpc_config(sweep, "rte", "quad+2relu", sweep_dir)
+    student = student_config(sweep, "rte", "quad+2relu", sweep_dir)
+    assert cfg.model == f"{sweep_dir}/students/rte/quad+2relu/best" and cfg.combos == ["quad+2relu"]
+    assert cfg.data.model_dump() == student.data.model_dump() and cfg.data.max_length == 96 and cfg.seed == student.seed
+    assert (cfg.split, cfg.limit, cfg.check_plaintext) == ("dev", None, True)
+    assert cfg.out == f"{sweep_dir}/mpc/rte/quad+2relu" and cfg.batch_size == 4 and cfg.group.cpus_per_party == 0.5
+    assert mpc_config(sweep, "wnli", "quad+2quad", sweep_dir).limit == 200
+    layout = suite_layout(sweep, sweep_dir)
+    assert layout["mpc_arms"] == ["quad+2quad", "quad+2relu"] and layout["tasks"]["cola"]["mpc"] == {}
+    assert layout["tasks"]["rte"]["mpc"]["quad+2quad"] == f"{sweep_dir}/mpc/rte/quad+2quad"
+
+
 def test_teachers_from_elsewhere_skip_phase_one(tmp_path):
     sweep = resolve_suite_paths(_suite(teachers_dir="teachers"), tmp_path)
     assert phase_trials(sweep, "teachers") == []
@@ -94,7 +129,8 @@ def _finish(cfg, mtime: float | None = None) -> None:
     folder = Path(cfg.output_dir)
     (folder / "best").mkdir(parents=True, exist_ok=True)
     metrics = folder / "metrics.json"
-    metrics.write_text(json.dumps({"config": cfg.model_dump(), "checkpoint": str(folder / "best")}))
+    metrics.write_text(json.dumps({"config": cfg.model_dump(), "checkpoint": str(folder / "best"),
+                                   "primary_metric": "accuracy", "dev": {"accuracy": 0.5}}))
     if mtime is not None:
         os.utime(metrics, (mtime, mtime))
 
@@ -111,6 +147,75 @@ def test_a_finished_trial_of_the_same_config_is_reused(tmp_path):
     assert finished_metrics(student_config(changed, "rte", "wo_d", sweep_dir)) is None  # another config: trained
     _finish(teacher, mtime=3_000)  # the teacher trained again after the student: the student is stale
     assert finished_metrics(student) is None
+
+
+def _finish_mpc(cfg, agreement: float = 1.0, complete: bool = True, mtime: float | None = None) -> dict:
+    """What a finished MPC run leaves: run.json of its settings and the client's summary.json."""
+    from mpcformer.inference.batches import BatchStore
+    from mpcformer.inference.job import _run_info
+
+    store = BatchStore(cfg.out)
+    store.open(_run_info(cfg))
+    combo = {"examples": cfg.limit or 3, "batches": 1, "agreement_with_plaintext": agreement,
+             "task_metrics": {"accuracy": 0.5}, "plaintext_task_metrics": {"accuracy": 0.625},
+             "seconds_per_sequence": 0.25}
+    path = store.write_summary({"combos": {cfg.combos[0]: combo}, "complete": complete})
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return {"complete": complete, "batches_planned": 1}
+
+
+def test_a_finished_mpc_run_of_the_same_settings_after_its_student_is_reused(tmp_path):
+    sweep = resolve_suite_paths(_suite(), tmp_path)
+    sweep_dir = tmp_path / "s"
+    student = student_config(sweep, "rte", "quad+2quad", sweep_dir)
+    cfg = mpc_config(sweep, "rte", "quad+2quad", sweep_dir)
+    assert finished_mpc(cfg, student) is None  # nothing there yet
+    _finish(student, mtime=1_000)
+    _finish_mpc(cfg, mtime=2_000)
+    assert finished_mpc(cfg, student)["combos"]["quad+2quad"]["examples"] == 200
+    changed = resolve_suite_paths(_suite(mpc_base={"batch_size": 3}), tmp_path)
+    other = mpc_config(changed, "rte", "quad+2quad", sweep_dir)
+    assert finished_mpc(other, student) is None  # other settings: run again
+    _finish(student, mtime=3_000)  # the student retrained after the run: measured again
+    assert finished_mpc(cfg, student) is None
+    _finish_mpc(cfg, complete=False)
+    assert finished_mpc(cfg, student) is None
+
+
+def test_the_mpc_phase_runs_what_is_not_finished_and_a_failure_stops_no_other_run(tmp_path, monkeypatch):
+    monkeypatch.setattr("ray.is_initialized", lambda: True)  # every trial is finished: Tune never starts
+    sweep = resolve_suite_paths(_suite(storage_path="out", mpc_examples=3, arms=["quad+2quad", "quad+2relu", "wo_d"]),
+                                tmp_path)
+    sweep_dir = tmp_path / "out" / "s"
+    for task in sweep.tasks:
+        _finish(teacher_config(sweep, task, sweep_dir), mtime=1_000)
+        for arm in sweep.arms:
+            _finish(student_config(sweep, task, arm, sweep_dir), mtime=2_000)
+    stale = mpc_config(sweep, "cola", "quad+2relu", sweep_dir)
+    _finish_mpc(stale, mtime=1_500)
+    os.utime(Path(stale.out) / "run.json", (1_500, 1_500))  # begun before its student: its batches are not its
+    (Path(stale.out) / "batches").mkdir()
+    ran = []
+
+    def run_mpc(cfg):
+        ran.append(cfg.out)
+        assert not (Path(cfg.out) / "batches").exists()  # a stale folder is cleared first
+        if "/rte/" in cfg.out:
+            raise RuntimeError("party lost")
+        return _finish_mpc(cfg)
+
+    first = run_suite(sweep, run_mpc=run_mpc)
+    assert first["ran"] == {"teachers": 0, "students": 0, "mpc": 4}
+    assert ran == [f"{sweep_dir}/mpc/{t}/{a}" for t in ("rte", "cola") for a in ("quad+2quad", "quad+2relu")]
+    assert list(first["mpc_errors"]) == ["rte/quad+2quad", "rte/quad+2relu"] and first["errors"] == {}
+    rows = {(r["task"], r["arm"]): r for r in first["report"]["mpc_rows"]}
+    assert set(rows) == {(t, a) for t in ("rte", "cola") for a in ("quad+2quad", "quad+2relu")}  # no baseline
+    assert rows[("cola", "quad+2relu")]["status"] == "ok" and rows[("cola", "quad+2relu")]["examples"] == 3
+    assert rows[("rte", "quad+2relu")]["status"] == "failed" and rows[("rte", "quad+2relu")]["error"]
+    ran.clear()
+    again = run_suite(sweep, run_mpc=run_mpc)  # the finished runs are reused, the failed ones run again
+    assert again["ran"]["mpc"] == 2 and ran == [f"{sweep_dir}/mpc/rte/{a}" for a in ("quad+2quad", "quad+2relu")]
 
 
 # ----------------------------------------------------------------------------- prerequisites
@@ -167,6 +272,10 @@ def test_the_shipped_suites_cover_every_task():
     for task in GLUE_TASKS:
         data_dirs = {teacher_config(s, task, sweep_dir).data.data_dir for s in (quick, real)}
         assert len(data_dirs) == 1
+    # under MPC: 200 dev examples per task, all of RTE's and MRPC's; the quick file a few
+    assert {t: mpc_limit(real, t) for t in GLUE_TASKS} == {**{t: 200 for t in GLUE_TASKS}, "rte": None, "mrpc": None}
+    assert {mpc_limit(quick, t) for t in GLUE_TASKS} == {8}
+    assert mpc_runs(real) == [f"{t}/{a}" for t in GLUE_TASKS for a in ("quad+2quad", "quad+2relu")]
 
 
 def test_the_quick_form_keeps_the_tasks_at_a_tiny_budget():
@@ -179,6 +288,9 @@ def test_the_quick_form_keeps_the_tasks_at_a_tiny_budget():
         assert teacher.model == "tiny" and teacher.optim.max_steps and teacher.data.max_train_examples <= 64
         student = student_config(quick, task, "quad+2quad", sweep_dir)
         assert student.stage1.max_steps and student.stage2.max_steps and student.data.max_length <= 32
+    assert {mpc_limit(quick, t) for t in quick.tasks} == {8}  # RTE's and MRPC's "all" too
+    cfg = mpc_config(quick, "rte", "quad+2quad", sweep_dir)
+    assert cfg.limit == 8 and cfg.data.max_length <= 32 and cfg.group.cpus_per_party + cfg.group.cpus_for_dealer <= 1
     with pytest.raises(UserError, match="--quick"):
         quick_form(load_config(SweepConfig, "sweep-quick"))
 
@@ -267,3 +379,54 @@ def test_the_report_command_writes_suite_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--suite", str(tmp_path / "absent")])
     assert exit_info.value.code == 2
+
+
+def _mpc_summary(folder: Path, combo: str, examples: int, mpc: dict, plaintext: dict, **fidelity) -> None:
+    folder.mkdir(parents=True)
+    folder.joinpath("summary.json").write_text(json.dumps({"complete": True, "combos": {combo: {
+        "examples": examples, "task_metrics": mpc, "plaintext_task_metrics": plaintext, "seconds_per_sequence": 1.5,
+        "agreement_with_plaintext": None, **fidelity}}}))
+
+
+def test_the_mpc_rows_put_each_student_under_mpc_beside_plaintext_with_its_bound(tmp_path):
+    layout = _synthetic_suite(tmp_path, ["quad+2quad", "wo_d"])
+    layout["mpc_arms"] = ["quad+2quad"]
+    for task in SYNTHETIC:
+        layout["tasks"][task]["mpc"] = {"quad+2quad": str(tmp_path / "mpc" / task / "quad+2quad")}
+    folder = {task: tmp_path / "mpc" / task / "quad+2quad" for task in SYNTHETIC}
+    cola = {"accuracy": 0.7, "matthews": 0.4}
+    _mpc_summary(folder["cola"], "quad+2quad", 200, cola, cola, agreement_with_plaintext=0.995)
+    _mpc_summary(folder["sst2"], "quad+2quad", 200, {"accuracy": 0.85}, {"accuracy": 0.9},
+                 agreement_with_plaintext=0.99)
+    _mpc_summary(folder["mrpc"], "quad+2quad", 408, {"accuracy": 0.7, "f1": 0.8}, {"accuracy": 0.7, "f1": 0.8},
+                 agreement_with_plaintext=1.0)
+    _mpc_summary(folder["stsb"], "quad+2quad", 200, {"pearson": 0.6, "spearman": 0.58},
+                 {"pearson": 0.6, "spearman": 0.6}, max_abs_error_vs_plaintext=0.04)
+    _mpc_summary(folder["rte"], "quad+2quad", 277, {"accuracy": 0.5}, {"accuracy": 0.5}, agreement_with_plaintext=1.0)
+    layout["mpc_errors"] = {"wnli/quad+2quad": "JobFailed: party lost"}
+    (tmp_path / "suite-layout.json").write_text(json.dumps(layout))
+    report = write_suite_report(tmp_path)
+    rows = {r["task"]: r for r in report["mpc_rows"]}
+    assert list(rows) == list(SYNTHETIC) and {r["arm"] for r in report["mpc_rows"]} == {"quad+2quad"}
+    assert {t: r["within_bound"] for t, r in rows.items() if t != "wnli"} == {
+        "cola": True, "sst2": False, "mrpc": True, "stsb": True, "rte": True}
+    assert rows["mrpc"]["metrics"] == ["f1", "accuracy"] and rows["mrpc"]["examples"] == 408
+    assert rows["stsb"]["regression"] and rows["stsb"]["max_abs_error"] == 0.04 and rows["stsb"]["agreement"] is None
+    assert rows["stsb"]["score_plaintext"] == pytest.approx(0.6) and rows["stsb"]["score_mpc"] == pytest.approx(0.59)
+    assert rows["sst2"]["mpc"] == {"accuracy": 0.85} and rows["sst2"]["plaintext"] == {"accuracy": 0.9}
+    assert rows["wnli"]["status"] == "failed" and rows["wnli"]["error"] == "JobFailed: party lost"
+    saved = json.loads((tmp_path / "suite.json").read_text())
+    assert saved["mpc_rows"] == report["mpc_rows"] and saved["mpc_bounds"] == {"min_agreement": 0.995,
+                                                                              "max_abs_error": 0.05}
+    markdown = (tmp_path / "suite.md").read_text().split("## Under MPC")[1]
+    assert "| mrpc | quad+2quad | 408 | f1 80.00% / accuracy 70.00% | f1 80.00% / accuracy 70.00% |" in markdown
+    assert "| stsb | quad+2quad | 200 |" in markdown and "max abs error 0.0400" in markdown
+    assert ("| sst2 | quad+2quad | 200 | accuracy 85.00% | accuracy 90.00% | agreement 99.00% | 1.500 s | no |"
+            in markdown)
+    assert "| wnli | quad+2quad | failed: JobFailed: party lost |" in markdown
+
+
+def test_a_suite_without_mpc_runs_has_no_mpc_section(tmp_path):
+    (tmp_path / "suite-layout.json").write_text(json.dumps(_synthetic_suite(tmp_path, ["wo_d"])))
+    report = write_suite_report(tmp_path)
+    assert report["mpc_rows"] == [] and "Under MPC" not in report["markdown"]

@@ -17,12 +17,18 @@ A task's ``data`` applies to its teacher and to its students, ``teacher`` to its
 ``<teachers_dir>/<task>/best`` are used and phase 1 is skipped); phase 2 trains every arm of every
 task from that task's teacher (``<sweep>/students/<task>/<arm>``): an approximation name is
 distilled, ``wo_d`` / ``wo_pd`` are the paper's baselines (task loss only, teacher or random
-initialisation) of ``baseline_combo``.
+initialisation) of ``baseline_combo``. Phase 3 runs every distilled arm of every task under MPC
+(``<sweep>/mpc/<task>/<arm>``): the encrypted inference job of ``mpcformer infer`` (its party
+actors on the same cluster, one run after another from the driver) on the first ``mpc_examples``
+dev examples of the task (``all``: the whole dev split; 0: none), with the plaintext reference
+of the same examples (``--check-plaintext``), its settings from ``mpc_base``.
 
 Output folders are derived from the task and arm, so a rerun finds its trials' work: a trial whose
 ``metrics.json`` was written by the same config is reused without training, an unfinished one
-resumes from its last checkpoint. The report (:func:`mpcformer.training.report.write_suite_report`)
-reads the folders named in ``<sweep>/suite-layout.json`` and writes ``suite.md`` and ``suite.json``.
+resumes from its last checkpoint; an MPC run whose ``summary.json`` holds the same settings, written
+after its student, is reused, an unfinished one resumes its batches. The report
+(:func:`mpcformer.training.report.write_suite_report`) reads the folders named in
+``<sweep>/suite-layout.json`` and writes ``suite.md`` and ``suite.json``.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ import copy
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mpcformer.config import apply_overrides, build_config
 from mpcformer.errors import UserError
@@ -43,16 +50,24 @@ from mpcformer.sweep import (
 from mpcformer.training.config import DistillConfig, FinetuneConfig
 from mpcformer.training.report import SUITE_LAYOUT
 
+if TYPE_CHECKING:  # the inference job imports Ray: loaded where an MPC run is built
+    from mpcformer.inference.job import InferConfig
+
 __all__ = [
-    "PHASES", "QUICK_SUITE", "arm_settings", "teacher_config", "student_config", "trial_config", "teacher_dir",
-    "student_dir", "phase_trials",
-    "finished_metrics", "resolve_suite_paths", "validate_suite", "missing_suite_prerequisites",
+    "PHASES", "MPC_PHASE", "QUICK_SUITE", "arm_settings", "teacher_config", "student_config", "trial_config",
+    "teacher_dir", "student_dir", "phase_trials", "mpc_arms", "mpc_dir", "mpc_limit", "mpc_runs", "mpc_config",
+    "finished_mpc", "finished_metrics", "resolve_suite_paths", "validate_suite", "missing_suite_prerequisites",
     "check_suite_prerequisites", "quick_form", "suite_layout", "run_suite",
 ]
 
 log = logging.getLogger(__name__)
 
-PHASES = ("teachers", "students")
+PHASES = ("teachers", "students")  # the training phases, Tune trials
+MPC_PHASE = "mpc"  # the third phase, run by the driver
+
+#: InferConfig fields an MPC run takes from its task and arm (``mpc_base`` may not set them).
+MPC_DERIVED = ("model", "num_labels", "seed", "data", "split", "combos", "limit", "out", "check_plaintext",
+               "job_name")
 
 #: ``--quick``: every task of the suite on the tiny preset, a few updates over a few examples, so
 #: that the whole suite runs end to end in minutes (checks the setup, measures nothing)
@@ -63,10 +78,15 @@ QUICK_SUITE: dict[str, dict[str, Any]] = {
     "teacher": {"optim.max_steps": 6},
     "distill": {"stage1.max_steps": 3, "stage2.max_steps": 3, "stage1.batch_size": 16, "stage2.batch_size": 16,
                 "eval_batch_size": 64},
+    "mpc_examples": 8,  # one MPC forward per arm
+    "mpc_base": {"batch_size": 8, "group.cpus_per_party": 0.5, "group.cpus_for_dealer": 0.5},
 }
 
 #: One trial's work: ("teachers", FinetuneConfig) or ("students", DistillConfig) -> its metrics.
 SuiteRunner = Callable[[str, Any], dict[str, Any]]
+
+#: One MPC run's work: its InferConfig -> the driver's status (:func:`mpcformer.inference.job.run_infer`).
+MpcRunner = Callable[["InferConfig"], dict[str, Any]]
 
 
 # ----------------------------------------------------------------------------- trial configs
@@ -111,22 +131,22 @@ def _build(cls, base: dict[str, Any], layers: list[dict[str, Any]], fixed: dict[
     overrides = {}
     for layer in layers:
         overrides.update(_dotted(layer))
-    overrides.update(progress=False, **fixed)
+    overrides.update(fixed)
     return build_config(cls, copy.deepcopy(base), overrides, source=source)
 
 
 def teacher_config(sweep: SweepConfig, task: str, sweep_dir: Path) -> FinetuneConfig:
     """A task's fine-tuning: ``teacher_base`` + the task's ``data`` and ``teacher`` settings."""
     layers = [{"data": _task_data(sweep, task)}, sweep.tasks[task].teacher]
-    return _build(FinetuneConfig, sweep.teacher_base, layers, {"output_dir": str(teacher_dir(sweep, task, sweep_dir))},
-                  f"sweep '{sweep.name}' teacher of {task}")
+    fixed = {"output_dir": str(teacher_dir(sweep, task, sweep_dir)), "progress": False}
+    return _build(FinetuneConfig, sweep.teacher_base, layers, fixed, f"sweep '{sweep.name}' teacher of {task}")
 
 
 def student_config(sweep: SweepConfig, task: str, arm: str, sweep_dir: Path) -> DistillConfig:
     """One arm of a task: ``base`` + the task's ``data`` and ``distill`` settings, from its teacher."""
     layers = [{"data": _task_data(sweep, task)}, sweep.tasks[task].distill]
     fixed = {**arm_settings(sweep, arm), "teacher": str(teacher_dir(sweep, task, sweep_dir) / "best"),
-             "output_dir": str(student_dir(task, arm, sweep_dir))}
+             "output_dir": str(student_dir(task, arm, sweep_dir)), "progress": False}
     return _build(DistillConfig, sweep.base, layers, fixed, f"sweep '{sweep.name}' {task} {arm}")
 
 
@@ -142,6 +162,40 @@ def trial_config(sweep: SweepConfig, phase: str, key: str, sweep_dir: Path) -> F
         return teacher_config(sweep, key, sweep_dir)
     task, arm = key.split("/", 1)
     return student_config(sweep, task, arm, sweep_dir)
+
+
+def mpc_arms(sweep: SweepConfig) -> list[str]:
+    """The arms that run under MPC: the distilled ones (the baselines are measured in plaintext only)."""
+    return [arm for arm in sweep.arms if arm not in BASELINE_ARMS]
+
+
+def mpc_dir(task: str, arm: str, sweep_dir: Path) -> Path:
+    return sweep_dir / "mpc" / task / arm
+
+
+def mpc_limit(sweep: SweepConfig, task: str) -> int | None:
+    """Dev examples of ``task`` under MPC: the task's ``mpc_examples``, else the suite's; None = all."""
+    examples = sweep.tasks[task].mpc_examples
+    examples = sweep.mpc_examples if examples is None else examples
+    return None if examples == "all" else examples
+
+
+def mpc_runs(sweep: SweepConfig) -> list[str]:
+    """The MPC runs, ``<task>/<arm>``: every distilled arm of every task with examples under MPC."""
+    return [f"{task}/{arm}" for task in sweep.tasks if mpc_limit(sweep, task) != 0 for arm in mpc_arms(sweep)]
+
+
+def mpc_config(sweep: SweepConfig, task: str, arm: str, sweep_dir: Path) -> InferConfig:
+    """One arm's run under MPC: ``mpc_base`` + the student's checkpoint, data and seed on the dev
+    split, with the plaintext reference (agreement needs it)."""
+    from mpcformer.inference.job import InferConfig
+
+    student = student_config(sweep, task, arm, sweep_dir)
+    fixed = {"model": str(Path(student.output_dir) / "best"), "seed": student.seed, "data": student.data.model_dump(),
+             "split": "dev", "combos": [student.combo], "limit": mpc_limit(sweep, task),
+             "out": str(mpc_dir(task, arm, sweep_dir)), "check_plaintext": True,
+             "job_name": f"{sweep.name}-mpc-{task}-{arm}"}
+    return _build(InferConfig, sweep.mpc_base, [], fixed, f"sweep '{sweep.name}' {task} {arm} under MPC")
 
 
 def finished_metrics(cfg: FinetuneConfig | DistillConfig) -> dict[str, Any] | None:
@@ -161,10 +215,30 @@ def finished_metrics(cfg: FinetuneConfig | DistillConfig) -> dict[str, Any] | No
     return metrics
 
 
+def finished_mpc(cfg: InferConfig, student: DistillConfig) -> dict[str, Any] | None:
+    """The summary of a complete MPC run of exactly ``cfg`` written after its student's
+    ``metrics.json``, else None (a retrained student is measured again)."""
+    from mpcformer.inference.job import finished_summary
+
+    summary = finished_summary(cfg)
+    if summary is None or _older_than(Path(cfg.out) / "summary.json", Path(student.output_dir) / "metrics.json"):
+        return None
+    return summary
+
+
+def _older_than(path: Path, other: Path) -> bool:
+    return other.is_file() and path.stat().st_mtime < other.stat().st_mtime
+
+
 def validate_suite(sweep: SweepConfig, sweep_dir: Path) -> None:
-    """Build every trial's config up front, so a typo or an unknown task fails before any trial starts."""
+    """Build every trial's and MPC run's config up front, so a typo or an unknown task fails before
+    any trial starts."""
     from mpcformer.data.loading import resolve_task
 
+    derived = sorted(key for key in _dotted(sweep.mpc_base) if key.split(".")[0] in MPC_DERIVED)
+    if derived:
+        raise UserError(f"sweep '{sweep.name}': mpc_base sets {', '.join(derived)}, which each MPC run takes from "
+                        "its task and arm: remove it (a task's data section sets the data)")
     for task in sweep.tasks:
         cfgs = [teacher_config(sweep, task, sweep_dir)]
         cfgs += [student_config(sweep, task, arm, sweep_dir) for arm in sweep.arms]
@@ -172,6 +246,8 @@ def validate_suite(sweep: SweepConfig, sweep_dir: Path) -> None:
         if any(cfg.data.validation_fraction == 0 for cfg in cfgs):
             raise UserError(f"task '{task}': the suite keeps checkpoints on the validation split: "
                             "data.validation_fraction must be above 0")
+    for key in mpc_runs(sweep):
+        mpc_config(sweep, *key.split("/", 1), sweep_dir)
 
 
 # ----------------------------------------------------------------------------- paths and prerequisites
@@ -216,8 +292,8 @@ def check_suite_prerequisites(sweep: SweepConfig) -> None:
 # ----------------------------------------------------------------------------- the quick form
 def quick_form(sweep: SweepConfig) -> SweepConfig:
     """The same suite (tasks, arms, data) at :data:`QUICK_SUITE`'s budget, its teachers on the tiny
-    preset (with ``teachers_dir`` set, the students of those teachers), named ``<name>-quick`` so that
-    its folders stay apart from the real run's."""
+    preset (with ``teachers_dir`` set, the students of those teachers), a few examples of each task
+    under MPC, named ``<name>-quick`` so that its folders stay apart from the real run's."""
     if not sweep.tasks:
         raise UserError(f"sweep '{sweep.name}': --quick is for suite configs (with tasks:), this one has a grid")
     tasks = {
@@ -225,11 +301,14 @@ def quick_form(sweep: SweepConfig) -> SweepConfig:
             "data": {**task.data, **QUICK_SUITE["data"]},
             "teacher": {**_dotted(task.teacher), **QUICK_SUITE["teacher"]},
             "distill": {**_dotted(task.distill), **QUICK_SUITE["distill"]},
+            "mpc_examples": None,  # the suite's, below
         })
         for name, task in sweep.tasks.items()
     }
     teacher_base = apply_overrides(copy.deepcopy(sweep.teacher_base), QUICK_SUITE["teacher_base"])
-    return sweep.model_copy(update={"name": f"{sweep.name}-quick", "tasks": tasks, "teacher_base": teacher_base})
+    mpc_base = apply_overrides(copy.deepcopy(sweep.mpc_base), QUICK_SUITE["mpc_base"])
+    return sweep.model_copy(update={"name": f"{sweep.name}-quick", "tasks": tasks, "teacher_base": teacher_base,
+                                    "mpc_examples": QUICK_SUITE["mpc_examples"], "mpc_base": mpc_base})
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -300,17 +379,24 @@ def _run_phase(sweep: SweepConfig, sweep_dir: Path, phase: str, keys: list[str],
     return {result.config["trial"]: error_cause(result.error) for result in tuner.fit() if result.error is not None}
 
 
-def suite_layout(sweep: SweepConfig, sweep_dir: Path, errors: dict[str, str] | None = None) -> dict[str, Any]:
-    """What the report reads: per task its teacher's and its arms' folders, the arms, the tasks
-    averaged, and the cause of each failed trial (``<task>`` or ``<task>/<arm>``)."""
+def suite_layout(sweep: SweepConfig, sweep_dir: Path, errors: dict[str, str] | None = None,
+                 mpc_errors: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the report reads: per task its teacher's and its arms' folders and its MPC runs' folders,
+    the arms, the tasks averaged, and the cause of each failed trial (``<task>`` or ``<task>/<arm>``)
+    and of each failed MPC run (``<task>/<arm>``)."""
+    mpc = set(mpc_runs(sweep))
     return {
         "name": sweep.name,
         "arms": list(sweep.arms),
+        "mpc_arms": mpc_arms(sweep),
         "average_tasks": list(sweep.average_tasks),
         "tasks": {task: {"teacher": str(teacher_dir(sweep, task, sweep_dir)),
-                         "arms": {arm: str(student_dir(task, arm, sweep_dir)) for arm in sweep.arms}}
+                         "arms": {arm: str(student_dir(task, arm, sweep_dir)) for arm in sweep.arms},
+                         "mpc": {arm: str(mpc_dir(task, arm, sweep_dir)) for arm in mpc_arms(sweep)
+                                 if f"{task}/{arm}" in mpc}}
                   for task in sweep.tasks},
         "errors": dict(errors or {}),
+        "mpc_errors": dict(mpc_errors or {}),
     }
 
 
@@ -322,11 +408,12 @@ def _pending(sweep: SweepConfig, phase: str, sweep_dir: Path, skip: set[str]) ->
 
 
 def run_suite(sweep: SweepConfig, base_dir: str | Path | None = None,
-              run_trial: SuiteRunner | None = None) -> dict[str, Any]:
+              run_trial: SuiteRunner | None = None, run_mpc: MpcRunner | None = None) -> dict[str, Any]:
     """Run (or finish) the suite on the connected Ray cluster; write the report; return its summary.
 
     Relative paths resolve against ``base_dir`` (default: the current directory). ``run_trial``:
-    what each trial runs (default: fine-tuning / distillation)."""
+    what each trial runs (default: fine-tuning / distillation); ``run_mpc``: what each MPC run
+    runs (default: the encrypted inference job)."""
     import ray
 
     from mpcformer.training.report import write_suite_report
@@ -351,9 +438,58 @@ def run_suite(sweep: SweepConfig, base_dir: str | Path | None = None,
                  len(phase_trials(sweep, phase)) - len(keys))
         if keys:
             errors.update(_run_phase(sweep, sweep_dir, phase, keys, run_trial))
-    layout = suite_layout(sweep, sweep_dir, errors)
+    ran[MPC_PHASE], mpc_errors = _run_mpc_phase(sweep, sweep_dir, errors, run_mpc)
+    layout = suite_layout(sweep, sweep_dir, errors, mpc_errors)
     (sweep_dir / SUITE_LAYOUT).write_text(json.dumps(layout, indent=2))
     report = write_suite_report(sweep_dir)
-    return {"sweep_dir": str(sweep_dir), "ran": ran, "errors": errors, "report": report,
+    return {"sweep_dir": str(sweep_dir), "ran": ran, "errors": errors, "mpc_errors": mpc_errors, "report": report,
             "attempts": {key: _read_attempts(Path(trial_config(sweep, phase, key, sweep_dir).output_dir))
                          for phase in PHASES for key in phase_trials(sweep, phase)}}
+
+
+# ----------------------------------------------------------------------------- phase 3: under MPC
+def _run_infer(cfg: InferConfig) -> dict[str, Any]:
+    from mpcformer.inference.job import run_infer
+
+    return run_infer(cfg, progress=False)
+
+
+def _start_over_if_stale(cfg: InferConfig, student: DistillConfig) -> None:
+    """Clear an MPC folder that holds a run of other settings, or one begun before its student was
+    (re)trained: its batches are not this student's, and the inference job would resume them."""
+    from mpcformer.inference.job import holds_other_run
+
+    out = Path(cfg.out)
+    run_info, student_metrics = out / "run.json", Path(student.output_dir) / "metrics.json"
+    if run_info.is_file() and (holds_other_run(cfg) or _older_than(run_info, student_metrics)):
+        log.info("suite MPC run %s: starting over (another run's, or older than its student)", out)
+        shutil.rmtree(out)
+
+
+def _run_mpc_phase(sweep: SweepConfig, sweep_dir: Path, errors: dict[str, str],
+                   run_mpc: MpcRunner | None) -> tuple[int, dict[str, str]]:
+    """Run the MPC runs not finished here, one after another from the driver (each starts its own
+    party actors on the cluster); returns how many ran and ``<task>/<arm>`` -> cause for the failed
+    ones. A failed run does not stop the next; an arm without a finished student is not run."""
+    keys, mpc_errors = [], {}
+    for key in mpc_runs(sweep):
+        task, arm = key.split("/", 1)
+        student = student_config(sweep, task, arm, sweep_dir)
+        if finished_metrics(student) is None:
+            mpc_errors[key] = f"not run: the student {key} {'failed' if key in errors else 'is not finished'}"
+        elif finished_mpc(mpc_config(sweep, task, arm, sweep_dir), student) is None:
+            keys.append(key)
+    log.info("suite '%s' %s: %d to run, %d finished", sweep.name, MPC_PHASE, len(keys),
+             len(mpc_runs(sweep)) - len(keys) - len(mpc_errors))
+    for key in keys:
+        task, arm = key.split("/", 1)
+        cfg = mpc_config(sweep, task, arm, sweep_dir)
+        try:
+            _start_over_if_stale(cfg, student_config(sweep, task, arm, sweep_dir))
+            status = (run_mpc or _run_infer)(cfg)
+            if not status.get("complete"):
+                raise UserError(f"{status.get('batches_planned')} batches planned, not all committed; run again")
+        except Exception as err:  # noqa: BLE001 - one run's failure is reported, the others still run
+            mpc_errors[key] = error_cause(err)
+            log.error("suite MPC run %s failed: %s", key, mpc_errors[key])
+    return len(keys), mpc_errors

@@ -39,7 +39,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Annotated, Any, Callable, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -48,8 +48,8 @@ from mpcformer.errors import UserError
 from mpcformer.training.config import Baseline, DistillConfig
 
 __all__ = [
-    "SweepConfig", "SuiteTask", "run_sweep", "trial_config", "trial_configs", "validate_grid", "resolve_paths",
-    "missing_prerequisites", "check_prerequisites", "error_cause", "failure_lines", "TrialStopped",
+    "SweepConfig", "SuiteTask", "MpcExamples", "run_sweep", "trial_config", "trial_configs", "validate_grid",
+    "resolve_paths", "missing_prerequisites", "check_prerequisites", "error_cause", "failure_lines", "TrialStopped",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,17 @@ SUITE_ARMS = ["quad+2quad", "quad+2relu", *BASELINE_ARMS]
 SUITE_AVERAGE = ["cola", "sst2", "mrpc", "stsb", "rte"]
 
 
+#: Dev examples a distilled student runs under MPC: a count (0: none), or "all" of the dev split.
+MpcExamples = Annotated[int, Field(ge=0)] | Literal["all"]
+
+
 class SuiteTask(StrictModel):
     """One task of a suite (``tasks:`` form, :mod:`mpcformer.suite`); its key names the task."""
 
     data: dict[str, Any] = Field(default_factory=dict, description="data fields of its teacher and its students")
     teacher: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields of its teacher")
     distill: dict[str, Any] = Field(default_factory=dict, description="DistillConfig fields of its arms")
+    mpc_examples: MpcExamples | None = Field(None, description="dev examples under MPC; None: the suite's")
 
 
 class SweepConfig(StrictModel):
@@ -108,6 +113,9 @@ class SweepConfig(StrictModel):
     teachers_dir: str | None = None  # teachers trained elsewhere: <teachers_dir>/<task>/best; None = train them
     average_tasks: list[str] = Field(default_factory=lambda: list(SUITE_AVERAGE),
                                      description="tasks the report averages; the others are reported apart")
+    mpc_examples: MpcExamples = Field(200, description="dev examples per task each distilled arm runs under MPC")
+    mpc_base: dict[str, Any] = Field(default_factory=dict, description="InferConfig fields of every MPC run "
+                                     "(batch_size, group, pool); the suite sets the model, data and output")
 
     @field_validator("arms")
     @classmethod

@@ -8,8 +8,9 @@ Output folder layout (``out/``):
     predictions.jsonl                  every record; appended live, rewritten in order: client
     events.jsonl                       group failures and retries seen by the driver: driver
     status.json                        counts only: batches done, retries, wall time: driver
-    summary.json                       accuracy, agreement, latency percentiles, rounds/bytes per
-                                       sequence, once every batch is in: client
+    summary.json                       accuracy, agreement, task metrics (and in plaintext), latency
+                                       percentiles, rounds/bytes per sequence, once every batch is in:
+                                       client
 
 A batch is *finished* exactly when its ``batches/`` file exists: the client actor writes it to a
 temporary name, fsyncs and renames it (atomic on POSIX), under a lock that also appends its

@@ -40,7 +40,7 @@ from mpcformer.data.loading import DataConfig
 
 __all__ = [
     "InferConfig", "run_infer", "check_local_inputs", "prepare_item", "plan_run", "summary_item", "with_absolute_paths",
-    "model_labels",
+    "model_labels", "finished_summary", "holds_other_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,32 @@ def _run_info(cfg: InferConfig) -> dict[str, Any]:
         "split": cfg.split, "combos": cfg.combos, "batch_size": cfg.batch_size, "limit": cfg.limit,
         "check_plaintext": cfg.check_plaintext,
     }))
+
+
+def finished_summary(cfg: InferConfig) -> dict[str, Any] | None:
+    """The ``summary.json`` of a complete run of exactly ``cfg`` in its output folder, else None
+    (nothing there, an unfinished run, or another run's)."""
+    cfg = with_absolute_paths(cfg)
+    try:
+        summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("complete") and _previous_run(cfg) == _run_info(cfg) else None
+
+
+def holds_other_run(cfg: InferConfig) -> bool:
+    """Whether ``cfg``'s output folder holds a run of other settings (which :func:`run_infer` refuses
+    to resume once it finished a batch)."""
+    cfg = with_absolute_paths(cfg)
+    previous = _previous_run(cfg)
+    return previous is not None and previous != _run_info(cfg)
+
+
+def _previous_run(cfg: InferConfig) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(cfg.out) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def model_labels(cfg: InferConfig) -> int:

@@ -15,7 +15,9 @@ A run is three steps, each a pair of calls (party 0, party 1) on one party group
    agreement, task metrics, latency, rounds, bytes); party 0 has nothing to do. For a regression
    task (STS-B) a record's prediction is the score itself (a float), and the summary gives the
    task metric (Pearson, Spearman) and, with ``check_plaintext``, the largest absolute error
-   against the plaintext score instead of an agreement rate.
+   against the plaintext score instead of an agreement rate. With ``check_plaintext`` each record
+   also keeps the plaintext reference logits, and the summary the task metrics computed from them
+   (``plaintext_task_metrics``, the same examples in plaintext).
 
 The client reads nothing of the owner's: the bundle reaches it over the session. The driver
 sends each party paths, ids and counts, and gets back counts, paths and cost figures (latency,
@@ -302,15 +304,23 @@ def client_summarize(rank: int, request: ClientSummary) -> dict[str, Any]:
 
 
 def _task_metrics(run: RunData, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """GLUE's metric(s) of the task from the encrypted logits (e.g. F1 for MRPC, Matthews for CoLA)."""
+    """GLUE's metric(s) of the task from the encrypted logits (e.g. F1 for MRPC, Matthews for CoLA)
+    and, in evaluation mode, from the plaintext reference logits of the same examples."""
     if not records:
         return {}
+    metrics = {"task_metrics": _metrics_of(run, records, "logits")}
+    if all("plaintext_logits" in r for r in records):
+        metrics["plaintext_task_metrics"] = _metrics_of(run, records, "plaintext_logits")
+    return metrics
+
+
+def _metrics_of(run: RunData, records: list[dict[str, Any]], key: str) -> dict[str, float]:
     import numpy as np
 
     from mpcformer.data import compute_metrics
 
-    logits = np.asarray([r["logits"] for r in records], dtype=np.float64)
-    return {"task_metrics": compute_metrics(logits, [r["label"] for r in records], _spec(run))}
+    logits = np.asarray([r[key] for r in records], dtype=np.float64)
+    return compute_metrics(logits, [r["label"] for r in records], _spec(run))
 
 
 def _spec(run: RunData):
@@ -371,6 +381,7 @@ def _records(
         }
         if reference is not None:
             ref = reference[row]
+            record["plaintext_logits"] = ref
             record["plaintext_prediction"] = ref[0] if regression else max(range(len(ref)), key=ref.__getitem__)
             record["max_abs_logit_error"] = max(abs(a - b) for a, b in zip(logits[row], ref))
             if regression:

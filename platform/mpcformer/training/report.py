@@ -15,7 +15,12 @@ the task's official metrics (kept on validation; dev = test of the kept and of t
 checkpoint), each task's GLUE score (the mean of its official metrics: MRPC F1 and accuracy, STS-B
 Pearson and Spearman, else the one metric), per arm the average score over the averaged tasks
 (CoLA, SST-2, MRPC, STS-B, RTE) and its share of the teacher's average; the other tasks (WNLI)
-are reported apart, outside the average.
+are reported apart, outside the average. Under MPC (the suite's third phase) it gives per task and
+distilled arm, on the same dev examples, the task's official metrics of the encrypted run beside
+the same student's in plaintext, the prediction agreement between the two (classification) or the
+largest absolute difference of the scores (regression), the latency per example (the encrypted
+forwards' time over the examples) and the number of examples, and whether the run is within
+:data:`MPC_MIN_AGREEMENT` / :data:`MPC_MAX_ABS_ERROR`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from mpcformer.errors import UserError
 from mpcformer.training.history import eval_points
 
 __all__ = ["RunSummary", "load_run", "render_table", "plot_runs", "task_score", "suite_summary", "render_suite",
-           "write_suite_report"]
+           "write_suite_report", "MPC_MIN_AGREEMENT", "MPC_MAX_ABS_ERROR"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,11 @@ def plot_runs(runs: list[RunSummary], path: str | Path, title: str) -> Path:
 # ----------------------------------------------------------------------------- the GLUE suite
 SUITE_LAYOUT = "suite-layout.json"  # written by mpcformer.suite: the folders of every trial
 
+#: What an MPC run must reach to match its plaintext student: prediction agreement (classification)
+MPC_MIN_AGREEMENT = 0.995
+#: ... or the largest absolute score difference (regression, STS-B's 0-5 scale)
+MPC_MAX_ABS_ERROR = 0.05
+
 
 def task_score(values: dict[str, float] | None, names: tuple[str, ...] | list[str]) -> float | None:
     """GLUE's score of a task: the mean of its official metrics (None when one is missing)."""
@@ -158,6 +168,33 @@ def _suite_row(task: str, arm: str, folder: str, error: str) -> dict[str, Any]:
         "score_kept": task_score(kept_dev, names), "score_last": task_score(last_dev, names),
         "kept_at": f"{metrics.get('best_phase') or 'finetune'} update {metrics.get('best_step')}",
         "chosen_on": (metrics.get("selection") or {}).get("chosen_on", "-"),
+    }
+
+
+def _mpc_row(task: str, arm: str, folder: str, error: str) -> dict[str, Any]:
+    """One MPC run as the report shows it (its ``summary.json``); ``status`` ok, failed (this sitting,
+    with the cause: a summary left from before is not its student's) or missing."""
+    row: dict[str, Any] = {"task": task, "arm": arm, "folder": folder}
+    if error:
+        return {**row, "status": "failed", "error": error}
+    try:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+        combo = summary["combos"][arm]  # a distilled arm is its approximation's name
+    except (OSError, ValueError, KeyError):
+        return {**row, "status": "missing", "error": ""}
+    mpc, plaintext = combo.get("task_metrics") or {}, combo.get("plaintext_task_metrics") or {}
+    # the task's official metrics (a task of the user's own: every metric the summary gives)
+    names = [n for n in _official_metrics(task, "") if n in mpc] or list(mpc)
+    regression = "max_abs_error_vs_plaintext" in combo
+    agreement, max_abs_error = combo.get("agreement_with_plaintext"), combo.get("max_abs_error_vs_plaintext")
+    within = (max_abs_error is not None and max_abs_error < MPC_MAX_ABS_ERROR if regression
+              else agreement is not None and agreement >= MPC_MIN_AGREEMENT)
+    return {
+        **row, "status": "ok", "error": "", "examples": combo["examples"], "metrics": names,
+        "mpc": {n: mpc.get(n) for n in names}, "plaintext": {n: plaintext.get(n) for n in names},
+        "score_mpc": task_score(mpc, names), "score_plaintext": task_score(plaintext, names),
+        "regression": regression, "agreement": agreement, "max_abs_error": max_abs_error,
+        "seconds_per_example": combo.get("seconds_per_sequence"), "within_bound": within,
     }
 
 
@@ -198,8 +235,13 @@ def suite_summary(layout: dict[str, Any]) -> dict[str, Any]:
     for entry in averages.values():
         for key in ("kept", "last"):  # both against the teacher's kept average
             entry[f"{key}_vs_teacher"] = _share(entry[key], teacher_average)
+    mpc_errors = layout.get("mpc_errors", {})
+    mpc_rows = [_mpc_row(task, arm, folder, mpc_errors.get(f"{task}/{arm}", ""))
+                for task, folders in layout["tasks"].items() for arm, folder in folders.get("mpc", {}).items()]
     return {"name": layout.get("name", ""), "arms": arms, "average_tasks": averaged,
-            "apart_tasks": [t for t in layout["tasks"] if t not in averaged], "rows": rows, "averages": averages}
+            "apart_tasks": [t for t in layout["tasks"] if t not in averaged], "rows": rows, "averages": averages,
+            "mpc_arms": layout.get("mpc_arms", []), "mpc_rows": mpc_rows,
+            "mpc_bounds": {"min_agreement": MPC_MIN_AGREEMENT, "max_abs_error": MPC_MAX_ABS_ERROR}}
 
 
 def _metric_cell(values: dict[str, float | None], names: list[str]) -> str:
@@ -226,6 +268,27 @@ def _suite_rows_md(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _mpc_fidelity(r: dict[str, Any]) -> str:
+    if r["regression"]:
+        return "-" if r["max_abs_error"] is None else f"max abs error {r['max_abs_error']:.4f}"
+    return f"agreement {_percent(r['agreement'])}"
+
+
+def _mpc_rows_md(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| task | arm | examples | under MPC | plaintext | agreement / max abs error | latency per example "
+             "| within bound |",
+             "| --- | --- | ---: | --- | --- | --- | ---: | --- |"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['task']} | {r['arm']} | {r['status']}: {r['error'] or 'no summary.json'} | | | | | |")
+            continue
+        latency = "-" if r["seconds_per_example"] is None else f"{r['seconds_per_example']:.3f} s"
+        lines.append(f"| {r['task']} | {r['arm']} | {r['examples']} | {_metric_cell(r['mpc'], r['metrics'])} "
+                     f"| {_metric_cell(r['plaintext'], r['metrics'])} | {_mpc_fidelity(r)} | {latency} "
+                     f"| {'yes' if r['within_bound'] else 'no'} |")
+    return lines
+
+
 def render_suite(summary: dict[str, Any]) -> str:
     """suite.md: the averages per arm, then every task's rows; the tasks outside the average apart."""
     tasks = ", ".join(summary["average_tasks"])
@@ -243,6 +306,12 @@ def render_suite(summary: dict[str, Any]) -> str:
     if apart:
         lines += ["", f"## Reported apart (not in the average): {', '.join(summary['apart_tasks'])}", "",
                   *_suite_rows_md(apart)]
+    if summary["mpc_rows"]:
+        bounds = summary["mpc_bounds"]
+        lines += ["", "## Under MPC", "",
+                  f"The distilled students encrypted and in plaintext on the same dev examples; within bound: "
+                  f"agreement at least {_percent(bounds['min_agreement'])} (classification), max abs error "
+                  f"below {bounds['max_abs_error']} (regression).", "", *_mpc_rows_md(summary["mpc_rows"])]
     return "\n".join(lines) + "\n"
 
 
