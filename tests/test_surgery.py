@@ -268,3 +268,20 @@ def test_layernorm_normaliser_survives_save_reload_and_goes_back_to_exact(tmp_pa
     clone = pickle.loads(pickle.dumps(model))
     with torch.no_grad():
         assert torch.equal(clone(**_batch()).logits, model(**_batch()).logits)
+
+
+def test_running_another_combination_than_trained_is_said_once_per_party_process(caplog):
+    from mpcformer.inference import party_ops
+
+    party_ops._mismatches_said.clear()
+    teacher = approximate(_model("bert", num_hidden_layers=1), Combo.parse("exact"))
+    student = approximate(_model("bert", num_hidden_layers=1), Combo.parse("quad+2quad"))
+    with caplog.at_level("WARNING", logger=party_ops.log.name):
+        for _ in range(3):  # one call per batch
+            party_ops._warn_on_combo_mismatch(teacher, "puma-gelu+softmax")
+            party_ops._warn_on_combo_mismatch(student, "quad+2relu")
+            party_ops._warn_on_combo_mismatch(student, "quad+2quad")
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 2
+    assert "drop-in" in said[0] and "puma-gelu+softmax" in said[0]
+    assert "quad+2quad" in said[1] and "quad+2relu" in said[1]

@@ -7,6 +7,7 @@
       use_gpu: auto            # one GPU per party when the cluster has GPUs
       role_resources: false    # true: each role asks for its custom Ray resource (ROLE_RESOURCES)
       placement_timeout_s: 60
+      startup_timeout_s: 180   # placed actors import torch, CrypTen and the model code
       mpc: {timeout_s: 120}    # deadline of every rendezvous and collective (MPCConfig)
 """
 
@@ -47,6 +48,9 @@ class PartyGroupConfig(StrictModel):
         "mpc_dealer (one unit each): each role runs only on nodes that offer its resource (two parties only)"
     )
     placement_timeout_s: float = Field(default=60.0, gt=0, description="deadline for Ray to place the group")
+    # apart from placement: a cluster that cannot place fails fast, while three actors importing torch,
+    # CrypTen and transformers on a busy 2-core node can take minutes
+    startup_timeout_s: float = Field(default=180.0, gt=0, description="deadline for the placed actors to start")
     run_timeout_s: float | None = Field(
         default=None, gt=0, description="deadline of one run() on the driver; None: only the per-step MPC deadlines"
     )

@@ -268,7 +268,7 @@ class PartyGroup:
             self._check_not_stopped()
             self._create_actors(mpc, n)
         refs = {self._who(rank): actor.describe.remote() for rank, actor in enumerate(self._actors())}
-        info = self._await(refs, "actor start-up", self.config.placement_timeout_s, watch_dealer=False)
+        info = self._await(refs, "actor start-up", self.config.startup_timeout_s, watch_dealer=False)
         self.actors_info = [info[self._who(rank)] for rank in range(len(refs))]
 
     def _create_actors(self, mpc: dict[str, Any], n: int) -> None:

@@ -126,11 +126,20 @@ def load_owner_model(source: ModelSource):
     return _load_owner(source)[0]
 
 
+_mismatches_said: set[tuple[str, str]] = set()  # said once per (trained, run) combination in a party process
+
+
 def _warn_on_combo_mismatch(model, combo: str) -> None:
     from mpcformer.models.surgery import combo_of
 
     trained = combo_of(model)
-    if trained is not None and trained.name != combo:
+    if trained is None or trained.name == combo or (trained.name, combo) in _mismatches_said:
+        return
+    _mismatches_said.add((trained.name, combo))
+    if trained.name == "exact":
+        log.warning("the model was trained with exact GeLU and softmax and runs with %s undistilled (drop-in): "
+                    "its accuracy is not the trained model's (docs/results.md, drop-in)", combo)
+    else:
         log.warning("the model was distilled for %s but runs with %s: expect lower accuracy", trained.name, combo)
 
 
