@@ -31,12 +31,42 @@ def build_model(name: str, seed: int = 0) -> torch.nn.Module:
         model = BertForSequenceClassification(BertConfig(**TINY_SHAPE))
     elif name == "tiny-roberta":
         model = RobertaForSequenceClassification(RobertaConfig(pad_token_id=0, max_position_embeddings=66, **TINY_SHAPE))
+    elif name == "tiny-bert-calibrated":
+        return calibrated(build_model("tiny-bert", seed))
     elif name == "minilm":
         from mpcformer.models.presets import load_preset
 
         model, _ = load_preset("minilm", num_labels=2, seed=seed)
     else:
         raise ValueError(f"unknown test model '{name}'")
+    return model.eval()
+
+
+#: a calibration set apart from the test sentences (SST-2 dev): ``ln:fit`` is fitted to these
+CALIBRATION_SENTENCES = [
+    "a gripping, beautifully acted story that stays with you long after the credits roll .",
+    "the plot is thin and the jokes fall flat .",
+    "it 's a charming , funny and often moving film about growing up .",
+    "an overlong mess that never decides what it wants to be .",
+    "the performances are fine , but the script lets them down at every turn .",
+    "one of the year 's most surprising and satisfying movies .",
+]
+CALIBRATED_COMBO = "quad+2quad-fit+ln:fit"
+
+
+def calibrated(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with ``ln:fit`` calibrated per LayerNorm on :data:`CALIBRATION_SENTENCES`."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    from mpcformer.approx import Combo
+    from mpcformer.models.presets import minilm_path
+    from mpcformer.models.surgery import calibrate_layernorms
+
+    batch = AutoTokenizer.from_pretrained(minilm_path())(CALIBRATION_SENTENCES, padding=True, return_tensors="pt")
+    model = copy.deepcopy(model)
+    calibrate_layernorms(model, Combo.parse(CALIBRATED_COMBO), [dict(batch)], margin=2.0)
     return model.eval()
 
 

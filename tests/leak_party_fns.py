@@ -70,10 +70,14 @@ def linear_honest_then_leaky(rank: int, out_dir: str, ids: list, table: list, we
     return {"logits": revealed.tolist() if rank == CLIENT else None}
 
 
-def private_inference_tapped(rank: int, out_dir: str, preset: str, combos: list, ids: list, mask: list, seed: int) -> dict:
-    """Private inference on ``preset`` (the owner builds it from the seed) once per combo, each
-    combo's traffic recorded apart (``<combo>-party<rank>.pt``)."""
+def private_inference_tapped(
+    rank: int, out_dir: str, preset: str, combos: list, ids: list, mask: list, seed: int, calibration: dict | None = None
+) -> dict:
+    """Private inference on ``preset`` (the owner builds it from the seed, with the LayerNorm
+    ``calibration`` record if given) once per combo, each combo's traffic recorded apart
+    (``<combo>-party<rank>.pt``)."""
     from mpcformer.models.presets import load_preset
+    from mpcformer.models.surgery import CALIBRATION_KEY
     from mpcformer.inference.protocol import run_private_inference
     from leak_tap import LeakTap
 
@@ -81,6 +85,8 @@ def private_inference_tapped(rank: int, out_dir: str, preset: str, combos: list,
     if rank == OWNER:
         model, _ = load_preset(preset, num_labels=2, seed=seed)
         model.eval()
+        if calibration:
+            setattr(model.config, CALIBRATION_KEY, calibration)
     results = {}
     for combo in combos:
         with LeakTap(rank) as tap:

@@ -28,6 +28,9 @@ DEFAULT_TOLERANCE = 5e-3  # for approximations registered after this test was wr
 RELATIVE = 1e-4
 # non-default parameters checked as well: (name, params, tolerance)
 VARIANTS = [("2quad", {"c": 1.0}, 5e-4), ("lim-softmax", {"n": 6.0}, 5e-4), ("taylor-softmax", {"order": 4.0}, 2e-3)]
+# a calibrated LayerNorm: position 0 ([CLS]) on its own range, far above the others'
+CALIBRATED_LN = {"low": 0.06, "high": 30.0, "degree": 4.0, "steps": 0.0, "first_low": 60.0, "first_high": 2000.0}
+VARIANTS.append(("ln:fit", CALIBRATED_LN, 5e-3))
 # (order 4: four products of random-share truncations feed the reciprocal; 5e-4 was exceeded once, 5.1e-4)
 
 
@@ -47,7 +50,12 @@ def _fit_params(params: dict[str, float]) -> dict[str, float]:
 
 def _variances(params: dict[str, float]) -> torch.Tensor:
     """LayerNorm variances over the normaliser's stated range: the fitted range, or
-    LayerNorm's working range for the exact one (4 per decade)."""
+    LayerNorm's working range for the exact one (4 per decade). With a first position's range:
+    (3, 14, 1), position 0 of each row in that range and the others in ``[low, high]``."""
+    if params.get("first_low"):
+        first = torch.logspace(math.log10(params["first_low"]), math.log10(params["first_high"]), 3)
+        rest = torch.logspace(math.log10(params["low"]), math.log10(params["high"]), 39).reshape(3, 13)
+        return torch.cat([first[:, None], rest], dim=1)[..., None]
     if "low" in params:
         return torch.logspace(math.log10(params["low"]), math.log10(params["high"]), 41)
     return torch.logspace(-2.5, 5, 31)
@@ -84,7 +92,20 @@ def all_encrypted(rank: int, x: list, scores: list, mask: list) -> dict[str, dic
         else:
             y = approx.encrypted(scores_enc, public_mask, **params)
         out[_key(name, params)] = y.get_plain_text().tolist()
-    return {"outputs": out, "rounds": measure(rank)}
+    return {"outputs": out, "rounds": measure(rank), "ln_fit_rounds": _ln_fit_rounds()}
+
+
+def _ln_fit_rounds() -> dict[str, int]:
+    """Rounds of one ``ln:fit`` call on the same (3, 14, 1) variances, with and without a first range."""
+    from mpcformer.mpc.compat import crypten
+
+    fit, rounds = get("ln:fit"), {}
+    variances = crypten.cryptensor(_variances(CALIBRATED_LN), src=0)
+    for label, params in (("one range", fit.params), ("first apart", CALIBRATED_LN)):
+        before = crypten.communicator.get().get_communication_stats()["rounds"]
+        fit.encrypted(variances, **params)
+        rounds[label] = crypten.communicator.get().get_communication_stats()["rounds"] - before
+    return rounds
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +136,9 @@ def test_encrypted_form_matches_plaintext_under_mpc(name, params, tolerance, enc
         assert got.shape == twin.shape
         error = (got / twin - 1).abs().max().item()
         assert error <= LAYERNORM_TOLERANCE[name], f"{name}: max relative error vs its twin {error:.2e}"
-        stated = fit_error("inv_sqrt", **params) if "low" in params else 0.0
+        ranges = [(params["low"], params["high"])] if "low" in params else []
+        ranges += [(params["first_low"], params["first_high"])] if params.get("first_low") else []
+        stated = max((fit_error("inv_sqrt", *r, params["degree"], params["steps"]) for r in ranges), default=0.0)
         assert (got / truth - 1).abs().max().item() <= stated + LAYERNORM_TOLERANCE[name]
         return
     reference = approx.plain(x, **params) if approx.kind == "activation" else approx.plain(scores, mask, **params)
@@ -124,6 +147,25 @@ def test_encrypted_form_matches_plaintext_under_mpc(name, params, tolerance, enc
     assert error.max().item() <= tolerance, f"{_key(name, params)}: max error {error.max().item():.2e}"
     if approx.kind == "normaliser":  # padded keys get (close to) nothing
         assert got[1, ..., 6:].abs().max().item() < 1e-3
+
+
+def test_a_first_position_range_costs_no_round(mpc_session):
+    rounds = mpc_session[0]["ln_fit_rounds"]
+    assert rounds["first apart"] == rounds["one range"] == RECORDED["ln:fit"]
+
+
+def test_a_first_position_range_applies_to_position_0_only():
+    fit = get("ln:fit")
+    variances = _variances(CALIBRATED_LN)  # (3, 14, 1)
+    calibrated = fit.plain(variances, **CALIBRATED_LN)
+    one_range = fit.plain(variances, **{**CALIBRATED_LN, "first_low": 0.0, "first_high": 0.0})
+    assert torch.equal(calibrated[:, 1:], one_range[:, 1:])
+    first = variances[:, :1]
+    own_error = fit_error("inv_sqrt", CALIBRATED_LN["first_low"], CALIBRATED_LN["first_high"], 4, 0)
+    assert ((calibrated[:, :1] * first.sqrt() - 1).abs() <= own_error + 1e-6).all()  # its own range's fit
+    assert ((one_range[:, :1] * first.sqrt() - 1).abs() > 0.3).all()  # clamped to [low, high]: far off
+    with pytest.raises(InvalidApproximationParams, match="first position's range"):
+        Combo.parse("quad+2quad+ln:fit", layernorm_params={"first_low": 5.0})
 
 
 @pytest.mark.parametrize("approx", list_approximations("normaliser"), ids=lambda a: a.name)

@@ -75,6 +75,7 @@ def session(sst2_dir):
     jobs.append(_job("tiny-bert", "quad+2quad", alone, tag="changed", shift_classifier_bias=1.0))
     jobs.append({"inv_sqrt": INV_SQRT_PROBES.tolist(), "tag": "inv_sqrt"})
     jobs += [_job(model, FITTED[model], batches[model], tag=f"fitted-{model}") for model in FITTED_MODELS]
+    jobs.append(_job("tiny-bert-calibrated", fns.CALIBRATED_COMBO, batches["tiny-bert"], tag="calibrated"))
     owner, client = run_local(fns.private_inference_jobs, args=(jobs,), timeout_s=600)
     runs = {(job["model"], job["combo"]): (job, o, c) for job, o, c in zip(jobs, owner, client) if "tag" not in job}
     tagged = {job["tag"]: (job, o, c) for job, o, c in zip(jobs, owner, client) if "tag" in job}
@@ -120,6 +121,20 @@ def test_fitted_combo_matches_its_plaintext_twin_in_a_fraction_of_the_rounds(ses
     assert 4 * fitted["layernorm"]["rounds"] <= quad["layernorm"]["rounds"]
     assert 3 * fitted["softmax"]["rounds"] <= quad["softmax"]["rounds"]
     assert fitted["layernorm"]["bytes"] < quad["layernorm"]["bytes"]  # no comparisons left
+
+
+def test_calibrated_layernorms_match_their_plaintext_twin_in_the_same_rounds(session):
+    """Each LayerNorm's own ranges ([CLS] apart) reach the client with the architecture, and the
+    encrypted model uses them as the plaintext twin does, without a round more."""
+    batch = session["batches"]["tiny-bert"]
+    _, owner, client = session["tagged"]["calibrated"]
+    reference = _reference("tiny-bert-calibrated", fns.CALIBRATED_COMBO, batch)
+    error = (torch.tensor(client["logits"]) - reference).abs().max().item()
+    assert error < TOLERANCE["tiny-bert"], f"calibrated ln:fit: max |logit error| {error:.4f}"
+    one_range = _reference("tiny-bert", fns.CALIBRATED_COMBO, batch)
+    assert (reference - one_range).abs().max().item() > 3 * TOLERANCE["tiny-bert"]  # the ranges matter
+    fitted = session["tagged"]["fitted-tiny-bert"][2]["costs"]["by_category"]["layernorm"]
+    assert client["costs"]["by_category"]["layernorm"]["rounds"] == fitted["rounds"]
 
 
 def test_padding_does_not_change_a_sentence(session):

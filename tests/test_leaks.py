@@ -6,8 +6,8 @@ Three layers:
 - a real 2-party + dealer run of a toy encrypted model (one-hot lookup, quad, linear): honest
   traffic holds no secret, while a deliberately leaky phase (positive control) is flagged;
 - private inference of the ``tiny`` preset under ``exact``, ``quad+2quad`` and the few-rounds
-  ``quad+2quad-fit+ln:fit``: no weight, token id, one-hot row, embedding or hidden state leaks,
-  and the client's logits are still right.
+  ``quad+2quad-fit+ln:fit`` (its ranges calibrated per LayerNorm, [CLS] apart): no weight, token
+  id, one-hot row, embedding or hidden state leaks, and the client's logits are still right.
 """
 
 from __future__ import annotations
@@ -264,7 +264,9 @@ TINY_SEED = 0
 
 @pytest.fixture(scope="module")
 def tiny_inputs():
+    from mpcformer.approx import Combo
     from mpcformer.models.presets import load_preset
+    from mpcformer.models.surgery import CALIBRATION_KEY, calibrate_layernorms
 
     model, _ = load_preset("tiny", num_labels=2, seed=TINY_SEED)
     model.eval()
@@ -273,16 +275,23 @@ def tiny_inputs():
     ids = torch.randint(min(1000, vocab // 2), vocab, (2, 12), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0  # one padded sentence
+    # the owner's ln:fit ranges, per LayerNorm (public; the other combinations ignore them)
+    record = calibrate_layernorms(copy.deepcopy(model), Combo.parse("quad+2quad-fit+ln:fit"),
+                                  [{"input_ids": ids, "attention_mask": mask}])
+    setattr(model.config, CALIBRATION_KEY, record)
     return model, ids, mask
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_inputs, tmp_path_factory):
+    from mpcformer.models.surgery import CALIBRATION_KEY
+
     model, ids, mask = tiny_inputs
     out = tmp_path_factory.mktemp("tiny-leaks")
     results = run_local(
         fns.private_inference_tapped,
-        args=(str(out), "tiny", list(TINY_COMBOS), ids.tolist(), mask.tolist(), TINY_SEED),
+        args=(str(out), "tiny", list(TINY_COMBOS), ids.tolist(), mask.tolist(), TINY_SEED,
+              getattr(model.config, CALIBRATION_KEY)),
         timeout_s=450,
         threads_per_party=1,
     )

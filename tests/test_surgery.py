@@ -19,6 +19,7 @@ from mpcformer.models.surgery import (
     ApproximatedActivation,
     ApproximatedLayerNorm,
     approximate,
+    calibrate_layernorms,
     combo_of,
     encoder_family,
     load_approximated,
@@ -232,6 +233,42 @@ def test_a_layernorm_normaliser_swaps_every_layer_norm_and_keeps_the_weights(fam
         fitted = approximated(**_batch()).logits
         quad = approximate(copy.deepcopy(model), Combo.parse("quad+2quad"))(**_batch()).logits
     assert not torch.equal(fitted, quad)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_calibrated_layernorms_fit_each_layer_norm_and_travel_with_the_checkpoint(family, tmp_path):
+    from mpcformer.models.encrypted_bert import EncryptedBertConfig
+
+    model, batch, combo = _model(family), _batch(), Combo.parse("quad+2quad+ln:fit")
+    with torch.no_grad():
+        exact_layernorm = approximate(copy.deepcopy(model), Combo.parse("quad+2quad"))(**batch).logits
+        one_range = approximate(copy.deepcopy(model), combo)(**batch).logits
+    record = calibrate_layernorms(model, combo, [batch], margin=1.5)
+    norms = _layer_norms(model)
+    assert set(record["params"]) == set(norms) and record["examples"] == 2  # every LayerNorm, by its checkpoint name
+    for name, params in record["params"].items():
+        assert isinstance(norms[name], ApproximatedLayerNorm)
+        assert {k: norms[name].params[k] for k in params} == params  # the module runs with its own ranges
+        assert 0 < params["low"] < params["high"] and 0 < params["first_low"] < params["first_high"]
+    assert combo_of(model) == combo
+    with torch.no_grad():
+        calibrated = model(**batch).logits
+    # on the sentences it was fitted to, the calibrated normaliser is much closer to exact LayerNorm
+    assert (calibrated - exact_layernorm).abs().max() < 0.5 * (one_range - exact_layernorm).abs().max()
+
+    model.save_pretrained(tmp_path)
+    loaded = load_approximated(str(tmp_path))
+    assert {name: m.params for name, m in _layer_norms(loaded).items()} == {name: m.params for name, m in norms.items()}
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, calibrated)
+    assert EncryptedBertConfig.from_hf(loaded).layernorm_calibration == record  # public: sent to the client
+    # another LayerNorm normaliser ignores the ranges
+    assert all(not isinstance(m, ApproximatedLayerNorm) for m in _layer_norms(approximate(loaded, Combo.parse("quad+2quad"))).values())
+
+
+def test_calibration_needs_a_normaliser_that_takes_ranges():
+    with pytest.raises(UserError, match="takes no calibrated range"):
+        calibrate_layernorms(_model("bert"), Combo.parse("quad+2quad+ln:exact"), [_batch()])
 
 
 def test_approximated_layer_norm_is_layer_norm_with_the_normaliser_swapped():

@@ -232,6 +232,31 @@ def test_distillation_reduces_both_stage_losses(tiny_teacher, synthetic_dir, tmp
 
 
 @pytest.mark.timeout(400)
+def test_a_fitted_layernorm_is_calibrated_between_the_stages_once(tiny_teacher, synthetic_dir, tmp_path):
+    from mpcformer.models.surgery import CALIBRATION_KEY, ApproximatedLayerNorm, combo_of, load_approximated
+    from mpcformer.training.distill import run_distill
+
+    teacher_dir, _ = tiny_teacher
+    cfg = DistillConfig(
+        teacher=str(teacher_dir / "best"), combo="quad+2quad-fit+ln:fit", output_dir=str(tmp_path / "d"),
+        progress=False, data={"data_dir": str(synthetic_dir), "max_length": 32, "validation_fraction": 0.0},
+        stage1={"max_steps": 3, "batch_size": 16}, stage2={"max_steps": 3, "batch_size": 16},
+        layernorm_calibration={"examples": 48},
+    )
+    metrics = run_distill(cfg)
+    record = metrics["layernorm_calibration"]
+    assert record["layernorm"] == "ln:fit" and record["examples"] == 48 and record["margin"] == 1.5
+    student = load_approximated(str(tmp_path / "d" / "best"))
+    assert combo_of(student) == Combo.parse("quad+2quad-fit+ln:fit")
+    assert getattr(student.config, CALIBRATION_KEY) == record
+    norms = {name: m for name, m in student.named_modules() if isinstance(m, ApproximatedLayerNorm)}
+    assert set(norms) == set(record["params"]) and len(norms) == 5
+    assert all(m.params["first_low"] == record["params"][name]["first_low"] for name, m in norms.items())
+    # resuming the finished run calibrates nothing again
+    assert run_distill(cfg)["layernorm_calibration"] == record
+
+
+@pytest.mark.timeout(400)
 def test_baselines_use_the_task_loss_and_the_right_init(tiny_teacher, synthetic_dir, tmp_path):
     from mpcformer.training.distill import run_distill
     from mpcformer.training.finetune import load_checkpoint

@@ -148,18 +148,37 @@ def _inv_sqrt_steps_plain(u: torch.Tensor, y: torch.Tensor, steps: int) -> torch
     return y
 
 
-def fitted_inv_sqrt_plain(variance: torch.Tensor, low: float, high: float, degree: float, steps: float) -> torch.Tensor:
+def _position_ranges(low: float, high: float, first_low: float, first_high: float, tokens: int):
+    """``[(start, length, low, high)]`` along the token dimension: without a first range, one entry
+    for every position; with one, position 0 (public: always [CLS] or <s>) on ``[first_low,
+    first_high]`` and the others on ``[low, high]``."""
+    if not first_low:
+        return [(0, tokens, low, high)]
+    return [(0, 1, first_low, first_high)] + ([(1, tokens - 1, low, high)] if tokens > 1 else [])
+
+
+def fitted_inv_sqrt_plain(
+    variance: torch.Tensor, low: float, high: float, degree: float, steps: float,
+    first_low: float = 0.0, first_high: float = 0.0,
+) -> torch.Tensor:
     """``1/sqrt(v)`` as :func:`fitted_inv_sqrt_encrypted` computes it, in torch, of ``v`` clamped to
     ``[low, high]``: the two agree inside the range; outside it the encrypted form's polynomial
     grows without bound (a clamp would take a comparison), where the clamp keeps a student's
-    training finite."""
+    training finite. With ``first_low``, ``variance`` is (..., T, 1) and position 0 has its own range."""
+    if first_low:
+        return torch.cat([
+            fitted_inv_sqrt_plain(variance.narrow(-2, start, n), lo, hi, degree, steps)
+            for start, n, lo, hi in _position_ranges(low, high, first_low, first_high, variance.size(-2))
+        ], dim=-2)
     centre = _fit_scale(low, high)
     u = variance.clamp(low, high) / centre
     y = _polynomial(_plain_powers(u, int(degree)), fitted_polynomial(-0.5, low, high, int(degree)))
     return _inv_sqrt_steps_plain(u, y, int(steps)) / math.sqrt(centre)
 
 
-def fitted_inv_sqrt_encrypted(variance, low: float, high: float, degree: float, steps: float):
+def fitted_inv_sqrt_encrypted(
+    variance, low: float, high: float, degree: float, steps: float, first_low: float = 0.0, first_high: float = 0.0,
+):
     """``1/sqrt(v)`` for encrypted ``v`` in ``[low, high]``: with ``u = v / sqrt(low high)``, the
     polynomial :func:`fitted_polynomial` ``(-1/2, low, high, degree)`` of ``u``, then ``steps``
     Newton steps ``y <- 3y/2 - (u y)(y^2)/2`` (``u y`` and ``y^2`` in one product: 2 rounds a
@@ -167,6 +186,11 @@ def fitted_inv_sqrt_encrypted(variance, low: float, high: float, degree: float, 
 
     Rounds: ceil(log2 degree) + 2 steps. Relative error over ``[low, high]``: :func:`fit_error`.
     Reads no CrypTen setting.
+
+    With ``first_low`` (and ``first_high``), ``variance`` is (..., T, 1) and position 0 takes its
+    own range, scale and coefficients: the powers are computed once for every position, so a
+    second range costs no round, only local products. A distilled student's ranges come from
+    :func:`~mpcformer.models.surgery.calibrate_layernorms`, one pair per LayerNorm.
 
     ``ln:fit``'s defaults, ``[0.125, 128]``, degree 4, no step (2 rounds; a LayerNorm of 5 rounds
     instead of 20), cover the variances (times the input scale squared) of every LayerNorm of
@@ -180,13 +204,23 @@ def fitted_inv_sqrt_encrypted(variance, low: float, high: float, degree: float, 
     """
     from mpcformer.mpc.compat import crypten
 
-    centre = _fit_scale(low, high)
-    u = _times(variance, 1.0 / centre)
-    y = _polynomial(_encrypted_powers(u, int(degree)), fitted_polynomial(-0.5, low, high, int(degree)), times=_times)
+    parts = _position_ranges(low, high, first_low, first_high, variance.size(-2) if first_low else 0)
+
+    def by_part(value, fn):  # fn(value, low, high) on each position range, joined again (local)
+        if len(parts) == 1:
+            return fn(value, *parts[0][2:])
+        return crypten.cat([fn(value.narrow(-2, start, n), lo, hi) for start, n, lo, hi in parts], dim=-2)
+
+    u = by_part(variance, lambda v, lo, hi: _times(v, 1.0 / _fit_scale(lo, hi)))
+    powers = _encrypted_powers(u, int(degree))  # once for every position: the ranges cost no round
+    y = by_part(
+        crypten.stack(powers),  # (degree, ..., T, 1)
+        lambda p, lo, hi: _polynomial(_rows(p), fitted_polynomial(-0.5, lo, hi, int(degree)), times=_times),
+    )
     for _ in range(int(steps)):
         y_squared, u_y = _rows(crypten.stack([y, u]) * crypten.stack([y, y]))
         y = y * 1.5 - (u_y * y_squared) * 0.5
-    return _times(y, 1.0 / math.sqrt(centre))
+    return by_part(y, lambda v, lo, hi: _times(v, 1.0 / math.sqrt(_fit_scale(lo, hi))))
 
 
 def _reciprocal_steps_plain(u: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
@@ -617,6 +651,16 @@ def _check_fit(params: dict[str, float]) -> None:
         raise ValueError(f"the number of steps after the fitted polynomial must be an integer in 0..8, got {steps:g}")
 
 
+def _check_layernorm_fit(params: dict[str, float]) -> None:
+    _check_fit(params)
+    first_low, first_high = params["first_low"], params["first_high"]
+    if (first_low or first_high) and not 0.0 < first_low < first_high <= 1e6 * first_low:
+        raise ValueError(
+            f"the first position's range needs 0 < first_low < first_high <= 1e6 first_low (or both 0: "
+            f"the same range as the others), got [{first_low:g}, {first_high:g}]"
+        )
+
+
 def _check_c_and_fit(params: dict[str, float]) -> None:
     _check_c(params)
     _check_fit(params)
@@ -682,6 +726,6 @@ register(Approximation(
 register(Approximation(
     "ln:fit", "layernorm", "1/sqrt(v): fitted polynomial on [low, high] + fused Newton steps",
     fitted_inv_sqrt_plain, fitted_inv_sqrt_encrypted,
-    params={"low": 0.125, "high": 128.0, "degree": 4.0, "steps": 0.0},
-    reference="this project (fit to MiniLM's LayerNorm variances)", check=_check_fit,
+    params={"low": 0.125, "high": 128.0, "degree": 4.0, "steps": 0.0, "first_low": 0.0, "first_high": 0.0},
+    reference="this project (fit to MiniLM's LayerNorm variances)", check=_check_layernorm_fit,
 ))

@@ -186,11 +186,16 @@ class Combo:
         fn = approx.encrypted if encrypted else approx.plain
         return lambda scores, mask: fn(scores, mask, **params)
 
-    def layernorm_fn(self, encrypted: bool = False) -> Callable[[Any], Any]:
-        """``fn(variance)`` ~ ``1/sqrt(variance)``: the LayerNorm normaliser's chosen form."""
+    def layernorm_fn(self, encrypted: bool = False) -> Callable[..., Any]:
+        """``fn(variance, **overrides)`` ~ ``1/sqrt(variance)``: the LayerNorm normaliser's chosen
+        form; ``overrides`` (one LayerNorm's calibrated parameters) replace the combination's."""
         approx, params = self._merged("layernorm")
         fn = approx.encrypted if encrypted else approx.plain
-        return lambda variance: fn(variance, **params)
+
+        def inv_sqrt(variance: Any, **overrides: float) -> Any:
+            return fn(variance, **(approx.resolve_params({**params, **overrides}) if overrides else params))
+
+        return inv_sqrt
 
     def to_dict(self) -> dict[str, Any]:
         """Plain record; the LayerNorm normaliser only when it is not the default (records of

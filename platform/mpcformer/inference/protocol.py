@@ -11,7 +11,8 @@ What becomes public (sent in the clear inside this function, one broadcast each 
 
 - owner -> client: :class:`~mpcformer.models.encrypted_bert.EncryptedBertConfig`: family, vocabulary,
   hidden, intermediate and label sizes, layers, heads, positions, token types, LayerNorm eps and
-  the two public LayerNorm input scales (one rounded number derived from the embedding tables).
+  the two public LayerNorm input scales (one rounded number derived from the embedding tables);
+  for a student calibrated for ``ln:fit``, each LayerNorm's two variance ranges.
 - client -> owner: the batch shape (B, T), the attention mask (each sentence's length), the
   token-type ids (where a second segment starts); position ids follow from these.
 - both: the approximation combo's name and parameters (checked equal on both sides).

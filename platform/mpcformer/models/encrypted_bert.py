@@ -38,7 +38,7 @@ from mpcformer.mpc import progress
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
 from mpcformer.mpc.fixed_operand import FixedOperand, release_masks
-from mpcformer.models.surgery import encoder_family
+from mpcformer.models.surgery import CALIBRATION_KEY, encoder_family, layernorm_calibration
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -55,7 +55,7 @@ __all__ = [
 CrypTensor = Any  # crypten.CrypTensor (kept loose: CrypTen has no type stubs)
 Activation = Callable[[CrypTensor], CrypTensor]
 Normaliser = Callable[[CrypTensor, torch.Tensor], CrypTensor]
-InvSqrt = Callable[[CrypTensor], CrypTensor]
+InvSqrt = Callable[[CrypTensor, str], CrypTensor]  # (variance, LayerNorm name) -> 1/sqrt(variance)
 
 #: Hugging Face ``model_type`` values this file encrypts (MiniLM checkpoints are ``bert``).
 SUPPORTED_FAMILIES = ("bert", "roberta")
@@ -67,7 +67,10 @@ class EncryptedBertConfig(StrictModel):
 
     No weights, only sizes, the family (weight names, position ids), LayerNorm's eps and two public
     input scales that give LayerNorm's variance enough fixed-point precision (see
-    :class:`EncryptedLayerNorm`). ``vocab_chunk`` bounds the memory of the one-hot lookup.
+    :class:`EncryptedLayerNorm`), and, for a student calibrated with
+    :func:`~mpcformer.models.surgery.calibrate_layernorms`, each LayerNorm's fitted variance
+    ranges (two per LayerNorm: what the owner's model shows on the calibration sentences).
+    ``vocab_chunk`` bounds the memory of the one-hot lookup.
     """
 
     family: Literal["bert", "roberta"] = "bert"
@@ -84,6 +87,9 @@ class EncryptedBertConfig(StrictModel):
     embeddings_ln_input_scale: int = Field(default=1, ge=1, description="power of 2, embeddings LayerNorm")
     encoder_ln_input_scale: int = Field(default=1, ge=1, description="power of 2, encoder LayerNorms")
     vocab_chunk: int = Field(default=4096, gt=0, description="vocabulary rows per one-hot matmul")
+    layernorm_calibration: dict[str, Any] = Field(
+        default_factory=dict, description="per-LayerNorm ranges of a calibrated normaliser (surgery.calibrate_layernorms)"
+    )
 
     @model_validator(mode="after")
     def _check_shapes_and_scales(self) -> "EncryptedBertConfig":
@@ -118,6 +124,9 @@ class EncryptedBertConfig(StrictModel):
             type_vocab_size=hf.type_vocab_size, num_labels=hf.num_labels, layer_norm_eps=hf.layer_norm_eps,
             pad_token_id=hf.pad_token_id or 0,
         )
+        calibration = getattr(hf, CALIBRATION_KEY, None)
+        if calibration:
+            fields["layernorm_calibration"] = dict(calibration)
         if "embeddings_ln_input_scale" not in overrides:
             state = model.state_dict()
             table = lambda name: state[hf_key(family, f"embeddings.{name}.weight")]  # noqa: E731
@@ -298,12 +307,13 @@ class EncryptedLayerNorm(_Module):
         self.weight = weights.share(f"{name}.weight", (hidden_size,))  # gamma (H,)
         self.bias = weights.share(f"{name}.bias", (hidden_size,))  # beta (H,)
         self.eps, self.input_scale = eps, int(input_scale)
+        self.key = hf_key(weights.family, name)  # its name in the checkpoint (and in a calibration)
 
-    def forward(self, x: CrypTensor, inv_sqrt: InvSqrt = encrypted_inv_sqrt) -> CrypTensor:
+    def forward(self, x: CrypTensor, inv_sqrt: InvSqrt = lambda variance, key: encrypted_inv_sqrt(variance)) -> CrypTensor:
         scaled = x * self.input_scale if self.input_scale != 1 else x  # (B, T, H), exact
         centred = scaled - scaled.mean(-1, keepdim=True)  # (B, T, H)
         variance = centred.square().mean(-1, keepdim=True)  # (B, T, 1)
-        inv_std = inv_sqrt(variance + self.eps * self.input_scale**2)  # (B, T, 1)
+        inv_std = inv_sqrt(variance + self.eps * self.input_scale**2, self.key)  # (B, T, 1)
         return centred * inv_std * self.weight + self.bias  # (B, T, H)
 
 
@@ -428,6 +438,14 @@ class EncryptedBertLayer(_Module):
             return self.output(hidden, x, inv_sqrt, ledger)  # (B, T, H)
 
 
+def _layernorm_normaliser(combo: Combo, config: EncryptedBertConfig) -> InvSqrt:
+    """The combination's LayerNorm normaliser, with each LayerNorm's calibrated parameters where the
+    owner's model has them for this normaliser (as the plaintext twin's surgery applies them)."""
+    fn = combo.layernorm_fn(encrypted=True)
+    calibrated = layernorm_calibration(config.layernorm_calibration, combo.layernorm)
+    return lambda variance, key: fn(variance, **calibrated.get(key, {}))
+
+
 class EncryptedBertForSequenceClassification(_Module):
     """Embeddings, encoder layers, pooler (dense + tanh on the first token), classifier.
 
@@ -449,7 +467,7 @@ class EncryptedBertForSequenceClassification(_Module):
         """Encrypted logits (B, L). ``client_ids`` (B, T) on the client (party 1), ``None`` elsewhere."""
         ledger = ledger if ledger is not None else CostLedger()  # an inactive ledger: free no-op scopes
         activation, normaliser = combo.activation_fn(encrypted=True), combo.normaliser_fn(encrypted=True)
-        inv_sqrt = combo.layernorm_fn(encrypted=True)
+        inv_sqrt = _layernorm_normaliser(combo, self.config)
         batch = batch.to(self.embeddings.device)  # public tensors beside the shares
         key_mask = batch.key_mask()  # (B, 1, 1, T)
         hidden = self.embeddings(client_ids, batch, inv_sqrt, ledger)  # (B, T, H)

@@ -14,6 +14,10 @@ embeddings' one takes its public input scale from the weights at surgery time, a
 model does from the weights it serves). Teachers go through the same code path with the
 ``exact`` combo (gelu+softmax), which reproduces the untouched model's logits.
 
+:func:`calibrate_layernorms` fits ``ln:fit`` to one model's LayerNorms, each with its own ranges
+([CLS] apart), recorded as ``config.mpcformer_layernorm_calibration`` beside the combo; surgery
+and the encrypted model both apply it.
+
 Supported families (``encoder_family``): BERT and its variants (MiniLM, ...), RoBERTa, DistilBERT.
 """
 
@@ -23,7 +27,8 @@ import contextlib
 import functools
 import json
 import logging
-from typing import Any, Callable, Iterator
+import math
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +43,10 @@ __all__ = [
     "ApproximatedLayerNorm",
     "approximate",
     "approximated_attention",
+    "calibrate_layernorms",
     "combo_of",
     "encoder_family",
+    "layernorm_calibration",
     "load_approximated",
     "record_attention_scores",
 ]
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 ATTENTION_IMPLEMENTATION = "mpcformer"
 #: config attribute holding ``Combo.to_dict()`` (saved in config.json)
 CONFIG_KEY = "mpcformer"
+#: config attribute holding the LayerNorm normaliser's per-LayerNorm ranges (:func:`calibrate_layernorms`)
+CALIBRATION_KEY = "mpcformer_layernorm_calibration"
 # model_type -> family; a family fixes where the activations and self-attention modules are
 _FAMILIES = {"bert": "bert", "roberta": "roberta", "distilbert": "distilbert"}
 _RECORD_ATTR = "_mpcformer_score_sink"
@@ -138,11 +147,12 @@ class ApproximatedLayerNorm(nn.LayerNorm):
         return plain
 
 
-def _layer_norm_slots(model: nn.Module) -> list[tuple[nn.Module, str, nn.LayerNorm]]:
-    """(parent, attribute, module) of every LayerNorm of the encoder and its embeddings."""
+def _layer_norm_slots(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.LayerNorm]]:
+    """(name, parent, attribute, module) of every LayerNorm of the encoder and its embeddings; the
+    name is the module's path, as in the checkpoint's keys (``bert.encoder.layer.0.output.LayerNorm``)."""
     return [
-        (parent, attribute, child)
-        for parent in model.modules()
+        (f"{prefix}.{attribute}" if prefix else attribute, parent, attribute, child)
+        for prefix, parent in model.named_modules()
         for attribute, child in parent.named_children()
         if isinstance(child, nn.LayerNorm)
     ]
@@ -164,14 +174,96 @@ def _embeddings_input_scale(model: nn.Module, parent: nn.Module) -> int:
 
 def _swap_layer_norms(model: nn.Module, combo: Combo) -> None:
     """Every LayerNorm with the combo's normaliser: HF's own module for ``ln:exact``, else an
-    :class:`ApproximatedLayerNorm` (modules already approximated are rebuilt or restored)."""
-    for parent, attribute, module in _layer_norm_slots(model):
+    :class:`ApproximatedLayerNorm` (modules already approximated are rebuilt or restored), with its
+    calibrated parameters where the checkpoint has them for this normaliser."""
+    calibrated = layernorm_calibration(getattr(model.config, CALIBRATION_KEY, None), combo.layernorm)
+    for name, parent, attribute, module in _layer_norm_slots(model):
         plain = module.restored() if isinstance(module, ApproximatedLayerNorm) else module
         if combo.layernorm == DEFAULT_LAYERNORM and not combo.layernorm_params:
             setattr(parent, attribute, plain)
         else:
             scale = _embeddings_input_scale(model, parent)
-            setattr(parent, attribute, ApproximatedLayerNorm(plain, combo.layernorm, combo.layernorm_params, scale))
+            params = {**combo.layernorm_params, **calibrated.get(name, {})}
+            setattr(parent, attribute, ApproximatedLayerNorm(plain, combo.layernorm, params, scale))
+
+
+# ----------------------------------------------------------------------------- calibration
+def layernorm_calibration(record: dict[str, Any] | None, normaliser: str) -> dict[str, dict[str, float]]:
+    """LayerNorm name -> calibrated parameters of ``normaliser``, from a calibration record (an HF
+    config's ``mpcformer_layernorm_calibration``); empty when it has none for that normaliser."""
+    record = record or {}
+    return dict(record.get("params", {})) if record.get("layernorm") == normaliser else {}
+
+
+def _widened(low: float, high: float, margin: float) -> tuple[float, float]:
+    """``[low / margin, high * margin]`` rounded outwards to 4 significant digits (a readable record)."""
+    def rounded(value: float, up: bool) -> float:
+        digits = 3 - math.floor(math.log10(value))
+        return (math.ceil if up else math.floor)(value * 10**digits) / 10**digits
+
+    return rounded(low / margin, up=False), rounded(high * margin, up=True)
+
+
+@torch.no_grad()
+def calibrate_layernorms(
+    model: nn.Module, combo: Combo, inputs: Iterable[dict[str, torch.Tensor]], margin: float = 1.5
+) -> dict[str, Any]:
+    """Fit ``combo``'s LayerNorm normaliser (``ln:fit``) to the variances ``model`` shows, LayerNorm
+    by LayerNorm, then re-approximate ``model`` with it (in place).
+
+    Runs ``model`` as it is (a distilled student with exact LayerNorm, typically) on ``inputs``
+    (Hugging Face keyword batches with an ``attention_mask``) and records each LayerNorm's
+    variance as the encrypted model evaluates it (input scale and eps included), for position 0
+    ([CLS] / <s>: public, so a range of its own costs no round) and for the other real tokens
+    apart. Each range is widened by ``margin`` both ways. The record, saved in ``config.json`` by
+    ``save_pretrained``, is public: the owner sends it to the client with the architecture.
+    Returns it.
+    """
+    params = get(combo.layernorm, "layernorm").params
+    if "first_low" not in params:
+        raise UserError(f"LayerNorm normaliser '{combo.layernorm}' takes no calibrated range; use ln:fit")
+    seen: dict[str, list[float]] = {}
+    mask: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, parent, _, module in _layer_norm_slots(model):
+        scale = _embeddings_input_scale(model, parent)
+
+        def record(module: nn.Module, args: tuple, output: Any, name: str = name, k: int = scale) -> None:
+            x = args[0].float()
+            variance = ((x - x.mean(-1, keepdim=True)).square().mean(-1) + module.eps) * k**2  # (B, T)
+            first, rest = variance[:, 0], variance[:, 1:][mask["now"][:, 1:].bool()]
+            bounds = seen.setdefault(name, [math.inf, 0.0, math.inf, 0.0])
+            bounds[0], bounds[1] = min(bounds[0], first.min().item()), max(bounds[1], first.max().item())
+            if rest.numel():
+                bounds[2], bounds[3] = min(bounds[2], rest.min().item()), max(bounds[3], rest.max().item())
+
+        hooks.append(module.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    try:
+        examples = 0
+        for batch in inputs:
+            mask["now"] = batch["attention_mask"]
+            model(**batch)
+            examples += len(batch["attention_mask"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if not seen:
+        raise UserError("no calibration input reached the model's LayerNorms; pass at least one batch")
+    calibrated = {}
+    for name, (first_low, first_high, low, high) in seen.items():
+        if low == math.inf:  # one-token inputs only: the other positions take the first one's range
+            low, high = first_low, first_high
+        calibrated[name] = dict(zip(("first_low", "first_high"), _widened(first_low, first_high, margin)))
+        calibrated[name].update(zip(("low", "high"), _widened(low, high, margin)))
+        get(combo.layernorm, "layernorm").resolve_params({**combo.layernorm_params, **calibrated[name]})
+    record = {"layernorm": combo.layernorm, "margin": margin, "examples": examples, "params": calibrated}
+    setattr(model.config, CALIBRATION_KEY, record)
+    approximate(model, combo)
+    log.info("calibrated %d LayerNorms' %s ranges on %d examples", len(calibrated), combo.layernorm, examples)
+    return record
 
 
 # ----------------------------------------------------------------------------- attention

@@ -110,6 +110,18 @@ class FinetuneConfig(_RunConfig):
     QUICK: ClassVar[dict[str, Any]] = {**_RunConfig.QUICK, "optim.max_steps": 16}
 
 
+class LayerNormCalibrationConfig(StrictModel):
+    """A calibrated LayerNorm normaliser (``ln:fit``): stage 1 trains with exact LayerNorm; before
+    stage 2, each LayerNorm's variance ranges ([CLS] apart from the other tokens) are measured on
+    ``examples`` training examples, widened by ``margin`` both ways, and stage 2 trains with the
+    fits. ``enabled: false`` trains with the combination's one range from the start (the
+    baselines always do)."""
+
+    enabled: bool = True
+    examples: int = Field(2048, ge=1)
+    margin: float = Field(1.5, ge=1.0)
+
+
 class DistillConfig(_RunConfig):
     """MPCFormer distillation of ``combo`` from ``teacher`` (a fine-tuned checkpoint folder).
 
@@ -128,6 +140,7 @@ class DistillConfig(_RunConfig):
     baseline_lr: float = Field(5e-5, gt=0)  # learning rate of the baselines (task loss)
     attention_weight: float = Field(1.0, ge=0)  # stage 1: weight of the attention-score MSE
     hidden_weight: float = Field(1.0, ge=0)  # stage 1: weight of the hidden-state MSE
+    layernorm_calibration: LayerNormCalibrationConfig = Field(default_factory=LayerNormCalibrationConfig)
     output_dir: str = "runs/distill/sst2-minilm-quad+2quad"
 
     QUICK: ClassVar[dict[str, Any]] = {**_RunConfig.QUICK, "stage1.max_steps": 8, "stage2.max_steps": 8}

@@ -8,6 +8,11 @@ initialised from the teacher's weights. Two stages (see :mod:`mpcformer.training
 2. prediction layer: soft cross-entropy on the logits at ``stage2.temperature`` (MSE for
    regression).
 
+With a LayerNorm normaliser that takes calibrated ranges (``ln:fit``), stage 1 trains with exact
+LayerNorm and stage 2 starts by fitting the normaliser to each LayerNorm's variances
+(:func:`~mpcformer.models.surgery.calibrate_layernorms`, ``layernorm_calibration`` settings); the
+ranges are saved with the student and sent to the client with the architecture.
+
 Baselines with the same budget (``stage1.epochs + stage2.epochs`` at stage 2's batch size,
 learning rate ``baseline_lr``), task loss only: ``wo_d`` (w/o{d}, teacher init) and ``wo_pd``
 (w/o{p,d}, random init). The checkpoint best on the validation split (held out of the training
@@ -21,15 +26,17 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mpcformer.approx.registry import Combo
-from mpcformer.data.loading import encode, resolve_task
+from mpcformer.approx.registry import DEFAULT_LAYERNORM, Combo, get
+from mpcformer.data.loading import EncodedDataset, encode, resolve_task
 from mpcformer.errors import UserError
+from mpcformer.models.surgery import CALIBRATION_KEY
 from mpcformer.training.config import DistillConfig, OptimConfig
 from mpcformer.training.finetune import load_checkpoint
 from mpcformer.training.history import write_run_outputs
@@ -38,6 +45,7 @@ from mpcformer.training.loop import (
     Checkpointer,
     LoopSettings,
     Phase,
+    batches,
     configure_threads,
     freeze_word_embeddings,
     encode_eval_sets,
@@ -80,6 +88,17 @@ def _teacher(cfg: DistillConfig, num_labels: int):
     return teacher, tokenizer
 
 
+def _calibrates(cfg: DistillConfig, combo: Combo) -> bool:
+    """Whether stage 2 starts by calibrating the LayerNorm normaliser (see LayerNormCalibrationConfig)."""
+    takes_ranges = "first_low" in get(combo.layernorm, "layernorm").params
+    return takes_ranges and cfg.layernorm_calibration.enabled and cfg.baseline == "none"
+
+
+def _stage1_combo(cfg: DistillConfig, combo: Combo) -> Combo:
+    """The combination stage 1 trains: exact LayerNorm when stage 2 calibrates the normaliser."""
+    return replace(combo, layernorm=DEFAULT_LAYERNORM, layernorm_params={}) if _calibrates(cfg, combo) else combo
+
+
 def _student(cfg: DistillConfig, combo: Combo, ckpt: Checkpointer):
     """``(student, resumed)``: from ``last/`` when resuming, else the teacher with ``combo``."""
     from mpcformer.models.surgery import approximate, load_approximated
@@ -87,7 +106,7 @@ def _student(cfg: DistillConfig, combo: Combo, ckpt: Checkpointer):
     if cfg.resume and ckpt.load_state() is not None:
         log.info("resuming distillation from %s", ckpt.last_dir)
         return load_approximated(str(ckpt.last_dir)), True
-    student = approximate(load_approximated(cfg.teacher), combo)
+    student = approximate(load_approximated(cfg.teacher), _stage1_combo(cfg, combo))
     if cfg.baseline == "wo_pd":
         reinitialise(student, cfg.seed)
     return student, False
@@ -135,7 +154,25 @@ def _task_loss(student: nn.Module, regression: bool):
     return loss_fn
 
 
-def _phases(cfg: DistillConfig, teacher, student, projection, regression: bool) -> list[Phase]:
+def _calibration(cfg: DistillConfig, combo: Combo, student: nn.Module, train: EncodedDataset, pad_id: int):
+    """Stage 2's start: calibrate the student's LayerNorm normaliser on a seeded subset of the
+    training examples, unless it already runs calibrated with ``combo`` (a resumed stage 2)."""
+    from mpcformer.models.surgery import calibrate_layernorms, combo_of, layernorm_calibration
+
+    def start() -> None:
+        record = getattr(student.config, CALIBRATION_KEY, None)
+        if combo_of(student) == combo and layernorm_calibration(record, combo.layernorm):
+            return
+        count = min(cfg.layernorm_calibration.examples, len(train))
+        chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:count].tolist()
+        subset = EncodedDataset([train.features[i] for i in chosen], [train.labels[i] for i in chosen], train.regression)
+        inputs = (model_inputs(batch) for batch in batches(subset, cfg.eval_batch_size, None, pad_id))
+        calibrate_layernorms(student, combo, inputs, cfg.layernorm_calibration.margin)
+
+    return start
+
+
+def _phases(cfg: DistillConfig, combo: Combo, teacher, student, projection, train, pad_id: int, regression: bool) -> list[Phase]:
     student_params = list(student.named_parameters())
     if cfg.baseline != "none":
         budget = OptimConfig(**{
@@ -150,7 +187,7 @@ def _phases(cfg: DistillConfig, teacher, student, projection, regression: bool) 
     stage1 = Phase("stage1", cfg.stage1, _stage1_loss(teacher, student, projection, cfg),
                    student_params + projection_params, select_best=False)
     stage2 = Phase("stage2", cfg.stage2, _stage2_loss(teacher, student, regression, cfg.stage2.temperature),
-                   student_params)
+                   student_params, start=_calibration(cfg, combo, student, train, pad_id) if _calibrates(cfg, combo) else None)
     return [stage1, stage2]
 
 
@@ -182,7 +219,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     if cfg.freeze_word_embeddings:
         freeze_word_embeddings(student)
     started = time.perf_counter()
-    phases = _phases(cfg, teacher, student, projection, spec.is_regression)
+    phases = _phases(cfg, combo, teacher, student, projection, train, pad_id, spec.is_regression)
     state = train_phases(phases, student, train, sets, spec, settings, ckpt, resume=resumed)
     primary = spec.primary_metric
     selection = selection_outputs(state, sets, cfg.data)
@@ -202,6 +239,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
         "best_phase": state.best_where.get("phase"),
         "best_step": state.best_where.get("step"),
         "final_losses": _final_losses(state.history),
+        "layernorm_calibration": getattr(student.config, CALIBRATION_KEY, None),
         **run_bookkeeping(state, ckpt.best_dir, len(train), len(dev), started, resumed, threads, cfg),
     }
     write_run_outputs(output_dir, metrics, state.history, f"{metrics['method']} {combo.name} on {spec.name}")

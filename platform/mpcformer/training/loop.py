@@ -297,6 +297,7 @@ class Phase:
     loss_fn: LossFn
     params: list[tuple[str, nn.Parameter]]
     select_best: bool = True  # evaluations of this phase may become the kept checkpoint
+    start: Callable[[], None] | None = None  # called each time the phase runs, resumed too: idempotent
 
 
 @dataclass
@@ -429,6 +430,8 @@ def train_phases(
     for index, phase in enumerate(phases):
         if index < state.phase_index:
             continue
+        if phase.start is not None:
+            phase.start()
         _run_phase(phase, model, train, sets, spec, settings, state, ckpt, saved if index == state.phase_index else None)
         saved = None
         if index + 1 < len(phases):
