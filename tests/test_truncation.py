@@ -247,3 +247,34 @@ def test_truncation_streams_share_the_dealers_values_of_one_mask():
         c = (mine["c"] + theirs["c"]).tolist()
         assert [x % 2**64 for x in c[0::2]] == [v // 1000 for v in r] and c[1::2] == [v >> 63 for v in r]
     assert owner.position["trunc/1000"] == client.position["trunc/1000"] == 2 * (ts.CHUNK_ELEMENTS + 8)
+
+
+def test_padded_tokens_cannot_reach_real_ones_through_attention():
+    """Padded tokens' values are unbounded under MPC (their statistics lie outside the fitted ranges).
+    Exact truncation rounds a normaliser's masked zero to one unit when it divides by a count of real
+    keys that is not a power of two, so ``probs @ V`` would carry 2^-16 of a padded value into every
+    real token; the attention zeroes padded pairs on the shares, exactly, under both divisions."""
+    from mpcformer.approx.registry import Combo
+
+    gen = torch.Generator().manual_seed(3)
+    heads, tokens = 12, 16
+    mask = [[1] * 3 + [0] * (tokens - 3), [1] * tokens]  # 3 real keys: divisor 3·32, not a power of two
+    real = torch.tensor(mask, dtype=torch.bool)
+    scores = torch.randn(2, heads, tokens, tokens, generator=gen)
+    values = torch.randn(2, heads, tokens, 4, generator=gen)
+    values[0, :, 3:] = 2.0**30  # padded tokens' values, as a diverged padded row leaves them
+    scores[0, :, 3:] = 2.0**8  # padded query rows far outside the reciprocal's range
+    combo = "quad+2quad-fit"
+    results = run_local(fns.padded_attention, args=(scores.tolist(), values.tolist(), mask, combo), timeout_s=240)[1]
+    key_mask = torch.tensor(mask, dtype=torch.float32)[:, None, None, :]
+    reference = Combo.parse(combo).normaliser_fn()(scores, key_mask) @ values.masked_fill(~real[:, None, :, None], 0.0)
+    for mode in ("crypten", "exact"):
+        zeroed = results[f"{mode}/zeroed"]
+        assert set(zeroed["padded_pairs"]) == {0}, f"{mode}: a padded pair is not exactly zero"
+        error = (torch.tensor(zeroed["context"]) - reference).abs()
+        for b in range(2):
+            assert error[b][:, real[b]].max() < 0.01, f"{mode}: sequence {b}'s real tokens are off"
+    # the failure it prevents, on the same values: exact truncation without the zeroing (any of the
+    # 12 x 3 x 13 masked zeros of real queries may come out one unit off: 78 did in one run)
+    leaked = (torch.tensor(results["exact/as normalised"]["context"]) - reference).abs()[0][:, real[0]].max()
+    assert leaked > 1.0, f"without the zeroing no padded value reached a real token ({leaked:.3g})"

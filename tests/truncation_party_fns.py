@@ -41,3 +41,33 @@ def products_both_ways(rank: int, a: list[float], b: list[float], divisors: list
                 "by_tensor": _encoded(small / torch.tensor([1.0, 3.0, 16.0, 1000.0]).repeat(250)).tolist(),
             }
     return out
+
+
+def padded_attention(rank: int, scores: list, values: list, mask: list, combo: str) -> dict:
+    """``normaliser(scores) @ values`` for the client's scores and values (B, nh, T, T) and (B, nh, T, hs)
+    whose padded tokens hold huge values, as padded tokens can under MPC; with CrypTen's division and
+    exact truncation, without and with the attention's zeroing of padded pairs.
+
+    Returns per mode the decoded context and the ring values of the probabilities at padded pairs.
+    """
+    from mpcformer.approx.registry import Combo
+    from mpcformer.models.encrypted_bert import _real_pairs_only
+    from mpcformer.mpc import runtime
+    from mpcformer.mpc.compat import crypten
+
+    normaliser = Combo.parse(combo).normaliser_fn(encrypted=True)
+    s = crypten.cryptensor(torch.tensor(scores, dtype=torch.float64), src=1)
+    v = crypten.cryptensor(torch.tensor(values, dtype=torch.float64), src=1)
+    key_mask = torch.tensor(mask, dtype=torch.float32)[:, None, None, :]  # (B, 1, 1, T)
+    padded = (key_mask * key_mask.transpose(-1, -2)) == 0  # (B, 1, T, T)
+    out: dict = {}
+    for mode in ("crypten", "exact"):
+        with runtime.active().switched(exact_truncation=mode == "exact"):
+            probs = normaliser(s, key_mask)
+            for zeroed in (False, True):
+                p = _real_pairs_only(probs, key_mask) if zeroed else probs
+                out[f"{mode}/{'zeroed' if zeroed else 'as normalised'}"] = {
+                    "context": p.matmul(v).get_plain_text().tolist(),
+                    "padded_pairs": _encoded(p)[padded.expand(p.size())].tolist(),
+                }
+    return out

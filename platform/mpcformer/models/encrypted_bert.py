@@ -369,6 +369,22 @@ class EncryptedBertEmbeddings(_Module):
         return words
 
 
+def _real_pairs_only(probs: CrypTensor, key_mask: torch.Tensor) -> CrypTensor:
+    """``probs`` with every pair that involves a padding token (as query or key) exactly 0.
+
+    Each party multiplies its own share by the public 0/1 pair mask: local, no truncation, so no
+    rounding. Without it, padding can reach real tokens through ``probs @ V``: padded tokens'
+    values are unbounded under MPC (their statistics lie outside every fitted range, where the
+    encrypted reciprocals diverge and the plaintext twins clamp), and exact truncation rounds a
+    masked zero to one unit when it divides by a count of real keys that is not a power of two
+    (2^-16 times a padded value of 2^31 is an error of 2^15).
+    """
+    pairs = (key_mask * key_mask.transpose(-1, -2)).long()  # (B, 1, 1, T) x (B, 1, T, 1) -> (B, 1, T, T)
+    out = probs.clone()
+    out._tensor.share.mul_(pairs)  # (B, nh, T, T) shares, each times 0 or 1
+    return out
+
+
 class EncryptedBertSelfAttention(_Module):
     """Multi-head attention: probs = normaliser(Q K^T / sqrt(hs), key mask); context = probs V."""
 
@@ -386,7 +402,7 @@ class EncryptedBertSelfAttention(_Module):
             # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
             scores = q.matmul(k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))
         with ledger.scope("softmax"):
-            probs = normaliser(scores, key_mask)  # (B, nh, T, T)
+            probs = _real_pairs_only(normaliser(scores, key_mask), key_mask)  # (B, nh, T, T)
         with ledger.scope("attention-matmul"):
             context = probs.matmul(v)  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
         return context.transpose(1, 2).reshape(B, T, H)  # (B, T, nh, hs) -> (B, T, H)

@@ -23,8 +23,11 @@ and then the result is off by ``2^64 / y`` (``2^32`` in real units with 16 fract
 
 The result is ``⌊x / y⌋`` plus 0 or 1 for a power of two ``y`` (1 with probability
 ``frac(x / y)``: unbiased rounding), within 1 of it for any other ``y``; never off by
-``2^64 / y``. Outside ``|x| <= 2^62 - y`` (real values above ``2^30`` before a 16-bit
-truncation) it fails as CrypTen's division would.
+``2^64 / y``. So a zero divided by a ``y`` that is not a power of two may come out as -1 (CrypTen's
+local division keeps it 0): the encrypted attention zeroes its padded pairs on the shares rather
+than rely on a masked product staying 0 (:mod:`mpcformer.models.encrypted_bert`). Outside
+``|x| <= 2^62 - y`` (real values above ``2^30`` before a 16-bit truncation) it fails as CrypTen's
+division would.
 
 **Security** (semi-honest, as CrypTen's TTP): ``r = r_0 + r_1`` with ``r_i`` from the keystream
 party ``i`` shares with the dealer, so ``r`` is uniform to the other party and ``c`` is uniform
