@@ -65,7 +65,7 @@ def padded_attention(rank: int, scores: list, values: list, mask: list, combo: s
         with runtime.active().switched(exact_truncation=mode == "exact"):
             probs = normaliser(s, key_mask)
             for zeroed in (False, True):
-                p = _real_pairs_only(probs, key_mask) if zeroed else probs
+                p = _real_pairs_only(probs, key_mask.transpose(-1, -2), key_mask) if zeroed else probs
                 out[f"{mode}/{'zeroed' if zeroed else 'as normalised'}"] = {
                     "context": p.matmul(v).get_plain_text().tolist(),
                     "padded_pairs": _encoded(p)[padded.expand(p.size())].tolist(),

@@ -369,7 +369,7 @@ class EncryptedBertEmbeddings(_Module):
         return words
 
 
-def _real_pairs_only(probs: CrypTensor, key_mask: torch.Tensor) -> CrypTensor:
+def _real_pairs_only(probs: CrypTensor, query_mask: torch.Tensor, key_mask: torch.Tensor) -> CrypTensor:
     """``probs`` with every pair that involves a padding token (as query or key) exactly 0.
 
     Each party multiplies its own share by the public 0/1 pair mask: local, no truncation, so no
@@ -379,33 +379,42 @@ def _real_pairs_only(probs: CrypTensor, key_mask: torch.Tensor) -> CrypTensor:
     masked zero to one unit when it divides by a count of real keys that is not a power of two
     (2^-16 times a padded value of 2^31 is an error of 2^15).
     """
-    pairs = (key_mask * key_mask.transpose(-1, -2)).long()  # (B, 1, 1, T) x (B, 1, T, 1) -> (B, 1, T, T)
+    pairs = (query_mask * key_mask).long()  # (B, 1, Tq, 1) x (B, 1, 1, T) -> (B, 1, Tq, T)
     out = probs.clone()
-    out._tensor.share.mul_(pairs)  # (B, nh, T, T) shares, each times 0 or 1
+    out._tensor.share.mul_(pairs)  # (B, nh, Tq, T) shares, each times 0 or 1
     return out
 
 
 class EncryptedBertSelfAttention(_Module):
-    """Multi-head attention: probs = normaliser(Q K^T / sqrt(hs), key mask); context = probs V."""
+    """Multi-head attention: probs = normaliser(Q K^T / sqrt(hs), key mask); context = probs V.
+
+    With ``first_only`` only position 0 queries (Tq = 1, else Tq = T): the last layer's, since the
+    classifier reads [CLS] alone; keys and values still come from every token.
+    """
 
     def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, prefix: str):
         names = [f"{prefix}.query", f"{prefix}.key", f"{prefix}.value"]
         self.qkv = EncryptedLinear(weights, names, config.hidden_size, config.hidden_size)
         self.num_heads, self.head_size = config.num_attention_heads, config.head_size
 
-    def forward(self, x: CrypTensor, key_mask: torch.Tensor, normaliser: Normaliser, ledger: CostLedger) -> CrypTensor:
+    def forward(
+        self, x: CrypTensor, key_mask: torch.Tensor, normaliser: Normaliser, ledger: CostLedger, first_only: bool = False
+    ) -> CrypTensor:
         B, T, H = x.size()
         with ledger.scope("linear"):
-            qkv = self.qkv(x)  # (B, T, 3H)
+            qkv = self.qkv(x)  # (B, T, 3H): one masked message of x serves Q, K and V
         q, k, v = (self._split_heads(qkv[:, :, i * H:(i + 1) * H]) for i in range(3))  # (B, nh, T, hs) each
+        if first_only:
+            q = q[:, :, :1]  # (B, nh, 1, hs)
+        query_mask = key_mask[..., : q.size(2)].transpose(-1, -2)  # (B, 1, Tq, 1)
         with ledger.scope("attention-matmul"):
-            # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
+            # (B, nh, Tq, hs) @ (B, nh, hs, T) -> (B, nh, Tq, T)
             scores = q.matmul(k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))
         with ledger.scope("softmax"):
-            probs = _real_pairs_only(normaliser(scores, key_mask), key_mask)  # (B, nh, T, T)
+            probs = _real_pairs_only(normaliser(scores, key_mask), query_mask, key_mask)  # (B, nh, Tq, T)
         with ledger.scope("attention-matmul"):
-            context = probs.matmul(v)  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-        return context.transpose(1, 2).reshape(B, T, H)  # (B, T, nh, hs) -> (B, T, H)
+            context = probs.matmul(v)  # (B, nh, Tq, T) @ (B, nh, T, hs) -> (B, nh, Tq, hs)
+        return context.transpose(1, 2).reshape(B, q.size(2), H)  # (B, Tq, nh, hs) -> (B, Tq, H)
 
     def _split_heads(self, x: CrypTensor) -> CrypTensor:
         B, T, _ = x.size()
@@ -430,7 +439,11 @@ class EncryptedBertResidualOutput(_Module):
 
 
 class EncryptedBertLayer(_Module):
-    """One encoder layer: attention, add & norm, feed-forward with the combo's activation, add & norm."""
+    """One encoder layer: attention, add & norm, feed-forward with the combo's activation, add & norm.
+
+    With ``first_only`` (the last layer) everything after the keys and values runs for position 0
+    alone: (B, T, H) in, (B, 1, H) out, the same [CLS] row as the full layer's.
+    """
 
     def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, index: int):
         prefix, H, I = f"encoder.layer.{index}", config.hidden_size, config.intermediate_size  # noqa: E741
@@ -442,16 +455,17 @@ class EncryptedBertLayer(_Module):
 
     def forward(
         self, x: CrypTensor, key_mask: torch.Tensor, activation: Activation, normaliser: Normaliser,
-        inv_sqrt: InvSqrt, ledger: CostLedger,
+        inv_sqrt: InvSqrt, ledger: CostLedger, first_only: bool = False,
     ) -> CrypTensor:
         with ledger.scope("other", layer=self.index):  # inner scopes inherit the layer index
-            attended = self.attention(x, key_mask, normaliser, ledger)  # (B, T, H)
-            x = self.attention_output(attended, x, inv_sqrt, ledger)  # (B, T, H)
+            attended = self.attention(x, key_mask, normaliser, ledger, first_only)  # (B, Tq, H)
+            residual = x[:, :1] if first_only else x  # (B, Tq, H)
+            x = self.attention_output(attended, residual, inv_sqrt, ledger)  # (B, Tq, H)
             with ledger.scope("linear"):
-                hidden = self.intermediate(x)  # (B, T, H) @ (H, I) -> (B, T, I)
+                hidden = self.intermediate(x)  # (B, Tq, H) @ (H, I) -> (B, Tq, I)
             with ledger.scope("activation"):
-                hidden = activation(hidden)  # (B, T, I)
-            return self.output(hidden, x, inv_sqrt, ledger)  # (B, T, H)
+                hidden = activation(hidden)  # (B, Tq, I)
+            return self.output(hidden, x, inv_sqrt, ledger)  # (B, Tq, H)
 
 
 def _layernorm_normaliser(combo: Combo, config: EncryptedBertConfig) -> InvSqrt:
@@ -487,8 +501,10 @@ class EncryptedBertForSequenceClassification(_Module):
         batch = batch.to(self.embeddings.device)  # public tensors beside the shares
         key_mask = batch.key_mask()  # (B, 1, 1, T)
         hidden = self.embeddings(client_ids, batch, inv_sqrt, ledger)  # (B, T, H)
+        last = len(self.layers)
         for done, layer in enumerate(self.layers, start=1):
-            hidden = layer(hidden, key_mask, activation, normaliser, inv_sqrt, ledger)  # (B, T, H)
+            # (B, T, H) each; the last layer computes [CLS] only, all the classifier reads: (B, 1, H)
+            hidden = layer(hidden, key_mask, activation, normaliser, inv_sqrt, ledger, first_only=done == last)
             progress.report(kind="layer", done=done, total=len(self.layers))
         with ledger.scope("pooler"):
             pooled = self.pooler(hidden[:, 0]).tanh()  # (B, H) @ (H, H) -> (B, H)
