@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mpcformer.approx import Approximation, Combo, UnknownApproximation, get, list_approximations, register
-from mpcformer.approx.functions import fit_error, fitted_polynomial
+from mpcformer.approx.functions import as_rows, fit_error, fitted_polynomial
 from mpcformer.approx.rounds import RECORDED, REFERENCE_KEYS
 from mpcformer.approx.registry import InvalidApproximationParams
 from mpcformer.cli import main
@@ -90,7 +90,7 @@ def all_encrypted(rank: int, x: list, scores: list, mask: list) -> dict[str, dic
         elif approx.kind == "layernorm":
             y = approx.encrypted(crypten.cryptensor(_variances(params), src=0), **params)
         else:
-            y = approx.encrypted(scores_enc, public_mask, **params)
+            y = as_rows(approx.encrypted(scores_enc, public_mask, **params)).probs()
         out[_key(name, params)] = y.get_plain_text().tolist()
     return {"outputs": out, "rounds": measure(rank), "ln_fit_rounds": _ln_fit_rounds()}
 

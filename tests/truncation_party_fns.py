@@ -48,14 +48,14 @@ def padded_attention(rank: int, scores: list, values: list, mask: list, combo: s
     whose padded tokens hold huge values, as padded tokens can under MPC; with CrypTen's division and
     exact truncation, without and with the attention's zeroing of padded pairs.
 
-    Returns per mode the decoded context and the ring values of the probabilities at padded pairs.
+    Returns per mode the decoded context and the ring values at padded pairs of what multiplies V.
     """
     from mpcformer.approx.registry import Combo
     from mpcformer.models.encrypted_bert import _real_pairs_only
     from mpcformer.mpc import runtime
     from mpcformer.mpc.compat import crypten
 
-    normaliser = Combo.parse(combo).normaliser_fn(encrypted=True)
+    rows_of = Combo.parse(combo).normaliser_rows_fn()
     s = crypten.cryptensor(torch.tensor(scores, dtype=torch.float64), src=1)
     v = crypten.cryptensor(torch.tensor(values, dtype=torch.float64), src=1)
     key_mask = torch.tensor(mask, dtype=torch.float32)[:, None, None, :]  # (B, 1, 1, T)
@@ -63,11 +63,15 @@ def padded_attention(rank: int, scores: list, values: list, mask: list, combo: s
     out: dict = {}
     for mode in ("crypten", "exact"):
         with runtime.active().switched(exact_truncation=mode == "exact"):
-            probs = normaliser(s, key_mask)
-            for zeroed in (False, True):
-                p = _real_pairs_only(probs, key_mask.transpose(-1, -2), key_mask) if zeroed else probs
-                out[f"{mode}/{'zeroed' if zeroed else 'as normalised'}"] = {
-                    "context": p.matmul(v).get_plain_text().tolist(),
-                    "padded_pairs": _encoded(p)[padded.expand(p.size())].tolist(),
-                }
+            rows = rows_of(s, key_mask)
+            probs = rows.probs()  # as a normaliser returns them: probs @ V
+            out[f"{mode}/as normalised"] = {
+                "context": probs.matmul(v).get_plain_text().tolist(),
+                "padded_pairs": _encoded(probs)[padded.expand(probs.size())].tolist(),
+            }
+            numerator = _real_pairs_only(rows.numerator, key_mask.transpose(-1, -2), key_mask)  # as the attention
+            out[f"{mode}/zeroed"] = {
+                "context": rows.scale(numerator.matmul(v)).get_plain_text().tolist(),
+                "padded_pairs": _encoded(numerator)[padded.expand(numerator.size())].tolist(),
+            }
     return out

@@ -20,13 +20,15 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from mpcformer.approx.registry import Approximation, register
 
-__all__ = ["INV_SQRT_RANGE", "encrypted_inv_sqrt", "fitted_polynomial", "fit_error"]  # the rest: through the registry
+__all__ = ["INV_SQRT_RANGE", "RowScaled", "as_rows", "encrypted_inv_sqrt", "fitted_polynomial", "fit_error"]  # the rest: through the registry
 
 # Scores of padded keys are pushed this far below the rest before a max (fits 16-bit fixed point).
 _MASK_SHIFT = 1.0e4
@@ -39,6 +41,30 @@ def _full_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _valid_keys(full: torch.Tensor) -> torch.Tensor:
     """Public count of real keys per row, (B, H, Tq, 1); at least 1 so empty rows stay finite."""
     return full.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class RowScaled:
+    """Encrypted attention probabilities as ``numerator * inverse / divisor``: every encrypted
+    normaliser ends with one factor per row (``inverse``, encrypted (B, nh, Tq, 1); ``divisor``, public),
+    so the attention can apply it after ``probs @ V`` and open (Tq, hs) per head instead of (Tq, Tk).
+    ``inverse`` is ``None`` when ``numerator`` already holds the probabilities."""
+
+    numerator: Any  # (B, nh, Tq, Tk)
+    inverse: Any = None  # (B, nh, Tq, 1)
+    divisor: Any = 1.0  # a float or (B, nh, Tq, 1)
+
+    def scale(self, rows):
+        """``rows`` (B, nh, Tq, ...) times each row's factor."""
+        return rows if self.inverse is None else rows * self.inverse / self.divisor
+
+    def probs(self):
+        return self.scale(self.numerator)
+
+
+def as_rows(normalised) -> RowScaled:
+    """An encrypted normaliser's result as :class:`RowScaled` (one registered elsewhere may return plain probabilities)."""
+    return normalised if isinstance(normalised, RowScaled) else RowScaled(normalised)
 
 
 def _rows(stacked) -> list:
@@ -397,7 +423,7 @@ def softmax_encrypted(scores, mask: torch.Tensor):
     maximum = (scores + (full - 1.0) * _MASK_SHIFT).max(-1, keepdim=True)[0]
     numerator = ((scores - maximum) * full).exp() * full
     inverse = _scaled_reciprocal(numerator.sum(-1, keepdim=True), _SOFTMAX_SCALE)
-    return numerator * inverse / _SOFTMAX_SCALE
+    return RowScaled(numerator, inverse, _SOFTMAX_SCALE)
 
 
 def lim_softmax_plain(scores: torch.Tensor, mask: torch.Tensor, n: float = 3.0) -> torch.Tensor:
@@ -426,7 +452,7 @@ def lim_softmax_encrypted(scores, mask: torch.Tensor, n: float = 3.0):
         numerator = numerator.square()
     numerator = numerator * full
     inverse = _scaled_reciprocal(numerator.sum(-1, keepdim=True), _SOFTMAX_SCALE)
-    return numerator * inverse / _SOFTMAX_SCALE
+    return RowScaled(numerator, inverse, _SOFTMAX_SCALE)
 
 
 def _taylor_exp(x, x2, x3, x4, order: int, times=operator.mul):
@@ -464,7 +490,7 @@ def taylor_softmax_encrypted(scores, mask: torch.Tensor, order: float = 2.0):
     n = _valid_keys(full)
     scale = _TAYLOR_SCALE[int(order)]
     inverse = _scaled_reciprocal(numerator.sum(-1, keepdim=True) / n, scale)
-    return numerator * inverse / (n * scale)
+    return RowScaled(numerator, inverse, n * scale)
 
 
 def two_quad_plain(scores: torch.Tensor, mask: torch.Tensor, c: float = 5.0) -> torch.Tensor:
@@ -485,7 +511,7 @@ def two_quad_encrypted(scores, mask: torch.Tensor, c: float = 5.0):
     numerator = (scores + c).square() * full
     n = _valid_keys(full)
     inverse = _scaled_reciprocal(numerator.sum(-1, keepdim=True) / n, _TWO_QUAD_SCALE)
-    return numerator * inverse / (n * _TWO_QUAD_SCALE)
+    return RowScaled(numerator, inverse, n * _TWO_QUAD_SCALE)
 
 
 def two_relu_plain(scores: torch.Tensor, mask: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
@@ -504,7 +530,7 @@ def two_relu_encrypted(scores, mask: torch.Tensor, eps: float = 1e-2):
     numerator = scores.relu() * full
     n = _valid_keys(full)
     inverse = _scaled_reciprocal(numerator.sum(-1, keepdim=True) / n + eps, 1.0)
-    return numerator * inverse / n
+    return RowScaled(numerator, inverse, n)
 
 
 def two_quad_fit_plain(
@@ -536,7 +562,7 @@ def two_quad_fit_encrypted(
     numerator = (scores + c).square() * full
     n = _valid_keys(full)
     inverse = fitted_reciprocal_encrypted(numerator.sum(-1, keepdim=True) / n, low, high, int(degree), int(steps))
-    return numerator * inverse / (n * _fit_scale(low, high))
+    return RowScaled(numerator, inverse, n * _fit_scale(low, high))
 
 
 def two_relu_fit_plain(
@@ -564,7 +590,7 @@ def two_relu_fit_encrypted(
     numerator = scores.relu() * full
     n = _valid_keys(full)
     inverse = fitted_reciprocal_encrypted(numerator.sum(-1, keepdim=True) / n + eps, low, high, int(degree), int(steps))
-    return numerator * inverse / (n * _fit_scale(low, high))
+    return RowScaled(numerator, inverse, n * _fit_scale(low, high))
 
 
 # ----------------------------------------------------------------------------- layernorm normalisers

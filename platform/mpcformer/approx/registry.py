@@ -5,7 +5,9 @@ Signatures, shared by both forms:
 - activation:  ``fn(x, **params) -> y`` (elementwise)
 - normaliser:  ``fn(scores, mask, **params) -> probs`` over the last dim. ``scores`` is
   ``(B, H, Tq, Tk)``; ``mask`` is a *public* plaintext 0/1 float tensor broadcastable to it
-  (``(B, 1, 1, Tk)``: 1 = real token, 0 = padding). Masked keys get probability exactly 0.
+  (``(B, 1, 1, Tk)``: 1 = real token, 0 = padding). Masked keys get probability 0. The encrypted
+  form may return :class:`~mpcformer.approx.functions.RowScaled` (numerator, per-row factor), so
+  the attention applies the factor after ``probs @ V``; :meth:`Combo.normaliser_fn` materialises it.
 - layernorm:   ``fn(variance, **params) -> 1/sqrt(variance)`` (elementwise, ``variance > 0``): the
   normaliser of LayerNorm, ``gamma (x - mean) fn(var + eps) + beta``. Its names start with ``ln:``.
 
@@ -182,9 +184,19 @@ class Combo:
 
     def normaliser_fn(self, encrypted: bool = False) -> Callable[[Any, Any], Any]:
         """``fn(scores (B,H,Tq,Tk), mask (B,1,1,Tk) public 0/1)``: the normaliser's chosen form."""
+        if encrypted:
+            rows = self.normaliser_rows_fn()
+            return lambda scores, mask: rows(scores, mask).probs()
         approx, params = self._merged("normaliser")
-        fn = approx.encrypted if encrypted else approx.plain
-        return lambda scores, mask: fn(scores, mask, **params)
+        return lambda scores, mask: approx.plain(scores, mask, **params)
+
+    def normaliser_rows_fn(self) -> Callable[[Any, Any], Any]:
+        """``fn(scores, mask)`` -> :class:`~mpcformer.approx.functions.RowScaled`: the encrypted
+        normaliser with its per-row factor not yet applied."""
+        from mpcformer.approx.functions import as_rows
+
+        approx, params = self._merged("normaliser")
+        return lambda scores, mask: as_rows(approx.encrypted(scores, mask, **params))
 
     def layernorm_fn(self, encrypted: bool = False) -> Callable[..., Any]:
         """``fn(variance, **overrides)`` ~ ``1/sqrt(variance)``: the LayerNorm normaliser's chosen

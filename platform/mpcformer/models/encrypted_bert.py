@@ -54,7 +54,7 @@ __all__ = [
 
 CrypTensor = Any  # crypten.CrypTensor (kept loose: CrypTen has no type stubs)
 Activation = Callable[[CrypTensor], CrypTensor]
-Normaliser = Callable[[CrypTensor, torch.Tensor], CrypTensor]
+Normaliser = Callable[[CrypTensor, torch.Tensor], Any]  # -> RowScaled (mpcformer.approx.functions)
 InvSqrt = Callable[[CrypTensor, str], CrypTensor]  # (variance, LayerNorm name) -> 1/sqrt(variance)
 
 #: Hugging Face ``model_type`` values this file encrypts (MiniLM checkpoints are ``bert``).
@@ -370,7 +370,8 @@ class EncryptedBertEmbeddings(_Module):
 
 
 def _real_pairs_only(probs: CrypTensor, query_mask: torch.Tensor, key_mask: torch.Tensor) -> CrypTensor:
-    """``probs`` with every pair that involves a padding token (as query or key) exactly 0.
+    """``probs`` (or a normaliser's numerator) with every pair that involves a padding token (as query
+    or key) exactly 0.
 
     Each party multiplies its own share by the public 0/1 pair mask: local, no truncation, so no
     rounding. Without it, padding can reach real tokens through ``probs @ V``: padded tokens'
@@ -411,9 +412,13 @@ class EncryptedBertSelfAttention(_Module):
             # (B, nh, Tq, hs) @ (B, nh, hs, T) -> (B, nh, Tq, T)
             scores = q.matmul(k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))
         with ledger.scope("softmax"):
-            probs = _real_pairs_only(normaliser(scores, key_mask), query_mask, key_mask)  # (B, nh, Tq, T)
+            rows = normaliser(scores, key_mask)  # probs = numerator * per-row factor, (B, nh, Tq, T)
+            numerator = _real_pairs_only(rows.numerator, query_mask, key_mask)  # (B, nh, Tq, T)
         with ledger.scope("attention-matmul"):
-            context = probs.matmul(v)  # (B, nh, Tq, T) @ (B, nh, T, hs) -> (B, nh, Tq, hs)
+            context = numerator.matmul(v)  # (B, nh, Tq, T) @ (B, nh, T, hs) -> (B, nh, Tq, hs)
+        with ledger.scope("softmax"):
+            # each row's factor after the product: its operand is (Tq, hs) per head, not (Tq, T)
+            context = rows.scale(context)  # (B, nh, Tq, hs)
         return context.transpose(1, 2).reshape(B, q.size(2), H)  # (B, Tq, nh, hs) -> (B, Tq, H)
 
     def _split_heads(self, x: CrypTensor) -> CrypTensor:
@@ -496,7 +501,7 @@ class EncryptedBertForSequenceClassification(_Module):
     ) -> CrypTensor:
         """Encrypted logits (B, L). ``client_ids`` (B, T) on the client (party 1), ``None`` elsewhere."""
         ledger = ledger if ledger is not None else CostLedger()  # an inactive ledger: free no-op scopes
-        activation, normaliser = combo.activation_fn(encrypted=True), combo.normaliser_fn(encrypted=True)
+        activation, normaliser = combo.activation_fn(encrypted=True), combo.normaliser_rows_fn()
         inv_sqrt = _layernorm_normaliser(combo, self.config)
         batch = batch.to(self.embeddings.device)  # public tensors beside the shares
         key_mask = batch.key_mask()  # (B, 1, 1, T)
