@@ -387,7 +387,8 @@ def _real_pairs_only(probs: CrypTensor, query_mask: torch.Tensor, key_mask: torc
 
 
 class EncryptedBertSelfAttention(_Module):
-    """Multi-head attention: probs = normaliser(Q K^T / sqrt(hs), key mask); context = probs V.
+    """Multi-head attention: probs = normaliser(Q K^T / sqrt(hs), key mask); context = probs V, computed
+    as (numerator V) times each row's factor (:class:`~mpcformer.approx.functions.RowScaled`).
 
     With ``first_only`` only position 0 queries (Tq = 1, else Tq = T): the last layer's, since the
     classifier reads [CLS] alone; keys and values still come from every token.
@@ -510,7 +511,7 @@ class EncryptedBertForSequenceClassification(_Module):
         for done, layer in enumerate(self.layers, start=1):
             # (B, T, H) each; the last layer computes [CLS] only, all the classifier reads: (B, 1, H)
             hidden = layer(hidden, key_mask, activation, normaliser, inv_sqrt, ledger, first_only=done == last)
-            progress.report(kind="layer", done=done, total=len(self.layers))
+            progress.report(kind="layer", done=done, total=last)
         with ledger.scope("pooler"):
             pooled = self.pooler(hidden[:, 0]).tanh()  # (B, H) @ (H, H) -> (B, H)
         with ledger.scope("classifier"):
