@@ -187,6 +187,17 @@ def test_bench_reports_the_expected_share_of_corrupted_sequences():
     assert "quad+2quad: exact" in render_markdown(report)
 
 
+def test_a_forward_whose_truncation_failed_is_reported_not_a_crash():
+    """A seen failure spreads (every later value is garbage): the recorded P reaches 1.0."""
+    from mpcformer.bench.runner import BenchConfig, _truncation_risk
+
+    tallies = {"p_sequence_corrupted": 1.0, "expected_corrupted": 2.5e5, "elements": 4e7, "failures_seen": 2.4e5,
+               "expected_by_category": {"attention-matmul": 2e4}}
+    for batch_size in (1, 4):
+        risk = _truncation_risk(BenchConfig(model="tiny", batch_size=batch_size), tallies)
+        assert risk["p_sequence_corrupted"] == 1.0 and risk["failures_seen"] == 2.4e5
+
+
 def test_exact_under_names_the_configs_that_truncate_exactly():
     assert truncation.exact_under(MPCConfig(exact_truncation=True))
     assert not truncation.exact_under(MPCConfig())

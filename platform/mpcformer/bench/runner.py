@@ -257,10 +257,12 @@ def _truncation_risk(cfg: BenchConfig, tallies: dict | None) -> dict:
     if tallies is None:  # not measured (truncation_risk off, or on CUDA)
         return {"exact": False, "expected_corrupted_per_sequence": None, "p_sequence_corrupted": None}
     per_forward = tallies["p_sequence_corrupted"]  # of the whole batch: B sequences
+    # 1.0 once a corrupted element has spread (every later value is then garbage, p ~ 1/2 each)
+    per_sequence = 1.0 if per_forward >= 1.0 else -math.expm1(math.log1p(-per_forward) / cfg.batch_size)
     return {
         "exact": False,
         "expected_corrupted_per_sequence": tallies["expected_corrupted"] / cfg.batch_size,
-        "p_sequence_corrupted": -math.expm1(math.log1p(-per_forward) / cfg.batch_size),
+        "p_sequence_corrupted": per_sequence,
         "elements_truncated_per_sequence": tallies["elements"] / cfg.batch_size,
         "failures_seen": tallies["failures_seen"],
         "expected_by_category": tallies["expected_by_category"],
