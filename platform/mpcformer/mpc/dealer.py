@@ -80,15 +80,25 @@ class Dealer(TTPServer):
         self._masks[key] = crypten_rng.generate_random_ring_element(torch.Size(size), generator=generator, device=self.device)
         return torch.zeros(1, dtype=torch.long, device=self.device)  # the loop always answers a tensor
 
-    def mpcformer_mask_triple(self, key: int, size0: tuple[int, ...]) -> torch.Tensor:
-        """Party 0's ``c_0 = a @ b - c_1`` for party 1's fresh ``a`` and ``c_1`` (mirroring its generator)."""
-        b = self._masks.get(key)
-        if b is None:
-            raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
+    def mpcformer_mask_triple(self, key: int, size0: tuple[int, ...], scale_key: int | None = None) -> torch.Tensor:
+        """Party 0's ``c_0 = a @ b - c_1`` for party 1's fresh ``a`` and ``c_1`` (mirroring its generator),
+        flattened; with ``scale_key`` (a vector's mask ``b_v``) followed by ``a * b_v - c'_1``."""
+        b, b_v = (self._mask(k) for k in (key, scale_key))
         generator = self._get_generators(device=self.device)[1]
         a = crypten_rng.generate_random_ring_element(torch.Size(size0), generator=generator, device=self.device)
         c = _dispatch_matmul(a, b)
-        return c - crypten_rng.generate_random_ring_element(c.size(), generator=generator, device=self.device)
+        c -= crypten_rng.generate_random_ring_element(c.size(), generator=generator, device=self.device)
+        if b_v is None:
+            return c.view(-1)
+        c_v = a * b_v[0] - crypten_rng.generate_random_ring_element(a.size(), generator=generator, device=self.device)
+        return torch.cat([c.view(-1), c_v.view(-1)])
+
+    def _mask(self, key: int | None) -> torch.Tensor | None:
+        if key is None:
+            return None
+        if key not in self._masks:
+            raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
+        return self._masks[key]
 
     def mpcformer_mask_release(self, keys: list[int]) -> torch.Tensor:
         """Forget the weight masks ``keys``."""
