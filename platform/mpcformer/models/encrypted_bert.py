@@ -38,6 +38,7 @@ from mpcformer.mpc import progress
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
 from mpcformer.mpc.fixed_operand import FixedOperand, release_masks
+from mpcformer.mpc.row_factor import times_row_factor
 from mpcformer.models.surgery import CALIBRATION_KEY, encoder_family, layernorm_calibration
 
 __all__ = [
@@ -335,9 +336,9 @@ class EncryptedLayerNorm(_Module):
     def forward(self, x: CrypTensor, inv_sqrt: InvSqrt = lambda variance, key: encrypted_inv_sqrt(variance)) -> CrypTensor:
         scaled = x * self.input_scale if self.input_scale != 1 else x  # (B, T, H), exact
         centred = scaled - scaled.mean(-1, keepdim=True)  # (B, T, H)
-        variance = centred.square().mean(-1, keepdim=True)  # (B, T, 1)
-        inv_std = inv_sqrt(variance + self.eps * self.input_scale**2, self.key)  # (B, T, 1)
-        return centred * inv_std  # (B, T, H); gamma and beta: the reader's (class doc)
+        eps = self.eps * self.input_scale**2
+        # centred * inv_sqrt(variance (B, T, 1)), centred opened once for both products
+        return times_row_factor(centred, lambda variance: inv_sqrt(variance + eps, self.key))  # (B, T, H)
 
 
 class EncryptedBertEmbeddings(_Module):
