@@ -37,7 +37,7 @@ from mpcformer.errors import UserError
 from mpcformer.mpc import progress
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
-from mpcformer.mpc.fixed_operand import FixedOperand, release_masks
+from mpcformer.mpc.fixed_operand import FixedOperand, release_masks, rmatmul_all
 from mpcformer.mpc.row_factor import times_row_factor
 from mpcformer.models.surgery import CALIBRATION_KEY, encoder_family, layernorm_calibration
 
@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 CrypTensor = Any  # crypten.CrypTensor (kept loose: CrypTen has no type stubs)
+#: Most one-hot elements the word lookup sends in one message (bert-base at 128 tokens: 3.9M, one message).
+ONE_MESSAGE_ELEMENTS = 1 << 23
 Activation = Callable[[CrypTensor], CrypTensor]
 Normaliser = Callable[[CrypTensor, torch.Tensor], Any]  # -> RowScaled (mpcformer.approx.functions)
 InvSqrt = Callable[[CrypTensor, str], CrypTensor]  # (variance, LayerNorm name) -> 1/sqrt(variance)
@@ -346,8 +348,8 @@ class EncryptedBertEmbeddings(_Module):
     applied by the first layer's query/key/value projection).
 
     The word lookup is a product of the client's one-hot (B, T, V), shared by party 1, and the
-    owner's table (V, H), computed ``vocab_chunk`` rows at a time (one Beaver matmul each: memory
-    stays ~ (B*T + H) * vocab_chunk). Position and token-type ids are public, so their rows are
+    owner's table (V, H), computed ``vocab_chunk`` rows at a time (one masked product each, their
+    inputs sent in one message). Position and token-type ids are public, so their rows are
     selected from the encrypted tables without communication.
     """
 
@@ -378,19 +380,27 @@ class EncryptedBertEmbeddings(_Module):
             return self.LayerNorm(summed, inv_sqrt)
 
     def lookup_words(self, client_ids: torch.Tensor | None, shape: tuple[int, int]) -> CrypTensor:
-        """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1."""
+        """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1.
+
+        The chunks' one-hot inputs go in one message (``rmatmul_all``: one round, not one per chunk)
+        as long as they hold at most ``ONE_MESSAGE_ELEMENTS`` together; larger batches take several.
+        """
         device = self.device
         ids = None if client_ids is None else client_ids.to(device)[..., None]  # (B, T, 1)
-        words, start = None, 0
-        for chunk in self.word_chunks:
+        words, start, group = None, 0, []
+        for index, chunk in enumerate(self.word_chunks):
             stop = start + chunk.shape[0]
             if ids is None:
                 one_hot = torch.zeros(*shape, stop - start, device=device)  # (B, T, c): party 1 provides the values
             else:
                 one_hot = (ids == torch.arange(start, stop, device=device)).to(torch.float32)  # (B, T, c)
-            part = chunk.rmatmul(crypten.cryptensor(one_hot, src=1))  # (B, T, c) @ (c, H)
-            words = part if words is None else words + part  # (B, T, H)
+            group.append((crypten.cryptensor(one_hot, src=1), chunk))
             start = stop
+            held = sum(x.numel() for x, _ in group)
+            if index + 1 == len(self.word_chunks) or held + one_hot.numel() > ONE_MESSAGE_ELEMENTS:
+                for part in rmatmul_all(*map(list, zip(*group))):  # (B, T, c) @ (c, H) each
+                    words = part if words is None else words + part  # (B, T, H)
+                group = []
         return words
 
 

@@ -61,7 +61,7 @@ from mpcformer.mpc.beaver import ask_dealer, dealer_answer
 from mpcformer.mpc.dealer import MASK_REGISTER, MASK_RELEASE, MASK_TRIPLE
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 
-__all__ = ["FixedOperand", "release_masks"]
+__all__ = ["FixedOperand", "rmatmul_all", "release_masks"]
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,9 @@ class FixedOperand:
             raise ValueError(f"x * v: v must have shape (1, {self.shape[0]}), got {scale.shape}")
         if not self.masked:
             return x.matmul(self._weight), None if scale is None else x * scale._weight[0]
-        if self.key is None or scale is not None and scale.key is None:
+        if scale is not None and scale.key is None:
             raise RuntimeError("this fixed operand was released; build it again in the current MPC session")
-        x_shares = x._tensor
-        if x.ptype != ptype.arithmetic or x_shares.device != self.device:
-            raise ValueError(f"x must be arithmetic shares on {self.device}, got {x.ptype.name} on {x_shares.device}")
-        size0 = tuple(x_shares.size())
-        if size0[-1] != self.shape[0]:
-            raise ValueError(f"x @ W: x is {size0}, W is {self.shape}")
+        size0, x_shares = self._check(x), x._tensor
         size_z = size0[:-1] + self.shape[1:]
         numel_z = torch.Size(size_z).numel()
         if self.rank == 0:  # ask first: the dealer computes c_0 while party 1's e travels
@@ -158,6 +153,18 @@ class FixedOperand:
                 s = a * scale.delta[0] + crypten_rng.generate_random_ring_element(size0, generator=generator, device=self.device)
         return self._fixed_point(x, z, self), None if s is None else self._fixed_point(x, s, scale)
 
+    def _check(self, x: CrypTensor) -> tuple[int, ...]:
+        """``x``'s share size, after checking that ``x @ W`` can run masked."""
+        if self.key is None:
+            raise RuntimeError("this fixed operand was released; build it again in the current MPC session")
+        x_shares = x._tensor
+        if x.ptype != ptype.arithmetic or x_shares.device != self.device:
+            raise ValueError(f"x must be arithmetic shares on {self.device}, got {x.ptype.name} on {x_shares.device}")
+        size0 = tuple(x_shares.size())
+        if size0[-1] != self.shape[0]:
+            raise ValueError(f"x @ W: x is {size0}, W is {self.shape}")
+        return size0
+
     @staticmethod
     def _fixed_point(x: CrypTensor, product: torch.Tensor, operand: "FixedOperand") -> CrypTensor:
         """Shares of a product with the operand as an encrypted tensor, scaled as CrypTen's
@@ -174,6 +181,39 @@ class FixedOperand:
     def release(self) -> None:
         """Free the dealer's ``b`` (party 0 sends the request; every party calls this together)."""
         release_masks([self])
+
+
+def rmatmul_all(xs: list[CrypTensor], operands: list[FixedOperand]) -> list[CrypTensor]:
+    """``[x @ W for x, W in zip(xs, operands)]`` with every ``x`` sent in one message (one round
+    instead of one each): for products whose inputs are all known at once, e.g. the chunks of a
+    one-hot lookup. Party 0 asks the dealer for every product first, in order; party 1 draws each
+    product's ``a`` and ``c_1`` in the same order, as the dealer does."""
+    if not operands or not all(op.masked for op in operands):
+        return [op.rmatmul(x) for x, op in zip(xs, operands)]
+    sizes = [op._check(x) for x, op in zip(xs, operands)]
+    outputs = [size[:-1] + op.shape[1:] for size, op in zip(sizes, operands)]
+    device, rank = operands[0].device, operands[0].rank
+    if rank == 0:
+        tickets = [
+            ask_dealer(MASK_TRIPLE, device, op.key, size, None, size=(torch.Size(out).numel(),))
+            for op, size, out in zip(operands, sizes, outputs)
+        ]
+        total = sum(torch.Size(size).numel() for size in sizes)
+        received = comm.get().recv(torch.empty(total, dtype=torch.long, device=device), src=1)
+        es = [e.view(size) for e, size in zip(received.split([torch.Size(z).numel() for z in sizes]), sizes)]
+        products = [
+            _dispatch_matmul(x._tensor.share + e, op._weight) + dealer_answer(ticket).view(out)
+            for x, op, e, ticket, out in zip(xs, operands, es, tickets, outputs)
+        ]
+    else:
+        generator = TTPClient.get().get_generator(device=device)
+        draws = [
+            [crypten_rng.generate_random_ring_element(shape, generator=generator, device=device) for shape in (size, out)]
+            for size, out in zip(sizes, outputs)
+        ]
+        comm.get().send(torch.cat([(x._tensor.share - a).reshape(-1) for x, (a, _) in zip(xs, draws)]), dst=0)
+        products = [_dispatch_matmul(a, op.delta) + c_1 for op, (a, c_1) in zip(operands, draws)]
+    return [FixedOperand._fixed_point(x, z, op) for x, z, op in zip(xs, products, operands)]
 
 
 def release_masks(operands: list[FixedOperand]) -> None:
