@@ -22,6 +22,7 @@ from mpcformer.mpc.config import PROTOCOL_PROFILES
 _FLAG_KEYS = {
     "model": "model", "seq_len": "seq_len", "batch_size": "batch_size", "approx": "approx", "repeats": "repeats",
     "network": "mpc.network", "no_fast_matmul": "mpc.fast_matmul", "no_weight_masks": "mpc.reuse_weight_masks",
+    "no_activation_masks": "mpc.reuse_activation_masks",
     "no_overlap_dealer": "mpc.overlap_dealer", "crypten_randomness": "mpc.randomness",
     "no_stream_triples": "mpc.stream_triples", "no_fast_exchange": "mpc.fast_exchange",
     "exact_truncation": "mpc.exact_truncation", "truncation_risk": "truncation_risk", "warmup": "warmup",
@@ -44,11 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "every switch below off, CrypTen's own seeds; an insecure baseline); the --no-... switches then turn "
         "single steps off",
     )
-    # The six protocol switches: each sets one MPCConfig field to CrypTen's choice; left out, the config's stands.
+    # The seven protocol switches: each sets one MPCConfig field to CrypTen's choice; left out, the config's stands.
     parser.add_argument("--no-fast-matmul", action="store_const", const=False, help="CrypTen's stock int64 matmul")
     parser.add_argument(
         "--no-weight-masks", action="store_const", const=False,
         help="open every weight under a fresh mask in every forward (CrypTen's protocol) instead of once per session",
+    )
+    parser.add_argument(
+        "--no-activation-masks", action="store_const", const=False,
+        help="LayerNorm opens x - mean twice, for its square and its product (CrypTen's protocol), instead of once",
     )
     parser.add_argument(
         "--no-overlap-dealer", action="store_const", const=False,

@@ -38,6 +38,15 @@ def masked_and_stock_products(rank: int, ints: dict[str, list], floats: dict[str
     w = crypten.cryptensor(w_plain, src=0, precision=0)
     _, out["stock_bytes"], _ = _party_bytes(lambda: xs[0].matmul(w))
 
+    # x @ W and x * v from one message (v: e.g. a LayerNorm's gamma)
+    v_plain = torch.tensor(ints["v"])  # (1, k)
+    scale = FixedOperand(v_plain if rank == 0 else None, tuple(v_plain.shape), precision=0)
+    (y, scaled), sent, dealer = _party_bytes(lambda: masked.rmatmul_and_scale(xs[1], scale))
+    out["with_scale"] = {
+        "ints": y.get_plain_text().long().tolist(), "scaled": scaled.get_plain_text().long().tolist(),
+        "bytes": sent, "dealer_bytes": dealer,
+    }
+
     wf_plain = torch.tensor(floats["w"])
     xf = crypten.cryptensor(torch.tensor(floats["x"]), src=1)
     wf_owned = wf_plain if rank == 0 else None
@@ -48,6 +57,9 @@ def masked_and_stock_products(rank: int, ints: dict[str, list], floats: dict[str
         plain = FixedOperand(owned, tuple(w_plain.shape), precision=0)
         y, out["plain_bytes"], _ = _party_bytes(lambda: plain.rmatmul(xs[0]))
         out["plain"] = {"masked": plain.masked, "ints": y.get_plain_text().long().tolist()}
+        plain_scale = FixedOperand(v_plain if rank == 0 else None, tuple(v_plain.shape), precision=0)
+        _, scaled = plain.rmatmul_and_scale(xs[1], plain_scale)
+        out["plain"]["scaled"] = scaled.get_plain_text().long().tolist()
 
     try:
         FixedOperand(w_plain, tuple(w_plain.shape)) if rank == 1 else FixedOperand(None, tuple(w_plain.shape))

@@ -96,14 +96,20 @@ def test_protocol_path_bench_adds_one_switch_at_a_time(tmp_path, capsys):
     report = json.loads((out / "matmul_path.json").read_text())
     rows = {r["path"]: r for r in report["paths"]}
     assert list(rows) == [
-        "crypten", "fast-matmul", "weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "mpcformer"
+        "crypten", "fast-matmul", "weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "fast-exchange",
+        "mpcformer",
     ]
-    assert len({r["rounds"] for r in rows.values()}) == 1 and rows["crypten"]["rounds"] > 0
+    # Owner operands also take rounds off: a one-hot lookup's chunks in one message, a LayerNorm's
+    # gamma on its reader's message; otherwise every path exchanges in the same rounds.
+    assert rows["crypten"]["rounds"] == rows["fast-matmul"]["rounds"] > rows["weight-masks"]["rounds"] > 0
+    assert len({r["rounds"] for name, r in rows.items() if name not in ("crypten", "fast-matmul")}) == 1
     # The fast Beaver step, the overlap, the PRG and the exchange change only local work and the
     # order of waits: the parties exchange exactly the same messages as on the path before.
     assert rows["crypten"]["bytes"] == rows["fast-matmul"]["bytes"] > 0
     assert rows["weight-masks"]["bytes"] == rows["overlap-dealer"]["bytes"] == rows["aes-prg"]["bytes"]
-    assert rows["aes-prg"]["bytes"] == rows["triple-streams"]["bytes"] == rows["mpcformer"]["bytes"] > 0
+    assert rows["aes-prg"]["bytes"] == rows["triple-streams"]["bytes"] == rows["fast-exchange"]["bytes"] > 0
+    # LayerNorm's one opening of x - mean: fewer bytes, the same rounds
+    assert 0 < rows["mpcformer"]["bytes"] < rows["fast-exchange"]["bytes"]
     # Owner operands: each weight matrix is sent once, one way, in the model's set-up (8 bytes per
     # ring element), so a forward sends only activation-sized data (tiny: its weights are mostly
     # the 30522 x 64 embedding table, which CrypTen's path opens both ways in every forward).
@@ -112,15 +118,16 @@ def test_protocol_path_bench_adds_one_switch_at_a_time(tmp_path, capsys):
     c = preset_config("tiny")
     H, I = c.hidden_size, c.intermediate_size
     weight_elements = c.vocab_size * H + c.num_hidden_layers * (4 * H * H + 2 * H * I) + H * H + H * 2
+    weight_elements += c.num_hidden_layers * 2 * H  # the LayerNorm gammas applied beside a layer's product
     assert rows["fast-matmul"]["bytes"] - rows["weight-masks"]["bytes"] > 0.5 * rows["crypten"]["bytes"]
-    for path in ("weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "mpcformer"):
+    for path in ("weight-masks", "overlap-dealer", "aes-prg", "triple-streams", "fast-exchange", "mpcformer"):
         assert rows[path]["setup_bytes"] == 8 * weight_elements  # once per session instead
     assert rows["crypten"]["setup_bytes"] == 0  # sharing alone is local
     for r in rows.values():
         assert 0 < r["matmul_time_s"] < r["latency_s"]
     assert report["speedup_end_to_end"] == rows["crypten"]["latency_s"] / rows["mpcformer"]["latency_s"]
     assert report["speedup_overlap_alone"] == rows["weight-masks"]["latency_s"] / rows["overlap-dealer"]["latency_s"]
-    assert report["speedup_exchange_alone"] == rows["triple-streams"]["latency_s"] / rows["mpcformer"]["latency_s"]
+    assert report["speedup_exchange_alone"] == rows["triple-streams"]["latency_s"] / rows["fast-exchange"]["latency_s"]
     assert "| mpcformer |" in (out / "matmul_path.md").read_text()
 
 
@@ -184,16 +191,16 @@ def test_bench_cli_passes_the_device_and_matmul_switches_to_every_party(monkeypa
         main(["bench", "--device", "cuda", "--launcher", "ray", "--gpus-per-actor", "0.5", "--out", str(tmp_path)])
     assert seen["cfg"].mpc.device == "cuda" and seen["cfg"].gpus_per_actor == 0.5
     mpc = seen["cfg"].mpc
-    assert mpc.reuse_weight_masks and mpc.fast_matmul and mpc.overlap_dealer  # the defaults
+    assert mpc.reuse_weight_masks and mpc.fast_matmul and mpc.overlap_dealer and mpc.reuse_activation_masks  # defaults
     assert mpc.randomness == "os" and mpc.fast_exchange and mpc.stream_triples
     stock = [
         "--no-weight-masks", "--no-fast-matmul", "--no-overlap-dealer", "--crypten-randomness", "--no-stream-triples",
-        "--no-fast-exchange",
+        "--no-fast-exchange", "--no-activation-masks",
     ]
     with pytest.raises(SystemExit):
         main(["bench", *stock, "--out", str(tmp_path)])
     mpc = seen["cfg"].mpc
-    assert not mpc.reuse_weight_masks and not mpc.fast_matmul and not mpc.overlap_dealer
+    assert not mpc.reuse_weight_masks and not mpc.fast_matmul and not mpc.overlap_dealer and not mpc.reuse_activation_masks
     assert mpc.randomness != "os" and not mpc.fast_exchange and not mpc.stream_triples
     with pytest.raises(SystemExit):
         main(["bench", "--protocol", "crypten", "--out", str(tmp_path)])
@@ -211,7 +218,7 @@ def test_protocol_crypten_says_so_and_costs_what_every_switch_off_costs(tmp_path
     shipped = bench("crypten", "--protocol", "crypten")
     switches_off = bench(
         "switches", "--no-fast-matmul", "--no-weight-masks", "--no-overlap-dealer", "--no-stream-triples",
-        "--no-fast-exchange", "--no-exact-truncation",
+        "--no-fast-exchange", "--no-exact-truncation", "--no-activation-masks",
     )
     path = shipped["protocol_path"]
     assert path["profile"] == "crypten"

@@ -22,10 +22,11 @@ def products():
     ints = {
         "w_t": ring_values((N, K), 20, 0.2),  # extremes included: the ring wraps
         "xs": [ring_values(shape, 21 + i, 0.2) for i, shape in enumerate(X_SHAPES)],
+        "v": ring_values((1, K), 25, 0.2),  # an elementwise operand beside W
     }
     gen = torch.Generator().manual_seed(22)
     floats = {"x": torch.randn(2, 7, K, generator=gen), "w": torch.randn(K, N, generator=gen) / K**0.5}
-    plain = {"w_t": ints["w_t"].tolist(), "xs": [x.tolist() for x in ints["xs"]]}
+    plain = {"w_t": ints["w_t"].tolist(), "xs": [x.tolist() for x in ints["xs"]], "v": ints["v"].tolist()}
     results = run_local(
         fns.masked_and_stock_products, args=(plain, {n: t.tolist() for n, t in floats.items()}), timeout_s=180
     )
@@ -64,6 +65,21 @@ def test_the_weight_is_sent_once_and_each_product_sends_only_its_input_one_way(p
         assert party["plain_bytes"] == party["stock_bytes"]  # masks off: CrypTen's protocol
     owner, client = results
     assert all(b > 0 for b in owner["dealer_bytes"]) and all(b == 0 for b in client["dealer_bytes"])
+
+
+def test_a_vector_operand_rides_on_the_products_message(products):
+    """x @ W and x * v from one message: both exact ring products, no byte more than x @ W alone;
+    masks off, CrypTen's product gives the same x * v."""
+    ints, _, results = products
+    x, w, v = ints["xs"][1], ints["w_t"].t(), ints["v"][0]
+    for party in results:
+        got = party["with_scale"]
+        assert torch.equal(torch.tensor(got["ints"]), x @ w)
+        assert torch.equal(torch.tensor(got["scaled"]), x * v)  # int64 products wrap modulo 2^64
+        assert got["bytes"] == party["bytes"][1]
+        assert torch.equal(torch.tensor(party["plain"]["scaled"]), x * v)
+    owner, client = results
+    assert owner["with_scale"]["dealer_bytes"] > owner["dealer_bytes"][1] and client["with_scale"]["dealer_bytes"] == 0
 
 
 def test_a_released_operand_refuses_with_advice(products):

@@ -37,7 +37,8 @@ from mpcformer.errors import UserError
 from mpcformer.mpc import progress
 from mpcformer.mpc.compat import crypten
 from mpcformer.mpc.costs import CostLedger
-from mpcformer.mpc.fixed_operand import FixedOperand, release_masks
+from mpcformer.mpc.fixed_operand import FixedOperand, release_masks, rmatmul_all
+from mpcformer.mpc.row_factor import times_row_factor
 from mpcformer.models.surgery import CALIBRATION_KEY, encoder_family, layernorm_calibration
 
 __all__ = [
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 CrypTensor = Any  # crypten.CrypTensor (kept loose: CrypTen has no type stubs)
+#: Most one-hot elements the word lookup sends in one message (bert-base at 128 tokens: 3.9M, one message).
+ONE_MESSAGE_ELEMENTS = 1 << 23
 Activation = Callable[[CrypTensor], CrypTensor]
 Normaliser = Callable[[CrypTensor, torch.Tensor], Any]  # -> RowScaled (mpcformer.approx.functions)
 InvSqrt = Callable[[CrypTensor, str], CrypTensor]  # (variance, LayerNorm name) -> 1/sqrt(variance)
@@ -272,23 +275,48 @@ class EncryptedLinear(_Module):
     W^T is a :class:`~mpcformer.mpc.fixed_operand.FixedOperand` (party 0 holds it): with reusable
     weight masks it is sent once under its mask when the model is built, and each forward sends
     only x's masked share.
+
+    ``after``: the LayerNorm whose output feeds this layer. Its input is then that LayerNorm's
+    normalised value n (:class:`EncryptedLayerNorm`), and the owner folds the LayerNorm's gamma
+    and beta into the weights: y = n (diag(gamma) W^T) + (beta W^T + b). With ``residual`` the
+    forward also returns the LayerNorm's output gamma * n + beta (the next residual), from the
+    same message as the product (``FixedOperand.rmatmul_and_scale``): LayerNorm's affine costs no
+    opening of its own.
     """
 
-    def __init__(self, weights: OwnerWeights, names: list[str], in_features: int, out_features: int):
+    def __init__(
+        self, weights: OwnerWeights, names: list[str], in_features: int, out_features: int,
+        after: str | None = None, residual: bool = False,
+    ):
         # Several names are concatenated along the output: one matmul sends x once for Q, K and V.
         shape = (in_features, len(names) * out_features)
         values = [weights.value(f"{n}.weight", (out_features, in_features)) for n in names]  # (out, in) each
         value = None if values[0] is None else torch.cat([v.t() for v in values], dim=1)  # (in, k*out)
+        biases = [weights.value(f"{n}.bias", (out_features,)) for n in names]
+        bias = None if biases[0] is None else torch.cat(biases)  # (k*out,)
+        self.gamma = self.beta = None
+        if after is not None:
+            gamma, beta = (weights.value(f"{after}.{w}", (in_features,)) for w in ("weight", "bias"))  # (in,) each
+            if value is not None:
+                value, bias = gamma[:, None] * value, bias + beta @ value  # (in, k*out), (k*out,)
+            if residual:
+                self.gamma = FixedOperand(None if gamma is None else gamma[None], (1, in_features), weights.device)
+                self.beta = weights.share(f"{after}.bias", (in_features,))
         self.weight_t = FixedOperand(value, shape, weights.device)
-        biases = [weights.share(f"{n}.bias", (out_features,)) for n in names]
-        self.bias = biases[0] if len(names) == 1 else crypten.cat(biases, dim=0)  # (k*out,)
+        self.bias = crypten.cryptensor(torch.zeros(shape[1], device=weights.device) if bias is None else bias, src=0)
 
-    def forward(self, x: CrypTensor) -> CrypTensor:
-        return self.weight_t.rmatmul(x) + self.bias  # (..., in) @ (in, k*out) -> (..., k*out)
+    def forward(self, x: CrypTensor) -> Any:
+        """x (..., in) @ (in, k*out) + b; with ``residual`` also the LayerNorm's output (..., in)."""
+        y, scaled = self.weight_t.rmatmul_and_scale(x, self.gamma)
+        return y + self.bias if self.gamma is None else (y + self.bias, scaled + self.beta)
 
 
 class EncryptedLayerNorm(_Module):
-    """LayerNorm under MPC over the last dim: gamma (x - mean) / sqrt(var + eps) + beta.
+    """LayerNorm under MPC over the last dim, without its affine: n = (x - mean) / sqrt(var + eps).
+
+    Its gamma and beta are applied by the layer that reads n (:class:`EncryptedLinear` with
+    ``after``): folded into that layer's weights, and gamma * n + beta for the residual from the
+    same message.
 
     ``1/sqrt`` is the combination's LayerNorm normaliser (``inv_sqrt``, passed to each forward);
     the default, ``ln:exact``, is :func:`encrypted_inv_sqrt`, right for variances in :data:`INV_SQRT_RANGE`
@@ -304,25 +332,24 @@ class EncryptedLayerNorm(_Module):
     """
 
     def __init__(self, weights: OwnerWeights, name: str, hidden_size: int, eps: float, input_scale: int = 1):
-        self.weight = weights.share(f"{name}.weight", (hidden_size,))  # gamma (H,)
-        self.bias = weights.share(f"{name}.bias", (hidden_size,))  # beta (H,)
         self.eps, self.input_scale = eps, int(input_scale)
         self.key = hf_key(weights.family, name)  # its name in the checkpoint (and in a calibration)
 
     def forward(self, x: CrypTensor, inv_sqrt: InvSqrt = lambda variance, key: encrypted_inv_sqrt(variance)) -> CrypTensor:
         scaled = x * self.input_scale if self.input_scale != 1 else x  # (B, T, H), exact
         centred = scaled - scaled.mean(-1, keepdim=True)  # (B, T, H)
-        variance = centred.square().mean(-1, keepdim=True)  # (B, T, 1)
-        inv_std = inv_sqrt(variance + self.eps * self.input_scale**2, self.key)  # (B, T, 1)
-        return centred * inv_std * self.weight + self.bias  # (B, T, H)
+        eps = self.eps * self.input_scale**2
+        # centred * inv_sqrt(variance (B, T, 1)), centred opened once for both products
+        return times_row_factor(centred, lambda variance: inv_sqrt(variance + eps, self.key))  # (B, T, H)
 
 
 class EncryptedBertEmbeddings(_Module):
-    """word + position + token-type embeddings, then LayerNorm.
+    """word + position + token-type embeddings, then LayerNorm (normalised: gamma and beta are
+    applied by the first layer's query/key/value projection).
 
     The word lookup is a product of the client's one-hot (B, T, V), shared by party 1, and the
-    owner's table (V, H), computed ``vocab_chunk`` rows at a time (one Beaver matmul each: memory
-    stays ~ (B*T + H) * vocab_chunk). Position and token-type ids are public, so their rows are
+    owner's table (V, H), computed ``vocab_chunk`` rows at a time (one masked product each, their
+    inputs sent in one message). Position and token-type ids are public, so their rows are
     selected from the encrypted tables without communication.
     """
 
@@ -353,19 +380,27 @@ class EncryptedBertEmbeddings(_Module):
             return self.LayerNorm(summed, inv_sqrt)
 
     def lookup_words(self, client_ids: torch.Tensor | None, shape: tuple[int, int]) -> CrypTensor:
-        """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1."""
+        """sum over chunks c of one_hot(ids)[..., c] @ word_embeddings[c]; ``client_ids`` only on party 1.
+
+        The chunks' one-hot inputs go in one message (``rmatmul_all``: one round, not one per chunk)
+        as long as they hold at most ``ONE_MESSAGE_ELEMENTS`` together; larger batches take several.
+        """
         device = self.device
         ids = None if client_ids is None else client_ids.to(device)[..., None]  # (B, T, 1)
-        words, start = None, 0
-        for chunk in self.word_chunks:
+        words, start, group = None, 0, []
+        for index, chunk in enumerate(self.word_chunks):
             stop = start + chunk.shape[0]
             if ids is None:
                 one_hot = torch.zeros(*shape, stop - start, device=device)  # (B, T, c): party 1 provides the values
             else:
                 one_hot = (ids == torch.arange(start, stop, device=device)).to(torch.float32)  # (B, T, c)
-            part = chunk.rmatmul(crypten.cryptensor(one_hot, src=1))  # (B, T, c) @ (c, H)
-            words = part if words is None else words + part  # (B, T, H)
+            group.append((crypten.cryptensor(one_hot, src=1), chunk))
             start = stop
+            held = sum(x.numel() for x, _ in group)
+            if index + 1 == len(self.word_chunks) or held + one_hot.numel() > ONE_MESSAGE_ELEMENTS:
+                for part in rmatmul_all(*map(list, zip(*group))):  # (B, T, c) @ (c, H) each
+                    words = part if words is None else words + part  # (B, T, H)
+                group = []
         return words
 
 
@@ -394,17 +429,20 @@ class EncryptedBertSelfAttention(_Module):
     classifier reads [CLS] alone; keys and values still come from every token.
     """
 
-    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, prefix: str):
+    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, prefix: str, after: str):
         names = [f"{prefix}.query", f"{prefix}.key", f"{prefix}.value"]
-        self.qkv = EncryptedLinear(weights, names, config.hidden_size, config.hidden_size)
+        self.qkv = EncryptedLinear(weights, names, config.hidden_size, config.hidden_size, after, residual=True)
         self.num_heads, self.head_size = config.num_attention_heads, config.head_size
 
     def forward(
-        self, x: CrypTensor, key_mask: torch.Tensor, normaliser: Normaliser, ledger: CostLedger, first_only: bool = False
-    ) -> CrypTensor:
-        B, T, H = x.size()
+        self, normalised: CrypTensor, key_mask: torch.Tensor, normaliser: Normaliser, ledger: CostLedger,
+        first_only: bool = False,
+    ) -> tuple[CrypTensor, CrypTensor]:
+        """(context (B, Tq, H), the layer input x = the LayerNorm ``after``'s output (B, T, H))."""
+        B, T, H = normalised.size()
         with ledger.scope("linear"):
-            qkv = self.qkv(x)  # (B, T, 3H): one masked message of x serves Q, K and V
+            # (B, T, 3H) and x (B, T, H): one masked message of n serves Q, K, V and gamma * n
+            qkv, x = self.qkv(normalised)
         q, k, v = (self._split_heads(qkv[:, :, i * H:(i + 1) * H]) for i in range(3))  # (B, nh, T, hs) each
         if first_only:
             q = q[:, :, :1]  # (B, nh, 1, hs)
@@ -420,7 +458,7 @@ class EncryptedBertSelfAttention(_Module):
         with ledger.scope("softmax"):
             # each row's factor after the product: its operand is (Tq, hs) per head, not (Tq, T)
             context = rows.scale(context)  # (B, nh, Tq, hs)
-        return context.transpose(1, 2).reshape(B, q.size(2), H)  # (B, Tq, nh, hs) -> (B, Tq, H)
+        return context.transpose(1, 2).reshape(B, q.size(2), H), x  # (B, Tq, nh, hs) -> (B, Tq, H)
 
     def _split_heads(self, x: CrypTensor) -> CrypTensor:
         B, T, _ = x.size()
@@ -441,7 +479,7 @@ class EncryptedBertResidualOutput(_Module):
         with ledger.scope("linear"):
             summed = self.dense(x) + residual  # (B, T, in) @ (in, H) + (B, T, H)
         with ledger.scope("layernorm"):
-            return self.LayerNorm(summed, inv_sqrt)  # (B, T, H)
+            return self.LayerNorm(summed, inv_sqrt)  # (B, T, H), normalised
 
 
 class EncryptedBertLayer(_Module):
@@ -449,29 +487,34 @@ class EncryptedBertLayer(_Module):
 
     With ``first_only`` (the last layer) everything after the keys and values runs for position 0
     alone: (B, T, H) in, (B, 1, H) out, the same [CLS] row as the full layer's.
+
+    In and out are LayerNorms' normalised values (:class:`EncryptedLayerNorm`): ``after`` names the
+    LayerNorm whose gamma and beta the query/key/value projection applies.
     """
 
-    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, index: int):
+    def __init__(self, config: EncryptedBertConfig, weights: OwnerWeights, index: int, after: str):
         prefix, H, I = f"encoder.layer.{index}", config.hidden_size, config.intermediate_size  # noqa: E741
         self.index = index
-        self.attention = EncryptedBertSelfAttention(config, weights, f"{prefix}.attention.self")
+        self.attention = EncryptedBertSelfAttention(config, weights, f"{prefix}.attention.self", after)
         self.attention_output = EncryptedBertResidualOutput(config, weights, f"{prefix}.attention.output", H)
-        self.intermediate = EncryptedLinear(weights, [f"{prefix}.intermediate.dense"], H, I)
+        self.intermediate = EncryptedLinear(
+            weights, [f"{prefix}.intermediate.dense"], H, I, after=f"{prefix}.attention.output.LayerNorm", residual=True
+        )
         self.output = EncryptedBertResidualOutput(config, weights, f"{prefix}.output", I)
 
     def forward(
-        self, x: CrypTensor, key_mask: torch.Tensor, activation: Activation, normaliser: Normaliser,
+        self, normalised: CrypTensor, key_mask: torch.Tensor, activation: Activation, normaliser: Normaliser,
         inv_sqrt: InvSqrt, ledger: CostLedger, first_only: bool = False,
     ) -> CrypTensor:
         with ledger.scope("other", layer=self.index):  # inner scopes inherit the layer index
-            attended = self.attention(x, key_mask, normaliser, ledger, first_only)  # (B, Tq, H)
+            attended, x = self.attention(normalised, key_mask, normaliser, ledger, first_only)  # (B, Tq, H), (B, T, H)
             residual = x[:, :1] if first_only else x  # (B, Tq, H)
-            x = self.attention_output(attended, residual, inv_sqrt, ledger)  # (B, Tq, H)
+            normalised = self.attention_output(attended, residual, inv_sqrt, ledger)  # (B, Tq, H)
             with ledger.scope("linear"):
-                hidden = self.intermediate(x)  # (B, Tq, H) @ (H, I) -> (B, Tq, I)
+                hidden, x = self.intermediate(normalised)  # (B, Tq, H) @ (H, I) -> (B, Tq, I); x (B, Tq, H)
             with ledger.scope("activation"):
                 hidden = activation(hidden)  # (B, Tq, I)
-            return self.output(hidden, x, inv_sqrt, ledger)  # (B, Tq, H)
+            return self.output(hidden, x, inv_sqrt, ledger)  # (B, Tq, H), normalised
 
 
 def _layernorm_normaliser(combo: Combo, config: EncryptedBertConfig) -> InvSqrt:
@@ -493,8 +536,10 @@ class EncryptedBertForSequenceClassification(_Module):
         H = config.hidden_size
         self.config = config
         self.embeddings = EncryptedBertEmbeddings(config, weights)
-        self.layers = [EncryptedBertLayer(config, weights, i) for i in range(config.num_hidden_layers)]
-        self.pooler = EncryptedLinear(weights, ["pooler.dense"], H, H)
+        # each layer reads the previous LayerNorm's normalised output and applies its gamma and beta
+        before = ["embeddings.LayerNorm"] + [f"encoder.layer.{i}.output.LayerNorm" for i in range(config.num_hidden_layers)]
+        self.layers = [EncryptedBertLayer(config, weights, i, before[i]) for i in range(config.num_hidden_layers)]
+        self.pooler = EncryptedLinear(weights, ["pooler.dense"], H, H, after=before[-1])
         self.classifier = EncryptedLinear(weights, ["classifier"], H, config.num_labels)
 
     def forward(
@@ -506,7 +551,7 @@ class EncryptedBertForSequenceClassification(_Module):
         inv_sqrt = _layernorm_normaliser(combo, self.config)
         batch = batch.to(self.embeddings.device)  # public tensors beside the shares
         key_mask = batch.key_mask()  # (B, 1, 1, T)
-        hidden = self.embeddings(client_ids, batch, inv_sqrt, ledger)  # (B, T, H)
+        hidden = self.embeddings(client_ids, batch, inv_sqrt, ledger)  # (B, T, H), normalised (EncryptedLayerNorm)
         last = len(self.layers)
         for done, layer in enumerate(self.layers, start=1):
             # (B, T, H) each; the last layer computes [CLS] only, all the classifier reads: (B, 1, H)
@@ -518,11 +563,12 @@ class EncryptedBertForSequenceClassification(_Module):
             return self.classifier(pooled)  # (B, H) @ (H, L) -> (B, L)
 
     def fixed_operands(self) -> list[FixedOperand]:
-        """Every weight matrix that enters a matmul, in build order."""
+        """Every weight matrix that enters a matmul, then every LayerNorm gamma applied beside one."""
         linears = [self.pooler, self.classifier]
         for layer in self.layers:
             linears += [layer.attention.qkv, layer.attention_output.dense, layer.intermediate, layer.output.dense]
-        return self.embeddings.word_chunks + [linear.weight_t for linear in linears]
+        gammas = [linear.gamma for linear in linears if linear.gamma is not None]
+        return self.embeddings.word_chunks + [linear.weight_t for linear in linears] + gammas
 
     def release(self) -> None:
         """Free the dealer's copies of this model's weight masks (every party calls this together)."""

@@ -28,12 +28,12 @@ class FunctionSettings(StrictModel):
 #: baseline); CrypTen's config reads stay cached (:mod:`mpcformer.mpc.fast_config`: same values).
 PROTOCOL_PROFILES: dict[str, dict[str, object]] = {
     "mpcformer": {
-        "fast_matmul": True, "reuse_weight_masks": True, "overlap_dealer": True, "stream_triples": True,
-        "fast_exchange": True, "randomness": "os",
+        "fast_matmul": True, "reuse_weight_masks": True, "reuse_activation_masks": True, "overlap_dealer": True,
+        "stream_triples": True, "fast_exchange": True, "randomness": "os",
     },
     "crypten": {
-        "fast_matmul": False, "reuse_weight_masks": False, "overlap_dealer": False, "stream_triples": False,
-        "fast_exchange": False, "exact_truncation": False, "randomness": "crypten-insecure-baseline",
+        "fast_matmul": False, "reuse_weight_masks": False, "reuse_activation_masks": False, "overlap_dealer": False,
+        "stream_triples": False, "fast_exchange": False, "exact_truncation": False, "randomness": "crypten-insecure-baseline",
     },
 }
 
@@ -72,6 +72,11 @@ class MPCConfig(StrictModel):
         description="send each owner weight matrix once, one way, under a mask that later products reuse; "
         "one local matmul per party per product (TTP dealer, 2 parties, CPU); "
         "False = a fresh Beaver triple per product, as CrypTen ships",
+    )
+    reuse_activation_masks: bool = Field(
+        default=True,
+        description="LayerNorm opens x - mean once for its square and its product with each row's 1/sqrt(var) "
+        "(TTP dealer, 2 parties, CPU); False = two openings, as CrypTen's square then product",
     )
     overlap_dealer: bool = Field(
         default=True,

@@ -11,7 +11,8 @@ answers in the order it asked (:mod:`mpcformer.mpc.beaver`), so the two kinds ne
 
 mpcformer's own requests are methods of :class:`Dealer`: :data:`STREAM_RANGE` (the dealer's side of
 :mod:`mpcformer.mpc.triple_stream`) and the three weight-mask requests of
-:mod:`mpcformer.mpc.fixed_operand` (:data:`MASK_REGISTER`, :data:`MASK_TRIPLE`, :data:`MASK_RELEASE`).
+:mod:`mpcformer.mpc.fixed_operand` (:data:`MASK_REGISTER`, :data:`MASK_TRIPLE`, :data:`MASK_RELEASE`), and
+:data:`ROW_FACTOR_TRIPLE` (:mod:`mpcformer.mpc.row_factor`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from mpcformer.mpc import keys, prg, runtime
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 from mpcformer.mpc.triple_stream import dealer_chunk
 
-__all__ = ["Dealer", "REPLY_KEY", "BROADCAST_REPLY", "STREAM_RANGE", "MASK_REGISTER", "MASK_TRIPLE", "MASK_RELEASE"]
+__all__ = [
+    "Dealer", "REPLY_KEY", "BROADCAST_REPLY", "STREAM_RANGE", "MASK_REGISTER", "MASK_TRIPLE", "MASK_RELEASE",
+    "ROW_FACTOR_TRIPLE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ REPLY_KEY, BROADCAST_REPLY = "reply", "broadcast"
 #: mpcformer's requests: the names of the :class:`Dealer` methods that answer them.
 STREAM_RANGE = "mpcformer_stream_range"
 MASK_REGISTER, MASK_TRIPLE, MASK_RELEASE = "mpcformer_mask_register", "mpcformer_mask_triple", "mpcformer_mask_release"
+ROW_FACTOR_TRIPLE = "mpcformer_row_factor_triple"
 #: Answers in flight at once; beyond that the dealer waits for the oldest (bounds its memory).
 MAX_IN_FLIGHT = 64
 
@@ -80,15 +85,31 @@ class Dealer(TTPServer):
         self._masks[key] = crypten_rng.generate_random_ring_element(torch.Size(size), generator=generator, device=self.device)
         return torch.zeros(1, dtype=torch.long, device=self.device)  # the loop always answers a tensor
 
-    def mpcformer_mask_triple(self, key: int, size0: tuple[int, ...]) -> torch.Tensor:
-        """Party 0's ``c_0 = a @ b - c_1`` for party 1's fresh ``a`` and ``c_1`` (mirroring its generator)."""
-        b = self._masks.get(key)
-        if b is None:
-            raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
+    def mpcformer_mask_triple(self, key: int, size0: tuple[int, ...], scale_key: int | None = None) -> torch.Tensor:
+        """Party 0's ``c_0 = a @ b - c_1`` for party 1's fresh ``a`` and ``c_1`` (mirroring its generator),
+        flattened; with ``scale_key`` (a vector's mask ``b_v``) followed by ``a * b_v - c'_1``."""
+        b, b_v = (self._mask(k) for k in (key, scale_key))
         generator = self._get_generators(device=self.device)[1]
         a = crypten_rng.generate_random_ring_element(torch.Size(size0), generator=generator, device=self.device)
         c = _dispatch_matmul(a, b)
-        return c - crypten_rng.generate_random_ring_element(c.size(), generator=generator, device=self.device)
+        c -= crypten_rng.generate_random_ring_element(c.size(), generator=generator, device=self.device)
+        if b_v is None:
+            return c.view(-1)
+        c_v = a * b_v[0] - crypten_rng.generate_random_ring_element(a.size(), generator=generator, device=self.device)
+        return torch.cat([c.view(-1), c_v.view(-1)])
+
+    def _mask(self, key: int | None) -> torch.Tensor | None:
+        if key is None:
+            return None
+        if key not in self._masks:
+            raise RuntimeError(f"the dealer holds no weight mask {key}: was the weight registered in this session?")
+        return self._masks[key]
+
+    def mpcformer_row_factor_triple(self, size: tuple[int, ...]) -> torch.Tensor:
+        """Party 0's values for one ``x * s(mean(x^2))`` (:mod:`mpcformer.mpc.row_factor`)."""
+        from mpcformer.mpc.row_factor import dealer_values  # on use: it imports this module
+
+        return dealer_values(self._get_generators(device=self.device), size, self.device)
 
     def mpcformer_mask_release(self, keys: list[int]) -> torch.Tensor:
         """Forget the weight masks ``keys``."""

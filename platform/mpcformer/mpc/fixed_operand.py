@@ -19,6 +19,12 @@ the dealer, which mirrors every draw):
   a @ (W - b) + a @ b = x @ W``; the usual fixed-point truncation follows.
   One activation-sized message, one way; one local matmul per party and one on the dealer
   (CrypTen: the weight and the activation opened both ways, 2 or 3 matmuls per party).
+- ``x @ W`` and ``x * v`` (:meth:`FixedOperand.rmatmul_and_scale`; ``v`` a registered vector of
+  party 0's, e.g. a LayerNorm's gamma): the same ``e``, so the same ``a``; the dealer adds
+  ``c'_0 = a * b_v - c'_1`` to its answer (party 1 draws ``c'_1`` after ``c_1``), party 0's share
+  is ``(x_0 + e) * v + c'_0``, party 1's ``a * (v - b_v) + c'_1``. No byte more than ``x @ W``
+  alone: one mask serves products with two operands of one party (each opened once under its own
+  mask), as one Beaver mask serves ``x * y`` and ``x * z``.
 - release: ``mpcformer_mask_release(keys)`` frees ``b`` on the dealer.
 
 **Security** (semi-honest, no collusion with the dealer, as CrypTen's TTP). Party 1 sees ``δ``,
@@ -55,7 +61,7 @@ from mpcformer.mpc.beaver import ask_dealer, dealer_answer
 from mpcformer.mpc.dealer import MASK_REGISTER, MASK_RELEASE, MASK_TRIPLE
 from mpcformer.mpc.ring_matmul import _dispatch_matmul
 
-__all__ = ["FixedOperand", "release_masks"]
+__all__ = ["FixedOperand", "rmatmul_all", "release_masks"]
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +119,42 @@ class FixedOperand:
 
     def rmatmul(self, x: CrypTensor) -> CrypTensor:
         """``x @ W`` for an encrypted ``x`` (..., k); encrypted (..., n)."""
+        return self.rmatmul_and_scale(x, None)[0]
+
+    def rmatmul_and_scale(self, x: CrypTensor, scale: "FixedOperand | None") -> tuple[CrypTensor, CrypTensor | None]:
+        """``x @ W`` and, with ``scale`` (an operand of shape (1, k): a vector ``v``), ``x * v``
+        elementwise, both from the one message of ``x`` (the same mask ``a``; module doc)."""
+        if scale is not None and scale.shape != (1, self.shape[0]):
+            raise ValueError(f"x * v: v must have shape (1, {self.shape[0]}), got {scale.shape}")
         if not self.masked:
-            return x.matmul(self._weight)
+            return x.matmul(self._weight), None if scale is None else x * scale._weight[0]
+        if scale is not None and scale.key is None:
+            raise RuntimeError("this fixed operand was released; build it again in the current MPC session")
+        size0, x_shares = self._check(x), x._tensor
+        size_z = size0[:-1] + self.shape[1:]
+        numel_z = torch.Size(size_z).numel()
+        if self.rank == 0:  # ask first: the dealer computes c_0 while party 1's e travels
+            answer = numel_z + (0 if scale is None else torch.Size(size0).numel())
+            scale_key = None if scale is None else scale.key
+            ticket = ask_dealer(MASK_TRIPLE, self.device, self.key, size0, scale_key, size=(answer,))
+            e = comm.get().recv(torch.empty(size0, dtype=torch.long, device=self.device), src=1)
+            masked_x = x_shares.share + e  # x_0 + e
+            c_0 = dealer_answer(ticket)
+            z = _dispatch_matmul(masked_x, self._weight) + c_0[:numel_z].view(size_z)  # (x_0 + e) @ W + c_0
+            s = None if scale is None else masked_x * scale._weight[0] + c_0[numel_z:].view(size0)
+        else:
+            generator = TTPClient.get().get_generator(device=self.device)
+            a = crypten_rng.generate_random_ring_element(size0, generator=generator, device=self.device)
+            c_1 = crypten_rng.generate_random_ring_element(size_z, generator=generator, device=self.device)
+            comm.get().send((x_shares.share - a).contiguous(), dst=0)  # e = x_1 - a, uniform
+            z = _dispatch_matmul(a, self.delta) + c_1
+            s = None
+            if scale is not None:  # a * (v - b_v) + c_1'
+                s = a * scale.delta[0] + crypten_rng.generate_random_ring_element(size0, generator=generator, device=self.device)
+        return self._fixed_point(x, z, self), None if s is None else self._fixed_point(x, s, scale)
+
+    def _check(self, x: CrypTensor) -> tuple[int, ...]:
+        """``x``'s share size, after checking that ``x @ W`` can run masked."""
         if self.key is None:
             raise RuntimeError("this fixed operand was released; build it again in the current MPC session")
         x_shares = x._tensor
@@ -123,22 +163,15 @@ class FixedOperand:
         size0 = tuple(x_shares.size())
         if size0[-1] != self.shape[0]:
             raise ValueError(f"x @ W: x is {size0}, W is {self.shape}")
-        if self.rank == 0:  # ask first: the dealer computes c_0 while party 1's e travels
-            ticket = ask_dealer(MASK_TRIPLE, self.device, self.key, size0, size=size0[:-1] + self.shape[1:])
-            e = comm.get().recv(torch.empty(size0, dtype=torch.long, device=self.device), src=1)
-            z = _dispatch_matmul(x_shares.share + e, self._weight)  # (x_0 + e) @ W
-            z += dealer_answer(ticket)
-        else:
-            generator = TTPClient.get().get_generator(device=self.device)
-            a = crypten_rng.generate_random_ring_element(size0, generator=generator, device=self.device)
-            c_1 = crypten_rng.generate_random_ring_element(size0[:-1] + self.shape[1:], generator=generator, device=self.device)
-            comm.get().send((x_shares.share - a).contiguous(), dst=0)  # e = x_1 - a, uniform
-            z = _dispatch_matmul(a, self.delta)
-            z += c_1
-        z = ArithmeticSharedTensor.from_shares(z, precision=0)
-        # Fixed-point bookkeeping exactly as CrypTen's private matmul (arithmetic._arithmetic_function).
-        x_scale, w_scale = x_shares.encoder.scale, self.encoder.scale
-        z.encoder = x_shares.encoder if x_scale > 1 else self.encoder
+        return size0
+
+    @staticmethod
+    def _fixed_point(x: CrypTensor, product: torch.Tensor, operand: "FixedOperand") -> CrypTensor:
+        """Shares of a product with the operand as an encrypted tensor, scaled as CrypTen's
+        private products are (arithmetic._arithmetic_function)."""
+        z = ArithmeticSharedTensor.from_shares(product, precision=0)
+        x_scale, w_scale = x._tensor.encoder.scale, operand.encoder.scale
+        z.encoder = x._tensor.encoder if x_scale > 1 else operand.encoder
         if x_scale > 1 and w_scale > 1:
             z = z.div_(x_scale)
         out = x.shallow_copy()
@@ -148,6 +181,39 @@ class FixedOperand:
     def release(self) -> None:
         """Free the dealer's ``b`` (party 0 sends the request; every party calls this together)."""
         release_masks([self])
+
+
+def rmatmul_all(xs: list[CrypTensor], operands: list[FixedOperand]) -> list[CrypTensor]:
+    """``[x @ W for x, W in zip(xs, operands)]`` with every ``x`` sent in one message (one round
+    instead of one each): for products whose inputs are all known at once, e.g. the chunks of a
+    one-hot lookup. Party 0 asks the dealer for every product first, in order; party 1 draws each
+    product's ``a`` and ``c_1`` in the same order, as the dealer does."""
+    if not operands or not all(op.masked for op in operands):
+        return [op.rmatmul(x) for x, op in zip(xs, operands)]
+    sizes = [op._check(x) for x, op in zip(xs, operands)]
+    outputs = [size[:-1] + op.shape[1:] for size, op in zip(sizes, operands)]
+    device, rank = operands[0].device, operands[0].rank
+    if rank == 0:
+        tickets = [
+            ask_dealer(MASK_TRIPLE, device, op.key, size, None, size=(torch.Size(out).numel(),))
+            for op, size, out in zip(operands, sizes, outputs)
+        ]
+        total = sum(torch.Size(size).numel() for size in sizes)
+        received = comm.get().recv(torch.empty(total, dtype=torch.long, device=device), src=1)
+        es = [e.view(size) for e, size in zip(received.split([torch.Size(z).numel() for z in sizes]), sizes)]
+        products = [
+            _dispatch_matmul(x._tensor.share + e, op._weight) + dealer_answer(ticket).view(out)
+            for x, op, e, ticket, out in zip(xs, operands, es, tickets, outputs)
+        ]
+    else:
+        generator = TTPClient.get().get_generator(device=device)
+        draws = [
+            [crypten_rng.generate_random_ring_element(shape, generator=generator, device=device) for shape in (size, out)]
+            for size, out in zip(sizes, outputs)
+        ]
+        comm.get().send(torch.cat([(x._tensor.share - a).reshape(-1) for x, (a, _) in zip(xs, draws)]), dst=0)
+        products = [_dispatch_matmul(a, op.delta) + c_1 for op, (a, c_1) in zip(operands, draws)]
+    return [FixedOperand._fixed_point(x, z, op) for x, z, op in zip(xs, products, operands)]
 
 
 def release_masks(operands: list[FixedOperand]) -> None:
