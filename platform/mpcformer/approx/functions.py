@@ -218,8 +218,8 @@ def fitted_inv_sqrt_encrypted(
     second range costs no round, only local products. A distilled student's ranges come from
     :func:`~mpcformer.models.surgery.calibrate_layernorms`, one pair per LayerNorm.
 
-    ``ln:fit``'s defaults, ``[0.125, 128]``, degree 4, no step (2 rounds; a LayerNorm of 5 rounds
-    instead of 20), cover the variances (times the input scale squared) of every LayerNorm of
+    ``ln:fit``'s defaults, ``[0.125, 128]``, degree 4, no step (2 rounds; a LayerNorm of 4 rounds
+    instead of 19), cover the variances (times the input scale squared) of every LayerNorm of
     the pretrained all-MiniLM-L6-v2 on 256 SST-2 dev sentences: 0.13-131, the top from the
     [CLS] token (125-131 in layer 0's output LayerNorm, 16-95 in layers 1-3), the other tokens
     0.13-27. Over three decades a degree-4 polynomial is a coarse normaliser: relative error up to
