@@ -128,30 +128,7 @@ class FixedOperand:
             raise ValueError(f"x * v: v must have shape (1, {self.shape[0]}), got {scale.shape}")
         if not self.masked:
             return x.matmul(self._weight), None if scale is None else x * scale._weight[0]
-        if scale is not None and scale.key is None:
-            raise RuntimeError("this fixed operand was released; build it again in the current MPC session")
-        size0, x_shares = self._check(x), x._tensor
-        size_z = size0[:-1] + self.shape[1:]
-        numel_z = torch.Size(size_z).numel()
-        if self.rank == 0:  # ask first: the dealer computes c_0 while party 1's e travels
-            answer = numel_z + (0 if scale is None else torch.Size(size0).numel())
-            scale_key = None if scale is None else scale.key
-            ticket = ask_dealer(MASK_TRIPLE, self.device, self.key, size0, scale_key, size=(answer,))
-            e = comm.get().recv(torch.empty(size0, dtype=torch.long, device=self.device), src=1)
-            masked_x = x_shares.share + e  # x_0 + e
-            c_0 = dealer_answer(ticket)
-            z = _dispatch_matmul(masked_x, self._weight) + c_0[:numel_z].view(size_z)  # (x_0 + e) @ W + c_0
-            s = None if scale is None else masked_x * scale._weight[0] + c_0[numel_z:].view(size0)
-        else:
-            generator = TTPClient.get().get_generator(device=self.device)
-            a = crypten_rng.generate_random_ring_element(size0, generator=generator, device=self.device)
-            c_1 = crypten_rng.generate_random_ring_element(size_z, generator=generator, device=self.device)
-            comm.get().send((x_shares.share - a).contiguous(), dst=0)  # e = x_1 - a, uniform
-            z = _dispatch_matmul(a, self.delta) + c_1
-            s = None
-            if scale is not None:  # a * (v - b_v) + c_1'
-                s = a * scale.delta[0] + crypten_rng.generate_random_ring_element(size0, generator=generator, device=self.device)
-        return self._fixed_point(x, z, self), None if s is None else self._fixed_point(x, s, scale)
+        return _masked_products([(x, self, scale)])[0]
 
     def _check(self, x: CrypTensor) -> tuple[int, ...]:
         """``x``'s share size, after checking that ``x @ W`` can run masked."""
@@ -186,34 +163,64 @@ class FixedOperand:
 def rmatmul_all(xs: list[CrypTensor], operands: list[FixedOperand]) -> list[CrypTensor]:
     """``[x @ W for x, W in zip(xs, operands)]`` with every ``x`` sent in one message (one round
     instead of one each): for products whose inputs are all known at once, e.g. the chunks of a
-    one-hot lookup. Party 0 asks the dealer for every product first, in order; party 1 draws each
-    product's ``a`` and ``c_1`` in the same order, as the dealer does."""
+    one-hot lookup."""
     if not operands or not all(op.masked for op in operands):
         return [op.rmatmul(x) for x, op in zip(xs, operands)]
-    sizes = [op._check(x) for x, op in zip(xs, operands)]
-    outputs = [size[:-1] + op.shape[1:] for size, op in zip(sizes, operands)]
-    device, rank = operands[0].device, operands[0].rank
+    return [z for z, _ in _masked_products([(x, op, None) for x, op in zip(xs, operands)])]
+
+
+def _masked_products(items: list) -> list[tuple[CrypTensor, CrypTensor | None]]:
+    """The masked step of the module doc for ``items = [(x, W, v or None), ...]``: every ``e = x_1 - a``
+    in one message; ``[(x @ W, x * v or None), ...]``. Party 0 asks the dealer for every item first,
+    in order (it computes while the message travels); party 1 draws each item's ``a``, ``c_1`` and
+    ``c'_1`` in the same order, as the dealer does."""
+    for _, _, scale in items:
+        if scale is not None and scale.key is None:
+            raise RuntimeError("this fixed operand was released; build it again in the current MPC session")
+    sizes = [op._check(x) for x, op, _ in items]  # x's share sizes
+    outputs = [size[:-1] + op.shape[1:] for size, (_, op, _) in zip(sizes, items)]  # x @ W's
+    device, rank = items[0][1].device, items[0][1].rank
     if rank == 0:
         tickets = [
-            ask_dealer(MASK_TRIPLE, device, op.key, size, None, size=(torch.Size(out).numel(),))
-            for op, size, out in zip(operands, sizes, outputs)
+            ask_dealer(
+                MASK_TRIPLE, device, op.key, size, None if scale is None else scale.key,
+                size=(_numel(out) + (0 if scale is None else _numel(size)),),
+            )
+            for (_, op, scale), size, out in zip(items, sizes, outputs)
         ]
-        total = sum(torch.Size(size).numel() for size in sizes)
-        received = comm.get().recv(torch.empty(total, dtype=torch.long, device=device), src=1)
-        es = [e.view(size) for e, size in zip(received.split([torch.Size(z).numel() for z in sizes]), sizes)]
-        products = [
-            _dispatch_matmul(x._tensor.share + e, op._weight) + dealer_answer(ticket).view(out)
-            for x, op, e, ticket, out in zip(xs, operands, es, tickets, outputs)
-        ]
+        received = comm.get().recv(torch.empty(sum(map(_numel, sizes)), dtype=torch.long, device=device), src=1)
+        shares = []
+        for (x, op, scale), e, size, out, ticket in zip(
+            items, received.split([_numel(size) for size in sizes]), sizes, outputs, tickets
+        ):
+            masked_x = x._tensor.share + e.view(size)  # x_0 + e
+            c_0 = dealer_answer(ticket)
+            z = _dispatch_matmul(masked_x, op._weight) + c_0[: _numel(out)].view(out)  # (x_0 + e) @ W + c_0
+            s = None if scale is None else masked_x * scale._weight[0] + c_0[_numel(out):].view(size)
+            shares.append((z, s))
     else:
         generator = TTPClient.get().get_generator(device=device)
-        draws = [
-            [crypten_rng.generate_random_ring_element(shape, generator=generator, device=device) for shape in (size, out)]
-            for size, out in zip(sizes, outputs)
+
+        def draw(size):
+            return crypten_rng.generate_random_ring_element(size, generator=generator, device=device)
+
+        masks = []  # (a, c_1, c'_1 or None) per item, in the dealer's order
+        for (_, _, scale), size, out in zip(items, sizes, outputs):
+            a, c_1 = draw(size), draw(out)
+            masks.append((a, c_1, None if scale is None else draw(size)))
+        comm.get().send(torch.cat([(x._tensor.share - a).reshape(-1) for (x, _, _), (a, _, _) in zip(items, masks)]), dst=0)
+        shares = [
+            (_dispatch_matmul(a, op.delta) + c_1, None if scale is None else a * scale.delta[0] + c_1v)  # a @ δ + c_1
+            for (_, op, scale), (a, c_1, c_1v) in zip(items, masks)
         ]
-        comm.get().send(torch.cat([(x._tensor.share - a).reshape(-1) for x, (a, _) in zip(xs, draws)]), dst=0)
-        products = [_dispatch_matmul(a, op.delta) + c_1 for op, (a, c_1) in zip(operands, draws)]
-    return [FixedOperand._fixed_point(x, z, op) for x, z, op in zip(xs, products, operands)]
+    return [
+        (FixedOperand._fixed_point(x, z, op), None if s is None else FixedOperand._fixed_point(x, s, scale))
+        for (x, op, scale), (z, s) in zip(items, shares)
+    ]
+
+
+def _numel(size) -> int:
+    return torch.Size(size).numel()
 
 
 def release_masks(operands: list[FixedOperand]) -> None:
