@@ -12,6 +12,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Ray's log handler keeps the sys.stderr of the first `import ray` (PlainRayHandler is built with
+# it): imported here, that is the session's stream, not the first test's capsys one, which pytest
+# closes after that test (a later Ray log line would then fail with "I/O operation on closed file").
+import ray  # noqa: E402,F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
