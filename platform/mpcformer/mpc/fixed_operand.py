@@ -169,11 +169,13 @@ def rmatmul_all(xs: list[CrypTensor], operands: list[FixedOperand]) -> list[Cryp
     return [z for z, _ in _masked_products([(x, op, None) for x, op in zip(xs, operands)])]
 
 
-def _masked_products(items: list) -> list[tuple[CrypTensor, CrypTensor | None]]:
-    """The masked step of the module doc for ``items = [(x, W, v or None), ...]``: every ``e = x_1 - a``
-    in one message; ``[(x @ W, x * v or None), ...]``. Party 0 asks the dealer for every item first,
-    in order (it computes while the message travels); party 1 draws each item's ``a``, ``c_1`` and
-    ``c'_1`` in the same order, as the dealer does."""
+def _masked_products(
+    items: list[tuple[CrypTensor, FixedOperand, FixedOperand | None]],
+) -> list[tuple[CrypTensor, CrypTensor | None]]:
+    """The masked step of the module doc for ``items = [(x, operand W, operand v or None), ...]``:
+    every ``e = x_1 - a`` in one message; ``[(x @ W, x * v or None), ...]``. Party 0 asks the dealer
+    for every item first, in order (it computes while the message travels); party 1 draws each
+    item's ``a``, ``c_1`` and ``c'_1`` in the same order, as the dealer does."""
     for _, _, scale in items:
         if scale is not None and scale.key is None:
             raise RuntimeError("this fixed operand was released; build it again in the current MPC session")
@@ -210,8 +212,9 @@ def _masked_products(items: list) -> list[tuple[CrypTensor, CrypTensor | None]]:
             masks.append((a, c_1, None if scale is None else draw(size)))
         comm.get().send(torch.cat([(x._tensor.share - a).reshape(-1) for (x, _, _), (a, _, _) in zip(items, masks)]), dst=0)
         shares = [
-            (_dispatch_matmul(a, op.delta) + c_1, None if scale is None else a * scale.delta[0] + c_1v)  # a @ δ + c_1
-            for (_, op, scale), (a, c_1, c_1v) in zip(items, masks)
+            # a @ δ + c_1, and a * (v - b_v) + c'_1
+            (_dispatch_matmul(a, op.delta) + c_1, None if scale is None else a * scale.delta[0] + c_1_scale)
+            for (_, op, scale), (a, c_1, c_1_scale) in zip(items, masks)
         ]
     return [
         (FixedOperand._fixed_point(x, z, op), None if s is None else FixedOperand._fixed_point(x, s, scale))
