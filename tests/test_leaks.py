@@ -5,9 +5,10 @@ Three layers:
   one-hot rows is flagged; random ring elements and public structure (masks, sizes) are not;
 - a real 2-party + dealer run of a toy encrypted model (one-hot lookup, quad, linear): honest
   traffic holds no secret, while a deliberately leaky phase (positive control) is flagged;
-- private inference of the ``tiny`` preset under ``exact``, ``quad+2quad`` and the few-rounds
-  ``quad+2quad-fit+ln:fit`` (its ranges calibrated per LayerNorm, [CLS] apart): no weight, token
-  id, one-hot row, embedding or hidden state leaks, and the client's logits are still right.
+- private inference of the ``tiny`` preset under ``exact``, ``quad+2quad``, the few-rounds
+  ``quad+2quad-fit+ln:fit`` (its ranges calibrated per LayerNorm, [CLS] apart) and the drop-in
+  ``puma-gelu+softmax-coarse-max`` (comparisons by the coarse sign): no weight, token id, one-hot
+  row, embedding or hidden state leaks, and the client's logits are still right.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ def test_deliberately_leaky_party_is_flagged(toy_run):
 
 
 # ----------------------------------------------------------------------------- private inference
-TINY_COMBOS = ("exact", "quad+2quad", "quad+2quad-fit+ln:fit")
+TINY_COMBOS = ("exact", "quad+2quad", "quad+2quad-fit+ln:fit", "puma-gelu+softmax-coarse-max")
 TINY_SEED = 0
 
 

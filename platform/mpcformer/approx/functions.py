@@ -383,15 +383,20 @@ def puma_gelu_plain(x: torch.Tensor) -> torch.Tensor:
 
 
 def puma_gelu_encrypted(x):
-    """PUMA GeLU under MPC: the three knot comparisons in one batch, x^2, x^3, x^4, x^6 in three
-    rounds, then one batched product ``[b1-b0, b2-b1, 1-b2] . [F0, F1, x]``.
+    """PUMA GeLU under MPC: the three knot comparisons in one batch, by the coarse sign
+    (:mod:`mpcformer.mpc.coarse_sign`: resolution 1/16, ``|x - knot| < 32768``), x^2, x^3, x^4, x^6 in
+    three rounds, then one batched product ``[b1-b0, b2-b1, 1-b2] . [F0, F1, x]``.
 
-    For |x| > ~35 ``x^6`` wraps around the 64-bit ring, but its selector is an exact 0 there and
-    ring products are exact, so the result stays right.
+    Within 1/16 above a knot the lower piece may be taken: the pieces differ there by at most 0.032
+    (F1 against x just above 3), so the error against GeLU is at most 0.036 (0.020 with exact
+    knots). For |x| > ~35 ``x^6`` wraps around the
+    64-bit ring, but its selector is an exact 0 there and ring products are exact, so the result
+    stays right.
     """
     from mpcformer.mpc.compat import crypten
+    from mpcformer.mpc.coarse_sign import less_than_zero
 
-    b0, b1, b2 = _rows(crypten.stack([x - k for k in _PUMA_KNOTS]).lt(0))
+    b0, b1, b2 = _rows(less_than_zero(crypten.stack([x - k for k in _PUMA_KNOTS])))
     x2 = x.square()
     x3, x4 = x2 * x, x2.square()
     f0, f1 = _puma_pieces(x, x2, x3, x4, x3.square(), times=_times)
@@ -419,8 +424,25 @@ def softmax_encrypted(scores, mask: torch.Tensor):
     above 256). Valid while each row's real scores span less than ``2^exp_iterations`` (256).
     Configuration parameters: ``functions.max_method``, ``exp_iterations``, ``reciprocal_nr_iters``.
     """
+    return _softmax_rows(scores, mask, lambda shifted: shifted.max(-1, keepdim=True)[0])
+
+
+def softmax_coarse_max_encrypted(scores, mask: torch.Tensor):
+    """:func:`softmax_encrypted` with the row maximum found by the coarse sign
+    (:func:`mpcformer.mpc.coarse_sign.maximum`): softmax does not depend on the value subtracted,
+    which only keeps ``exp``'s argument at most 0 (here at most 7/16 for 128 keys), so the
+    probabilities are softmax's, for a fraction of the comparisons' bytes. Valid while real scores
+    span less than 256 and lie within ``32768 - 10^4`` of each other (padded keys sit 10^4 lower
+    during the max)."""
+    from mpcformer.mpc.coarse_sign import maximum
+
+    return _softmax_rows(scores, mask, lambda shifted: maximum(shifted, -1))
+
+
+def _softmax_rows(scores, mask: torch.Tensor, row_max) -> RowScaled:
+    """Softmax over real keys with ``row_max(scores pushed down at padded keys)`` subtracted."""
     full = _full_mask(mask, scores.size())
-    maximum = (scores + (full - 1.0) * _MASK_SHIFT).max(-1, keepdim=True)[0]
+    maximum = row_max(scores + (full - 1.0) * _MASK_SHIFT)
     numerator = ((scores - maximum) * full).exp() * full
     inverse = _scaled_reciprocal(numerator.sum(-1, keepdim=True), _SOFTMAX_SCALE)
     return RowScaled(numerator, inverse, _SOFTMAX_SCALE)
@@ -708,12 +730,17 @@ register(Approximation(
 ))
 register(Approximation("relu", "activation", "max(x, 0)", relu_plain, relu_encrypted, reference="MPCFormer"))
 register(Approximation(
-    "puma-gelu", "activation", "0 | F0 deg-3 | F1 deg-6 | x, knots -4, -1.95, 3", puma_gelu_plain, puma_gelu_encrypted,
+    "puma-gelu", "activation", "0 | F0 deg-3 | F1 deg-6 | x, knots -4, -1.95, 3; MPC: knots to 1/16", puma_gelu_plain, puma_gelu_encrypted,
     reference="PUMA (Dong et al., 2023)",
 ))
 register(Approximation(
     "softmax", "normaliser", "exp(s_i - max) / sum_j exp(s_j - max)", softmax_plain, softmax_encrypted,
     reference="CrypTen (Knott et al., NeurIPS 2021)",
+))
+register(Approximation(
+    "softmax-coarse-max", "normaliser", "softmax; MPC: its max by 20-bit comparisons (same probabilities)",
+    softmax_plain, softmax_coarse_max_encrypted,
+    reference="CrypTen's softmax; comparison on kept bits, bit-sliced (this project)",
 ))
 register(Approximation(
     "2quad", "normaliser", "(s_i + c)^2 / sum_j (s_j + c)^2", two_quad_plain, two_quad_encrypted,
