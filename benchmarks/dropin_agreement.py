@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--mpc", type=Path, help="an `mpcformer infer` predictions.jsonl on the same dev file")
     parser.add_argument("--max-length", type=int, default=64)
     args = parser.parse_args()
+    if not args.approx and not args.mpc:
+        parser.error("give combinations (--approx), an infer predictions file (--mpc), or both")
 
     from transformers import AutoTokenizer
 
@@ -83,8 +85,8 @@ def mpc_against_exact(path: Path, exact: torch.Tensor, labels: torch.Tensor) -> 
     for combo in sorted({r["combo"] for r in records}):
         mine = sorted((r for r in records if r["combo"] == combo), key=lambda r: r["example_id"])
         ids = torch.tensor([r["example_id"] for r in mine])
-        if len(set(ids.tolist())) != len(ids) or not torch.equal(labels[ids], torch.tensor([r["label"] for r in mine])):
-            raise SystemExit(f"{path}: the examples of {combo} are not this dev file's (ids repeat or labels differ)")
+        if int(ids.max()) >= len(labels) or len(set(ids.tolist())) != len(ids) or not torch.equal(labels[ids], torch.tensor([r["label"] for r in mine])):
+            raise SystemExit(f"{path}: the examples of {combo} are not this dev file's (ids beyond it, repeated, or labels differ)")
         logits, predicted = torch.tensor([r["logits"] for r in mine]), torch.tensor([r["prediction"] for r in mine])
         agree = (predicted == exact[ids].argmax(-1)).sum().item()
         print(f"| {combo}, under MPC ({len(mine)} examples) | {(predicted == labels[ids]).float().mean():.4f} | "

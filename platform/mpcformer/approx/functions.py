@@ -389,7 +389,8 @@ def puma_gelu_encrypted(x):
 
     Within 1/16 above a knot the lower piece may be taken: the pieces differ there by at most 0.032
     (F1 against x just above 3), so the error against GeLU is at most 0.036 (0.020 with exact
-    knots). For |x| > ~35 ``x^6`` wraps around the
+    knots). Beyond the coarse sign's range (|x - knot| >= 32768) a selector may be wrong and the
+    result garbage, where CrypTen's full comparison stays right. For |x| > ~35 ``x^6`` wraps around the
     64-bit ring, but its selector is an exact 0 there and ring products are exact, so the result
     stays right.
     """
